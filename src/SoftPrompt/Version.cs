@@ -1,0 +1,1 @@
+namespace SoftPrompt; public static class Version { public const string Value = "0.1.0"; }
