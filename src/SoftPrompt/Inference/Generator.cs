@@ -1,0 +1,82 @@
+using SoftPrompt.Models;
+using SoftPrompt.Tuning;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace SoftPrompt.Inference;
+
+public sealed record GenerationOptions
+{
+    public int MaxNewTokens { get; init; } = 32;
+    /// <summary>0 = greedy.</summary>
+    public double Temperature { get; init; } = 0;
+    public double TopP { get; init; } = 1.0;
+    public int TopK { get; init; } = 0;
+    public long? Seed { get; init; }
+    /// <summary>Generation stops after any of these ids (it is kept in the output). Empty = never stop early.</summary>
+    public IReadOnlyList<int> EosIds { get; init; } = Array.Empty<int>();
+}
+
+public sealed record GenerationResult(int[] PromptIds, int[] NewIds, string StopReason, float[][]? Scores);
+
+/// <summary>Greedy or sampled decoding with a preallocated KV cache; a soft prompt or prefix is attached through a <see cref="PromptInjection"/>.</summary>
+public static class Generator
+{
+    public static GenerationResult Generate(CausalLM model, IReadOnlyList<int> promptIds, GenerationOptions opt, PromptInjection? prompt = null, bool keepScores = false)
+    {
+        if (promptIds.Count == 0) throw new SoftPromptException("generate needs at least one prompt token.");
+        prompt ??= PromptInjection.None;
+        int n = prompt.VirtualTokens;
+        int capacity = n + promptIds.Count + opt.MaxNewTokens;
+        if (model.Config.Family == ArchFamily.Gpt2 && capacity > model.Config.MaxPositions)
+            throw new SoftPromptException($"{n} virtual + {promptIds.Count} prompt + {opt.MaxNewTokens} new tokens exceed the model's {model.Config.MaxPositions} positions.");
+        var gen = opt.Seed is long s ? new torch.Generator((ulong)s) : null;
+        using var noGrad = torch.no_grad();
+        using var cache = KvCache.Preallocated(model.Config, 1, capacity, model.DType, model.Device);
+        var newIds = new List<int>();
+        var scores = keepScores ? new List<float[]>() : null;
+        string reason = "max_new_tokens";
+        using (var scope = torch.NewDisposeScope())
+        {
+            if (prompt.PastKeyValues is not null) cache.SetPrefix(prompt.PastKeyValues);
+        }
+        var next = promptIds.Select(i => (long)i).ToArray();
+        bool first = true;
+        for (int step = 0; step < opt.MaxNewTokens; step++)
+        {
+            using var scope = torch.NewDisposeScope();
+            var ids = torch.tensor(next, ScalarType.Int64, model.Device).unsqueeze(0);
+            var res = model.Forward(new ForwardArgs { InputIds = ids, PrefixEmbeds = first ? prompt.PrefixEmbeds : null, Cache = cache });
+            first = false;
+            var logits = model.Logits(res.Hidden.narrow(1, res.Hidden.shape[1] - 1, 1)).view(-1);
+            if (scores != null) scores.Add(logits.cpu().data<float>().ToArray());
+            int tok = Pick(logits, opt, gen);
+            newIds.Add(tok);
+            if (opt.EosIds.Contains(tok)) { reason = "eos"; break; }
+            next = new long[] { tok };
+        }
+        return new GenerationResult(promptIds.ToArray(), newIds.ToArray(), reason, scores?.ToArray());
+    }
+
+    static int Pick(Tensor logits, GenerationOptions opt, torch.Generator? gen)
+    {
+        if (opt.Temperature <= 0) return (int)logits.argmax().item<long>();
+        var l = logits / opt.Temperature;
+        if (opt.TopK > 0 && opt.TopK < l.shape[0])
+        {
+            var kth = l.topk(opt.TopK).values[-1];
+            l = l.masked_fill(l < kth, double.NegativeInfinity);
+        }
+        var probs = l.softmax(-1);
+        if (opt.TopP < 1.0)
+        {
+            var (sorted, idx) = probs.sort(descending: true);
+            var cum = sorted.cumsum(0);
+            var remove = (cum - sorted) > opt.TopP; // keep the smallest set whose mass reaches top_p (always >= 1 token)
+            sorted = sorted.masked_fill(remove, 0);
+            probs = torch.zeros_like(probs).scatter(0, idx, sorted);
+            probs = probs / probs.sum();
+        }
+        return (int)torch.multinomial(probs, 1, generator: gen).item<long>();
+    }
+}

@@ -1,0 +1,306 @@
+using TorchSharp;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace SoftPrompt.Models;
+
+/// <summary>Inputs of one forward pass. Exactly one of <see cref="InputIds"/> / <see cref="InputsEmbeds"/> gives the
+/// tokens; <see cref="PrefixEmbeds"/> (e.g. a soft prompt) is prepended to them.</summary>
+public sealed class ForwardArgs
+{
+    /// <summary>[B, T] int64 token ids.</summary>
+    public Tensor? InputIds { get; init; }
+    /// <summary>[B, T, hidden] embeddings used instead of <see cref="InputIds"/>.</summary>
+    public Tensor? InputsEmbeds { get; init; }
+    /// <summary>[B or 1, n, hidden] extra embeddings placed before the tokens (they take positions first).</summary>
+    public Tensor? PrefixEmbeds { get; init; }
+    /// <summary>[B, past + n + T] with 1 = attend, 0 = padding (covers the cache, the prefix embeddings and the tokens).</summary>
+    public Tensor? AttentionMask { get; init; }
+    /// <summary>[B, n + T] positions; default past..past+n+T-1 (Hugging Face's default, which ignores padding).</summary>
+    public Tensor? PositionIds { get; init; }
+    /// <summary>Keys/values of earlier positions (a generation cache or a prefix); updated in place.</summary>
+    public KvCache? Cache { get; init; }
+    public bool OutputHiddenStates { get; init; }
+}
+
+public sealed class ForwardResult
+{
+    /// <summary>[B, n + T, hidden]: the last block's output with the final norm applied.</summary>
+    public required Tensor Hidden { get; init; }
+    /// <summary>Embedding output, then each block's output, then the normed final output (as Hugging Face's hidden_states).</summary>
+    public IReadOnlyList<Tensor>? HiddenStates { get; init; }
+}
+
+/// <summary>
+/// A frozen decoder-only transformer (GPT-2 and the Llama family) computed from a dictionary of weights with
+/// TorchSharp's functional ops. The whole math is in this file, as in nanoGPT: a reader sees it on a few screens.
+/// The model knows nothing about soft prompts: it accepts extra input embeddings and past keys/values, the two
+/// points where prompt methods attach (as in Hugging Face / PEFT).
+/// </summary>
+public sealed partial class CausalLM : IDisposable
+{
+    public ModelConfig Config { get; }
+    public Device Device { get; }
+    public ScalarType DType { get; }
+    /// <summary>Weights by their Hugging Face names (GPT-2 Conv1D weights are stored transposed to [out, in]).</summary>
+    public IReadOnlyDictionary<string, Tensor> Weights => _w;
+
+    readonly Dictionary<string, Tensor> _w;
+    readonly Layer[] _layers;
+    readonly Tensor _embed, _lmHead;
+    readonly Tensor? _wpe, _finalNormW, _finalNormB;
+    readonly Tensor? _invFreq; // fp32 [head_dim / 2]
+
+    sealed record Layer(Tensor Norm1W, Tensor? Norm1B, Tensor Norm2W, Tensor? Norm2B,
+        Tensor? QkvW, Tensor? QkvB, Tensor? QW, Tensor? QB, Tensor? KW, Tensor? KB, Tensor? VW, Tensor? VB,
+        Tensor OW, Tensor? OB, Tensor? QNorm, Tensor? KNorm,
+        Tensor? GateW, Tensor? GateB, Tensor UpW, Tensor? UpB, Tensor DownW, Tensor? DownB);
+
+    internal CausalLM(ModelConfig cfg, Dictionary<string, Tensor> weights, Device device, ScalarType dtype)
+    {
+        Config = cfg; Device = device; DType = dtype; _w = weights;
+        foreach (var t in _w.Values) t.requires_grad = false;
+        Tensor W(string k) => _w[k];
+        Tensor? O(string k) => _w.TryGetValue(k, out var t) ? t : null;
+        _layers = new Layer[cfg.NumLayers];
+        if (cfg.Family == ArchFamily.Gpt2)
+        {
+            _embed = W("transformer.wte.weight"); _wpe = W("transformer.wpe.weight");
+            _finalNormW = W("transformer.ln_f.weight"); _finalNormB = W("transformer.ln_f.bias");
+            _lmHead = O("lm_head.weight") ?? _embed;
+            for (int i = 0; i < cfg.NumLayers; i++)
+            {
+                string p = $"transformer.h.{i}.";
+                _layers[i] = new Layer(W(p + "ln_1.weight"), W(p + "ln_1.bias"), W(p + "ln_2.weight"), W(p + "ln_2.bias"),
+                    W(p + "attn.c_attn.weight"), W(p + "attn.c_attn.bias"), null, null, null, null, null, null,
+                    W(p + "attn.c_proj.weight"), W(p + "attn.c_proj.bias"), null, null,
+                    null, null, W(p + "mlp.c_fc.weight"), W(p + "mlp.c_fc.bias"), W(p + "mlp.c_proj.weight"), W(p + "mlp.c_proj.bias"));
+            }
+        }
+        else
+        {
+            _embed = W("model.embed_tokens.weight"); _finalNormW = W("model.norm.weight");
+            _lmHead = cfg.TieWordEmbeddings ? _embed : W("lm_head.weight");
+            for (int i = 0; i < cfg.NumLayers; i++)
+            {
+                string p = $"model.layers.{i}.";
+                _layers[i] = new Layer(W(p + "input_layernorm.weight"), null, W(p + "post_attention_layernorm.weight"), null,
+                    null, null, W(p + "self_attn.q_proj.weight"), O(p + "self_attn.q_proj.bias"), W(p + "self_attn.k_proj.weight"), O(p + "self_attn.k_proj.bias"),
+                    W(p + "self_attn.v_proj.weight"), O(p + "self_attn.v_proj.bias"), W(p + "self_attn.o_proj.weight"), O(p + "self_attn.o_proj.bias"),
+                    O(p + "self_attn.q_norm.weight"), O(p + "self_attn.k_norm.weight"),
+                    W(p + "mlp.gate_proj.weight"), O(p + "mlp.gate_proj.bias"), W(p + "mlp.up_proj.weight"), O(p + "mlp.up_proj.bias"),
+                    W(p + "mlp.down_proj.weight"), O(p + "mlp.down_proj.bias"));
+            }
+            _invFreq = RopeInvFreq(cfg).to(device).DetachFromDisposeScope();
+        }
+    }
+
+    /// <summary>Token embeddings [.., hidden] of ids (without GPT-2's position embeddings, which the forward adds).</summary>
+    public Tensor Embed(Tensor ids) => EmbedRows(_embed, ids);
+
+    static Tensor EmbedRows(Tensor table, Tensor ids)
+    {
+        var shape = ids.shape.Append(table.shape[1]).ToArray();
+        return table.index_select(0, ids.reshape(-1)).view(shape);
+    }
+
+    /// <summary>The input embedding matrix [vocab, hidden] (frozen).</summary>
+    public Tensor EmbeddingMatrix => _embed;
+
+    /// <summary>Vocabulary logits (fp32) for final hidden states [.., hidden].</summary>
+    public Tensor Logits(Tensor hidden) => F.linear(hidden.to(DType), _lmHead).to(ScalarType.Float32);
+
+    /// <summary>Runs the transformer; returns the final-normed hidden states. Use <see cref="Logits"/> on the
+    /// positions that need them (computing the head everywhere is most of the cost for small models).</summary>
+    public ForwardResult Forward(ForwardArgs a)
+    {
+        var cfg = Config;
+        Tensor h;
+        if (a.InputIds is not null && a.InputsEmbeds is not null) throw new ArgumentException("Give InputIds or InputsEmbeds, not both (use PrefixEmbeds for extra embeddings).");
+        if (a.InputIds is not null) h = Embed(a.InputIds);
+        else if (a.InputsEmbeds is not null) h = a.InputsEmbeds;
+        else if (a.PrefixEmbeds is not null) h = a.PrefixEmbeds.narrow(1, 0, 0);
+        else throw new ArgumentException("Forward needs InputIds or InputsEmbeds.");
+        h = h.to(DType);
+        if (a.PrefixEmbeds is not null)
+        {
+            var pe = a.PrefixEmbeds.to(DType);
+            if (pe.shape[0] != h.shape[0]) pe = pe.expand(h.shape[0], -1, -1);
+            h = torch.cat(new[] { pe, h }, 1);
+        }
+        long B = h.shape[0], T = h.shape[1];
+        int past = a.Cache?.Length ?? 0;
+        long S = past + T;
+        if (cfg.Family == ArchFamily.Gpt2 && S > cfg.MaxPositions && a.PositionIds is null)
+            throw new SoftPromptException($"Sequence of {S} positions exceeds the model's {cfg.MaxPositions} learned positions (n_positions).");
+
+        var pos = a.PositionIds ?? torch.arange(past, S, ScalarType.Int64, Device).unsqueeze(0).expand(B, -1);
+        if (_wpe is not null) h = h + EmbedRows(_wpe, pos);
+        (Tensor cos, Tensor sin)? rope = _invFreq is null ? null : RopeCosSin(pos);
+
+        var mask = BuildMask(a.AttentionMask, B, T, past);
+        var states = a.OutputHiddenStates ? new List<Tensor> { h } : null;
+        for (int i = 0; i < _layers.Length; i++)
+        {
+            h = cfg.Family == ArchFamily.Gpt2 ? Gpt2Block(i, h, mask, a.Cache) : LlamaBlock(i, h, mask, rope!.Value, a.Cache);
+            if (states != null && i < _layers.Length - 1) states.Add(h);
+        }
+        a.Cache?.Commit();
+        h = Norm(h, _finalNormW!, _finalNormB);
+        states?.Add(h);
+        return new ForwardResult { Hidden = h, HiddenStates = states };
+    }
+
+    /// <summary>
+    /// Boolean attention mask [B or 1, 1, T, S] (true = attend), or null when plain causal attention applies.
+    /// Causality is by cache index (a query at index past+i sees keys 0..past+i); padded keys are excluded;
+    /// every query may attend to itself, so rows of padding never become all-masked (which gives NaN in softmax).
+    /// </summary>
+    Tensor? BuildMask(Tensor? attentionMask, long B, long T, int past)
+    {
+        long S = past + T;
+        bool window = Config.SlidingWindow is int w && S > w;
+        // Without padding or a window, a single query attends to the whole cache, and a cache-free pass is
+        // plain causal attention (SDPA's is_causal path, see Attend): no mask tensor is built.
+        if (attentionMask is null && !window && (T == 1 || past == 0)) return null;
+        var q = torch.arange(past, S, ScalarType.Int64, Device).unsqueeze(1);   // [T,1]
+        var k = torch.arange(0, S, ScalarType.Int64, Device).unsqueeze(0);      // [1,S]
+        var m = k <= q;
+        if (window) m = m & (k > q - Config.SlidingWindow!.Value);
+        var m4 = m.unsqueeze(0).unsqueeze(0);                                  // [1,1,T,S]
+        if (attentionMask is not null)
+        {
+            if (attentionMask.shape[1] != S)
+                throw new ArgumentException($"attention mask covers {attentionMask.shape[1]} positions, but cache + inputs have {S}.");
+            var keep = attentionMask.to(ScalarType.Bool).to(Device).view(B, 1, 1, S);
+            m4 = (m4 & keep) | (k == q).unsqueeze(0).unsqueeze(0);
+        }
+        return m4;
+    }
+
+    Tensor Attend(Tensor q, Tensor k, Tensor v, Tensor? mask, long T, int past)
+    {
+        // q [B,H,T,d], k/v [B,Hkv,S,d]. Grouped-query attention: repeat each KV head for its group of query heads.
+        int groups = Config.NumHeads / Config.NumKvHeads;
+        if (groups > 1)
+        {
+            long B = k.shape[0], S = k.shape[2], d = k.shape[3];
+            k = k.unsqueeze(2).expand(B, Config.NumKvHeads, groups, S, d).reshape(B, Config.NumHeads, S, d);
+            v = v.unsqueeze(2).expand(B, Config.NumKvHeads, groups, S, d).reshape(B, Config.NumHeads, S, d);
+        }
+        bool causal = mask is null && T > 1 && past == 0;
+        return F.scaled_dot_product_attention(q, k, v, attn_mask: mask, is_casual: causal);
+    }
+
+    Tensor Gpt2Block(int i, Tensor h, Tensor? mask, KvCache? cache)
+    {
+        var L = _layers[i];
+        var cfg = Config;
+        long B = h.shape[0], T = h.shape[1];
+        int past = cache?.Length ?? 0;
+        var x = F.layer_norm(h, new long[] { cfg.HiddenSize }, L.Norm1W, L.Norm1B, cfg.NormEps);
+        var qkv = F.linear(x, L.QkvW!, L.QkvB).view(B, T, 3, cfg.NumHeads, cfg.HeadDim).permute(2, 0, 3, 1, 4); // [3,B,H,T,d]
+        var q = qkv[0]; var k = qkv[1]; var v = qkv[2];
+        double scale = 1.0;
+        if (!cfg.ScaleAttnWeights) scale *= Math.Sqrt(cfg.HeadDim);
+        if (cfg.ScaleAttnByInverseLayerIdx) scale /= i + 1;
+        if (scale != 1.0) q = q * scale;
+        if (cache is not null) (k, v) = cache.Update(i, k, v);
+        var y = Attend(q, k, v, mask, T, past).transpose(1, 2).reshape(B, T, cfg.HiddenSize);
+        h = h + F.linear(y, L.OW, L.OB);
+        x = F.layer_norm(h, new long[] { cfg.HiddenSize }, L.Norm2W, L.Norm2B, cfg.NormEps);
+        return h + F.linear(Act(F.linear(x, L.UpW, L.UpB)), L.DownW, L.DownB);
+    }
+
+    Tensor LlamaBlock(int i, Tensor h, Tensor? mask, (Tensor cos, Tensor sin) rope, KvCache? cache)
+    {
+        var L = _layers[i];
+        var cfg = Config;
+        long B = h.shape[0], T = h.shape[1];
+        int past = cache?.Length ?? 0;
+        var x = RmsNorm(h, L.Norm1W);
+        var q = F.linear(x, L.QW!, L.QB).view(B, T, cfg.NumHeads, cfg.HeadDim);
+        var k = F.linear(x, L.KW!, L.KB).view(B, T, cfg.NumKvHeads, cfg.HeadDim);
+        var v = F.linear(x, L.VW!, L.VB).view(B, T, cfg.NumKvHeads, cfg.HeadDim).transpose(1, 2);
+        if (L.QNorm is not null) q = RmsNorm(q, L.QNorm);
+        if (L.KNorm is not null) k = RmsNorm(k, L.KNorm!);
+        q = ApplyRope(q.transpose(1, 2), rope);
+        k = ApplyRope(k.transpose(1, 2), rope);
+        if (cache is not null) (k, v) = cache.Update(i, k, v);
+        var y = Attend(q, k, v, mask, T, past).transpose(1, 2).reshape(B, T, cfg.NumHeads * cfg.HeadDim);
+        h = h + F.linear(y, L.OW, L.OB);
+        x = RmsNorm(h, L.Norm2W);
+        return h + F.linear(Act(F.linear(x, L.GateW!, L.GateB)) * F.linear(x, L.UpW, L.UpB), L.DownW, L.DownB);
+    }
+
+    Tensor Norm(Tensor h, Tensor w, Tensor? b) =>
+        Config.Family == ArchFamily.Gpt2 ? F.layer_norm(h, new long[] { Config.HiddenSize }, w, b, Config.NormEps) : RmsNorm(h, w);
+
+    /// <summary>Hugging Face's RMSNorm: normalise in fp32, cast back, then scale.</summary>
+    Tensor RmsNorm(Tensor x, Tensor w)
+    {
+        var dt = x.dtype;
+        var xf = x.to(ScalarType.Float32);
+        xf = xf * torch.rsqrt(xf.pow(2).mean(new long[] { -1 }, keepdim: true) + Config.NormEps);
+        return w * xf.to(dt);
+    }
+
+    Tensor Act(Tensor x) => Config.Activation switch
+    {
+        "gelu_new" or "gelu_pytorch_tanh" or "gelu_fast" => F.gelu(x, TorchSharp.Modules.GELU.Approximate.tanh),
+        "gelu" => F.gelu(x),
+        "relu" => F.relu(x),
+        _ => F.silu(x),
+    };
+
+    /// <summary>RoPE inverse frequencies, with Llama 3.x / linear frequency scaling, in fp32 (as Hugging Face computes them).</summary>
+    static Tensor RopeInvFreq(ModelConfig cfg)
+    {
+        int d = cfg.HeadDim;
+        var inv = new double[d / 2];
+        for (int j = 0; j < d / 2; j++) inv[j] = 1.0 / Math.Pow(cfg.RopeTheta, 2.0 * j / d);
+        var invF = inv.Select(x => (float)x).ToArray(); // HF computes in fp32
+        var s = cfg.RopeScaling;
+        if (s is { Type: "linear" }) invF = invF.Select(x => (float)(x / s.Factor)).ToArray();
+        else if (s is { Type: "llama3" })
+        {
+            double lowWl = s.OriginalMaxPositions / s.LowFreqFactor, highWl = s.OriginalMaxPositions / s.HighFreqFactor;
+            for (int j = 0; j < invF.Length; j++)
+            {
+                float f = invF[j];
+                float wl = (float)(2 * Math.PI) / f;
+                float scaled = wl > lowWl ? (float)(f / s.Factor) : f;
+                if (!(wl < highWl) && !(wl > lowWl))
+                {
+                    float smooth = (float)((s.OriginalMaxPositions / wl - s.LowFreqFactor) / (s.HighFreqFactor - s.LowFreqFactor));
+                    scaled = (1 - smooth) * scaled / (float)s.Factor + smooth * scaled;
+                }
+                invF[j] = scaled;
+            }
+        }
+        return torch.tensor(invF);
+    }
+
+    (Tensor cos, Tensor sin) RopeCosSin(Tensor pos)
+    {
+        var ang = pos.to(ScalarType.Float32).unsqueeze(-1) * _invFreq!;     // [B,T,d/2]
+        var emb = torch.cat(new[] { ang, ang }, -1);                        // [B,T,d]
+        return (emb.cos().to(DType).unsqueeze(1), emb.sin().to(DType).unsqueeze(1)); // [B,1,T,d]
+    }
+
+    static Tensor ApplyRope(Tensor x, (Tensor cos, Tensor sin) r)
+    {
+        long half = x.shape[^1] / 2;
+        var x1 = x.narrow(-1, 0, half); var x2 = x.narrow(-1, half, half);
+        var rot = torch.cat(new[] { -x2, x1 }, -1);
+        return x * r.cos + rot * r.sin;
+    }
+
+    public long ParameterCount => _w.Where(kv => !ReferenceEquals(kv.Value, null)).Sum(kv => kv.Value.NumberOfElements);
+
+    public void Dispose()
+    {
+        foreach (var t in _w.Values) t.Dispose();
+        _invFreq?.Dispose();
+    }
+}

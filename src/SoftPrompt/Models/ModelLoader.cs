@@ -1,0 +1,142 @@
+using System.Text.Json.Nodes;
+using SoftPrompt.IO;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace SoftPrompt.Models;
+
+/// <summary>Loads a Hugging Face model folder (config.json + model.safetensors or a sharded index) into a frozen <see cref="CausalLM"/>.</summary>
+public static class ModelLoader
+{
+    public static CausalLM Load(string modelDir, Device? device = null, ScalarType dtype = ScalarType.Float32)
+    {
+        device ??= torch.CPU;
+        var cfg = ModelConfig.Load(modelDir);
+        var expected = ExpectedShapes(cfg);
+        var files = WeightFiles(modelDir);
+        var weights = new Dictionary<string, Tensor>();
+        var seen = new Dictionary<string, string>();
+        try
+        {
+            foreach (var file in files)
+            {
+                var header = SafeTensors.ReadHeader(file);
+                using var fs = File.OpenRead(file);
+                foreach (var info in header.Tensors.Values.OrderBy(t => t.Begin))
+                {
+                    var name = Canonical(cfg, info.Name);
+                    if (Ignored(cfg, name)) continue;
+                    if (!expected.TryGetValue(name, out var shape))
+                        throw new SoftPromptException($"{file}: unexpected tensor '{info.Name}' for a {cfg.ModelType} model with this config.json (is the config from another model?).");
+                    if (seen.TryGetValue(name, out var other))
+                        throw new SoftPromptException($"{file}: tensor '{info.Name}' also appears in {other}.");
+                    if (!info.Shape.SequenceEqual(shape))
+                        throw new SoftPromptException($"{file}: tensor '{info.Name}' has shape [{string.Join(", ", info.Shape)}], expected [{string.Join(", ", shape)}] from config.json.");
+                    if (info.DType is not ("F32" or "F16" or "BF16" or "F64"))
+                        throw new SoftPromptException($"{file}: tensor '{info.Name}' has dtype {info.DType}; weights must be floating point.");
+                    seen[name] = file;
+                    using var scope = torch.NewDisposeScope();
+                    var t = SafeTensors.ReadTensor(fs, header, info);
+                    if (cfg.Family == ArchFamily.Gpt2 && IsConv1D(name)) t = t.t(); // Conv1D stores [in, out]
+                    weights[name] = t.to(dtype).to(device).contiguous().MoveToOuterDisposeScope();
+                }
+            }
+            var missing = expected.Keys.Where(k => !weights.ContainsKey(k) && !Optional(cfg, k)).ToList();
+            if (missing.Count > 0)
+                throw new SoftPromptException($"{modelDir}: missing tensor{(missing.Count > 1 ? "s" : "")} {string.Join(", ", missing.Take(5).Select(m => $"'{m}'"))}{(missing.Count > 5 ? $" and {missing.Count - 5} more" : "")} in {string.Join(", ", files.Select(Path.GetFileName))}.");
+            return new CausalLM(cfg, weights, device, dtype);
+        }
+        catch
+        {
+            foreach (var t in weights.Values) t.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>model.safetensors, or the shards named by model.safetensors.index.json.</summary>
+    public static IReadOnlyList<string> WeightFiles(string modelDir)
+    {
+        var single = Path.Combine(modelDir, "model.safetensors");
+        var index = Path.Combine(modelDir, "model.safetensors.index.json");
+        if (File.Exists(single)) return new[] { single };
+        if (File.Exists(index))
+        {
+            JsonObject o;
+            try { o = JsonNode.Parse(File.ReadAllText(index)) as JsonObject ?? throw new SoftPromptException($"{index}: expected a JSON object."); }
+            catch (System.Text.Json.JsonException e) { throw new SoftPromptException($"{index}: invalid JSON ({e.Message})."); }
+            if (o["weight_map"] is not JsonObject map) throw new SoftPromptException($"{index}: missing 'weight_map'.");
+            var shards = new List<string>();
+            foreach (var (key, v) in map)
+            {
+                var f = v?.GetValue<string>() ?? throw new SoftPromptException($"{index}: weight_map['{key}'] is not a file name.");
+                if (f.Contains('/') || f.Contains('\\') || f.Contains("..")) throw new SoftPromptException($"{index}: weight_map['{key}'] = '{f}' must be a file name in the model folder.");
+                var p = Path.Combine(modelDir, f);
+                if (!shards.Contains(p))
+                {
+                    if (!File.Exists(p)) throw new SoftPromptException($"{index}: shard '{f}' (for '{key}') not found in {modelDir}.");
+                    shards.Add(p);
+                }
+            }
+            return shards;
+        }
+        if (Directory.EnumerateFiles(modelDir, "*.bin").Any() || Directory.EnumerateFiles(modelDir, "*.pt").Any())
+            throw new SoftPromptException($"{modelDir}: only PyTorch pickle weights (*.bin/*.pt) found. Pickle can execute code and is not loaded; convert to safetensors (e.g. save_pretrained(..., safe_serialization=True)).");
+        throw new SoftPromptException($"{modelDir}: no model.safetensors or model.safetensors.index.json found.");
+    }
+
+    static bool IsConv1D(string name) => name.EndsWith("attn.c_attn.weight") || name.EndsWith("attn.c_proj.weight") || name.EndsWith("mlp.c_fc.weight") || name.EndsWith("mlp.c_proj.weight");
+
+    /// <summary>Original GPT-2 checkpoints store keys without the "transformer." prefix.</summary>
+    static string Canonical(ModelConfig cfg, string name) =>
+        cfg.Family == ArchFamily.Gpt2 && !name.StartsWith("transformer.") && !name.StartsWith("lm_head.") ? "transformer." + name : name;
+
+    /// <summary>Buffers some checkpoints carry that are not weights (GPT-2 causal-mask buffers, rotary inv_freq).</summary>
+    static bool Ignored(ModelConfig cfg, string name) =>
+        name.EndsWith(".attn.bias") || name.EndsWith(".attn.masked_bias") || name.EndsWith("rotary_emb.inv_freq")
+        || (cfg.TieWordEmbeddings && name == "lm_head.weight");
+
+    static bool Optional(ModelConfig cfg, string name) => false;
+
+    /// <summary>Every tensor the config implies, with its shape as stored in the checkpoint.</summary>
+    public static Dictionary<string, long[]> ExpectedShapes(ModelConfig c)
+    {
+        var e = new Dictionary<string, long[]>();
+        int H = c.HiddenSize, I = c.IntermediateSize, V = c.VocabSize, qd = c.NumHeads * c.HeadDim, kvd = c.KvDim;
+        if (c.Family == ArchFamily.Gpt2)
+        {
+            e["transformer.wte.weight"] = new long[] { V, H };
+            e["transformer.wpe.weight"] = new long[] { c.MaxPositions, H };
+            for (int i = 0; i < c.NumLayers; i++)
+            {
+                string p = $"transformer.h.{i}.";
+                e[p + "ln_1.weight"] = e[p + "ln_1.bias"] = e[p + "ln_2.weight"] = e[p + "ln_2.bias"] = new long[] { H };
+                e[p + "attn.c_attn.weight"] = new long[] { H, 3 * H }; e[p + "attn.c_attn.bias"] = new long[] { 3 * H };
+                e[p + "attn.c_proj.weight"] = new long[] { H, H }; e[p + "attn.c_proj.bias"] = new long[] { H };
+                e[p + "mlp.c_fc.weight"] = new long[] { H, I }; e[p + "mlp.c_fc.bias"] = new long[] { I };
+                e[p + "mlp.c_proj.weight"] = new long[] { I, H }; e[p + "mlp.c_proj.bias"] = new long[] { H };
+            }
+            e["transformer.ln_f.weight"] = e["transformer.ln_f.bias"] = new long[] { H };
+            if (!c.TieWordEmbeddings) e["lm_head.weight"] = new long[] { V, H };
+            return e;
+        }
+        e["model.embed_tokens.weight"] = new long[] { V, H };
+        for (int i = 0; i < c.NumLayers; i++)
+        {
+            string p = $"model.layers.{i}.";
+            e[p + "input_layernorm.weight"] = e[p + "post_attention_layernorm.weight"] = new long[] { H };
+            e[p + "self_attn.q_proj.weight"] = new long[] { qd, H };
+            e[p + "self_attn.k_proj.weight"] = new long[] { kvd, H };
+            e[p + "self_attn.v_proj.weight"] = new long[] { kvd, H };
+            e[p + "self_attn.o_proj.weight"] = new long[] { H, qd };
+            if (c.QkvBias) { e[p + "self_attn.q_proj.bias"] = new long[] { qd }; e[p + "self_attn.k_proj.bias"] = e[p + "self_attn.v_proj.bias"] = new long[] { kvd }; }
+            if (c.OutBias) e[p + "self_attn.o_proj.bias"] = new long[] { H };
+            if (c.QkNorm) e[p + "self_attn.q_norm.weight"] = e[p + "self_attn.k_norm.weight"] = new long[] { c.HeadDim };
+            e[p + "mlp.gate_proj.weight"] = e[p + "mlp.up_proj.weight"] = new long[] { I, H };
+            e[p + "mlp.down_proj.weight"] = new long[] { H, I };
+            if (c.MlpBias) { e[p + "mlp.gate_proj.bias"] = e[p + "mlp.up_proj.bias"] = new long[] { I }; e[p + "mlp.down_proj.bias"] = new long[] { H }; }
+        }
+        e["model.norm.weight"] = new long[] { H };
+        if (!c.TieWordEmbeddings) e["lm_head.weight"] = new long[] { V, H };
+        return e;
+    }
+}
