@@ -1,2 +1,11 @@
-using TorchSharp;
-Console.WriteLine(torch.ones(2,2).sum().item<float>());
+using System.CommandLine;
+using SoftPrompt.Cli;
+using SoftPrompt.Cli.Commands;
+
+var root = new RootCommand("softprompt: tune soft prompts (prompt tuning, prefix tuning) for frozen Hugging Face causal LMs on TorchSharp.")
+{
+    InspectCommand.Create(),
+    ScoreCommand.Create(),
+    GenerateCommand.Create(),
+};
+return Cli.Invoke(root, args);

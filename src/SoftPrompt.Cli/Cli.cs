@@ -1,0 +1,71 @@
+using System.CommandLine;
+using System.Text.Encodings.Web;
+using System.Text.Json;
+using SoftPrompt.Inference;
+
+namespace SoftPrompt.Cli;
+
+/// <summary>Options and helpers shared by the commands; every command is a thin call into the library.</summary>
+public static class Cli
+{
+    public static Option<string> ModelOption() => new("--model", "-m") { Description = "Hugging Face model folder (config.json, *.safetensors, tokenizer files).", Required = true };
+    public static Option<string> DeviceOption() => new("--device") { Description = "auto, cpu, cuda or cuda:N.", DefaultValueFactory = _ => "auto" };
+    public static Option<string> DTypeOption() => new Option<string>("--dtype") { Description = "Weights dtype: fp32, bf16, fp16 or auto (the checkpoint's).", DefaultValueFactory = _ => "fp32" }
+        .AcceptOnlyFromAmong("fp32", "bf16", "fp16", "auto");
+    public static Option<string> FormatOption() => new Option<string>("--format") { Description = "Output format: text or json.", DefaultValueFactory = _ => "text" }
+        .AcceptOnlyFromAmong("text", "json");
+    public static Option<int> ThreadsOption() => new("--threads") { Description = "CPU threads for libtorch (0 = all cores).", DefaultValueFactory = _ => 0 };
+
+    public static readonly JsonSerializerOptions Json = new()
+    {
+        WriteIndented = false,
+        Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
+        DefaultIgnoreCondition = System.Text.Json.Serialization.JsonIgnoreCondition.Never,
+    };
+
+    public static int Invoke(RootCommand root, string[] args)
+    {
+        var parse = root.Parse(args);
+        try
+        {
+            return parse.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
+        }
+        catch (Exception e) { return Fail(e); }
+    }
+
+    public static int Fail(Exception e)
+    {
+        var inner = e is AggregateException { InnerExceptions.Count: 1 } ae ? ae.InnerException! : e;
+        while (inner is System.Reflection.TargetInvocationException { InnerException: not null } tie) inner = tie.InnerException;
+        if (inner is SoftPromptException)
+        {
+            Console.Error.WriteLine($"error: {inner.Message}");
+            if (Environment.GetEnvironmentVariable("SOFTPROMPT_DEBUG") == "1") Console.Error.WriteLine(inner);
+            return 2;
+        }
+        if (inner is OperationCanceledException) { Console.Error.WriteLine("cancelled."); return 130; }
+        Console.Error.WriteLine($"error: {inner.GetType().Name}: {inner.Message}");
+        Console.Error.WriteLine(Environment.GetEnvironmentVariable("SOFTPROMPT_DEBUG") == "1" ? inner.ToString() : "(set SOFTPROMPT_DEBUG=1 for the stack trace)");
+        return 1;
+    }
+
+    /// <summary>Parses "1,2,3" (spaces allowed) into token ids.</summary>
+    public static int[] ParseIds(string s, string option = "--ids")
+    {
+        var parts = s.Split(new[] { ',', ' ' }, StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        if (parts.Length == 0) throw new SoftPromptException($"{option}: no token ids given (expected e.g. 15496,995).");
+        return parts.Select(p => int.TryParse(p, out var v) && v >= 0 ? v : throw new SoftPromptException($"{option}: '{p}' is not a token id (a non-negative integer).")).ToArray();
+    }
+
+    /// <summary>Token ids from exactly one of --text / --ids, checked against the vocabulary.</summary>
+    public static int[] InputIds(LanguageModel lm, string? text, string? ids, bool addSpecialTokens = true)
+    {
+        if ((text is null) == (ids is null)) throw new SoftPromptException("give exactly one of --text or --ids.");
+        var result = ids is not null ? ParseIds(ids) : lm.Encode(text!, addSpecialTokens);
+        foreach (var id in result)
+            if (id >= lm.Model.Config.VocabSize) throw new SoftPromptException($"token id {id} is outside the model's vocabulary (size {lm.Model.Config.VocabSize}).");
+        return result;
+    }
+
+    public static void WriteJson(object value) => Console.WriteLine(JsonSerializer.Serialize(value, Json));
+}
