@@ -1,0 +1,40 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+
+namespace SoftPrompt.Training;
+
+/// <summary>Append-only JSONL log of training rows (kind "train") and evaluation rows (kind "eval").</summary>
+public sealed class MetricsLog
+{
+    public string Path { get; }
+    public List<JsonObject> Rows { get; } = new();
+
+    public MetricsLog(string path, int? truncateAfterStep = null)
+    {
+        Path = path;
+        if (File.Exists(path))
+        {
+            // On resume, keep the rows up to the checkpoint's step and drop what a killed run wrote after it.
+            foreach (var line in File.ReadAllLines(path))
+            {
+                if (string.IsNullOrWhiteSpace(line)) continue;
+                JsonObject? o;
+                try { o = JsonNode.Parse(line) as JsonObject; } catch (JsonException) { continue; } // a torn last line
+                if (o is null) continue;
+                if (truncateAfterStep is int s && (o["step"]?.GetValue<int>() ?? 0) > s) continue;
+                Rows.Add(o);
+            }
+            IO.AtomicFile.WriteAllText(path, string.Concat(Rows.Select(r => r.ToJsonString() + "\n")));
+        }
+    }
+
+    public void Append(JsonObject row)
+    {
+        Rows.Add(row);
+        File.AppendAllText(Path, row.ToJsonString(new JsonSerializerOptions { WriteIndented = false }) + "\n");
+    }
+
+    public IEnumerable<(double Step, double Value)> Series(string kind, string key) =>
+        Rows.Where(r => r["kind"]?.GetValue<string>() == kind && r[key] is JsonValue v && v.TryGetValue<double>(out _))
+            .Select(r => ((double)r["step"]!.GetValue<int>(), r[key]!.GetValue<double>()));
+}

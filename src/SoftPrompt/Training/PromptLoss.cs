@@ -1,0 +1,40 @@
+using SoftPrompt.Data;
+using SoftPrompt.Models;
+using SoftPrompt.Tuning;
+using TorchSharp;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace SoftPrompt.Training;
+
+/// <summary>
+/// The one place that runs a frozen model with an attached prompt over a batch and computes the loss on target
+/// tokens. Method-agnostic: the prompt method's <see cref="PromptInjection"/> says whether it adds input
+/// embeddings or past keys/values. The LM head runs only at positions that carry a label (for short targets that is
+/// a few positions out of hundreds, and the head dominates the cost of small models).
+/// </summary>
+public static class PromptLoss
+{
+    /// <summary>Sum of target-token negative log-likelihoods (fp32 scalar) and the number of target tokens.</summary>
+    public static (Tensor NllSum, long Count) Compute(CausalLM model, IPromptMethod? method, Batch batch)
+    {
+        var ids = batch.InputIds;
+        long B = ids.shape[0], T = ids.shape[1];
+        var inj = method?.Inject((int)B) ?? PromptInjection.None;
+        int n = inj.VirtualTokens;
+        var mask = n == 0 ? batch.AttentionMask : torch.cat(new[] { torch.ones(new long[] { B, n }, ScalarType.Int64, ids.device), batch.AttentionMask }, 1);
+        KvCache? cache = null;
+        if (inj.PastKeyValues is not null) { cache = KvCache.Growing(model.Config.NumLayers); cache.SetPrefix(inj.PastKeyValues); }
+        var res = model.Forward(new ForwardArgs { InputIds = ids, PrefixEmbeds = inj.PrefixEmbeds, AttentionMask = mask, Cache = cache });
+        var hidden = res.Hidden.narrow(1, inj.HiddenOffset, T);                 // rows of the real tokens
+        // Row t predicts the token at t+1 (labels are aligned with inputs; the shift happens here).
+        var labels = batch.Labels.narrow(1, 1, T - 1).reshape(-1);
+        var rows = hidden.narrow(1, 0, T - 1).reshape(-1, hidden.shape[2]);
+        var sel = (labels != -100).nonzero().squeeze(1);
+        long count = sel.shape[0];
+        if (count == 0) return (torch.zeros(1, ScalarType.Float32, ids.device).sum(), 0);
+        var logits = model.Logits(rows.index_select(0, sel));
+        var nll = F.cross_entropy(logits, labels.index_select(0, sel), reduction: nn.Reduction.Sum);
+        return (nll, count);
+    }
+}

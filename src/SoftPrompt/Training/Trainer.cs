@@ -1,0 +1,304 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using SoftPrompt.Data;
+using SoftPrompt.IO;
+using SoftPrompt.Models;
+using SoftPrompt.Tuning;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace SoftPrompt.Training;
+
+/// <summary>Receives progress from a <see cref="Trainer"/> (a progress line, a log, a UI).</summary>
+public interface ITrainingReporter
+{
+    void Step(int step, int totalSteps, double loss, double lr, double tokensPerSecond, TimeSpan eta);
+    void Eval(int step, IReadOnlyDictionary<string, double> metrics, bool best);
+    void Message(string text);
+}
+
+public sealed record TrainResult(int Steps, double? BestValidationLoss, IReadOnlyDictionary<string, double>? BestMetrics, string AdapterDir, string StopReason);
+
+/// <summary>
+/// Trains the parameters of an <see cref="IPromptMethod"/> on a frozen model. Knows nothing of which method it
+/// trains: it asks the method for parameters and for what to inject, and <see cref="PromptLoss"/> does the rest.
+/// One dispose scope per step; parameters and optimizer state live outside it.
+/// Resumable: checkpoints hold parameters, optimizer state and the data position (epoch, batch), and the data
+/// order is a pure function of (seed, epoch), so a resumed run ends at the same prompt as an uninterrupted one.
+/// </summary>
+public sealed class Trainer
+{
+    readonly CausalLM _model;
+    readonly IPromptMethod _method;
+    readonly IReadOnlyList<TokenizedExample> _train;
+    readonly IReadOnlyList<TokenizedExample>? _val;
+    readonly TrainOptions _o;
+    readonly int _padId;
+    readonly string _runDir;
+    readonly ITrainingReporter? _reporter;
+
+    /// <summary>Extra validation metrics (e.g. accuracy from rank classification), computed with the current prompt.
+    /// The first key is the one "best" is judged by (higher is better); without it, validation loss (lower is better).</summary>
+    public Func<IPromptMethod, IReadOnlyDictionary<string, double>>? ExtraMetrics { get; init; }
+
+    public string CheckpointDir => Path.Combine(_runDir, "checkpoint");
+    public string BestDir => Path.Combine(_runDir, "best");
+    public string AdapterDir => Path.Combine(_runDir, "adapter");
+    public string MetricsPath => Path.Combine(_runDir, "metrics.jsonl");
+    public string PlotPath => Path.Combine(_runDir, "training.png");
+
+    public Trainer(CausalLM model, IPromptMethod method, IReadOnlyList<TokenizedExample> train, IReadOnlyList<TokenizedExample>? validation,
+        TrainOptions options, int padId, string runDir, ITrainingReporter? reporter = null)
+    {
+        if (train.Count == 0) throw new SoftPromptException("The training set is empty.");
+        _model = model; _method = method; _train = train; _val = validation is { Count: > 0 } ? validation : null;
+        _o = options; _padId = padId; _runDir = runDir; _reporter = reporter;
+    }
+
+    sealed class State
+    {
+        public int Step { get; set; }
+        public int Epoch { get; set; }
+        public int Batch { get; set; }
+        public double? BestScore { get; set; }
+        public int BadEvals { get; set; }
+        public long TokensSeen { get; set; }
+    }
+
+    IPromptOptimizer CreateOptimizer() => _o.Optimizer switch
+    {
+        "adafactor" => new Adafactor(_method.Parameters, weightDecay: _o.WeightDecay),
+        _ => new AdamW(_method.Parameters, weightDecay: _o.WeightDecay),
+    };
+
+    public int TotalSteps(BatchSampler sampler) =>
+        _o.Steps > 0 ? _o.Steps : (int)Math.Ceiling(_o.Epochs * (double)sampler.BatchesPerEpoch / _o.GradAccum);
+
+    public TrainResult Run(bool resume = false, CancellationToken cancel = default)
+    {
+        Directory.CreateDirectory(_runDir);
+        _method.SetTrainable(true);
+        using var optimizer = CreateOptimizer();
+        var sampler = new BatchSampler(_train.Select(e => e.PromptIds.Length + e.TargetIds.Length).ToArray(), _o.BatchSize, _o.Seed, _o.SortByLength);
+        int total = TotalSteps(sampler);
+        var st = new State();
+        if (resume)
+        {
+            st = LoadCheckpoint(optimizer) ?? throw new SoftPromptException($"{_runDir}: no checkpoint to resume from (expected {CheckpointDir}).");
+            _reporter?.Message($"resumed at step {st.Step} (epoch {st.Epoch}, batch {st.Batch})");
+        }
+        var log = new MetricsLog(MetricsPath, resume ? st.Step : null);
+        if (!resume && File.Exists(MetricsPath)) { File.Delete(MetricsPath); log = new MetricsLog(MetricsPath); }
+
+        var batches = BatchStream(sampler, st);
+        string stopReason = "max_steps";
+        var clock = Stopwatch.StartNew();
+        long tokensSinceLog = 0; double nllSinceLog = 0; long countSinceLog = 0; int stepsSinceLog = 0;
+        var logClock = Stopwatch.StartNew();
+        int startStep = st.Step;
+        bool lastGood = true;
+
+        while (st.Step < total)
+        {
+            if (cancel.IsCancellationRequested) { stopReason = "cancelled"; break; }
+            double lr = LearningRateSchedule.At(_o.Schedule, st.Step, total, _o.WarmupSteps, _o.Lr);
+            double stepNll; long stepCount; long stepTokens = 0;
+            using (var scope = torch.NewDisposeScope())
+            {
+                optimizer.ZeroGrad();
+                var micro = new List<(Batch Batch, int Epoch, int Index)>();
+                for (int m = 0; m < _o.GradAccum; m++)
+                {
+                    var (idx, ep, bi) = batches.Next();
+                    micro.Add((Collator.Collate(idx.Select(i => _train[i]).ToList(), _padId, _model.Device, _o.LossOnPrompt), ep, bi));
+                }
+                long totalTargets = micro.Sum(x => (long)x.Batch.TargetTokens);
+                var nllAcc = torch.zeros(1, ScalarType.Float32, _model.Device).sum();
+                long counted = 0;
+                foreach (var (batch, _, _) in micro)
+                {
+                    var (nll, count) = PromptLoss.Compute(_model, _method, batch);
+                    counted += count;
+                    if (count > 0) (nll / Math.Max(1, totalTargets)).backward();
+                    nllAcc = nllAcc + nll.detach();
+                    stepTokens += batch.RealTokens;
+                    batch.Dispose();
+                }
+                if (_o.MaxGradNorm > 0) GradientClipping.ClipGradNorm(_method.Parameters.Select(p => p.Param), _o.MaxGradNorm);
+                optimizer.Step(lr);
+                stepNll = nllAcc.item<float>(); // one host sync per step: the NaN guard needs it
+                stepCount = counted;
+                var last = micro[^1];
+                st.Epoch = last.Epoch; st.Batch = last.Index + 1;
+            }
+            st.Step++;
+            st.TokensSeen += stepTokens;
+            double stepLoss = stepCount > 0 ? stepNll / stepCount : 0;
+            if (!double.IsFinite(stepLoss))
+            {
+                stopReason = "non_finite_loss";
+                lastGood = false;
+                _reporter?.Message($"step {st.Step}: loss is {stepLoss}; stopping. The last good checkpoint is kept in {CheckpointDir} (lower --lr or enable --max-grad-norm).");
+                break;
+            }
+            nllSinceLog += stepNll; countSinceLog += stepCount; tokensSinceLog += stepTokens; stepsSinceLog++;
+
+            bool logNow = st.Step % _o.LogEvery == 0 || st.Step == total;
+            double tps = tokensSinceLog / Math.Max(1e-9, logClock.Elapsed.TotalSeconds);
+            var eta = TimeSpan.FromSeconds((total - st.Step) * clock.Elapsed.TotalSeconds / Math.Max(1, st.Step - startStep));
+            _reporter?.Step(st.Step, total, stepLoss, lr, tps, eta);
+            if (logNow)
+            {
+                log.Append(new JsonObject
+                {
+                    ["kind"] = "train", ["step"] = st.Step, ["epoch"] = st.Epoch, ["loss"] = countSinceLog > 0 ? nllSinceLog / countSinceLog : 0,
+                    ["lr"] = lr, ["tokens_per_s"] = Math.Round(tps, 1), ["tokens_seen"] = st.TokensSeen, ["elapsed_s"] = Math.Round(clock.Elapsed.TotalSeconds, 2),
+                });
+                nllSinceLog = 0; countSinceLog = 0; tokensSinceLog = 0; stepsSinceLog = 0; logClock.Restart();
+            }
+
+            bool evalNow = _o.EvalEvery > 0 && st.Step % _o.EvalEvery == 0 || st.Step == total;
+            if (evalNow)
+            {
+                var (metrics, isBest) = Evaluate(st);
+                metrics["step"] = st.Step;
+                var row = new JsonObject { ["kind"] = "eval", ["step"] = st.Step };
+                foreach (var (k, v) in metrics) if (k != "step") row[k] = v;
+                log.Append(row);
+                _reporter?.Eval(st.Step, metrics, isBest);
+                TrainingPlot.Write(log, PlotPath, ExtraMetrics is null ? null : metrics.Keys.FirstOrDefault(k => k is not ("eval_loss" or "step")));
+                SaveCheckpoint(optimizer, st);
+                if (_o.EarlyStoppingPatience > 0 && st.BadEvals >= _o.EarlyStoppingPatience) { stopReason = "early_stopping"; break; }
+            }
+            else if (_o.CheckpointEvery > 0 && st.Step % _o.CheckpointEvery == 0) SaveCheckpoint(optimizer, st);
+        }
+
+        if (!lastGood) throw new TrainingDivergedException($"Training stopped at step {st.Step + 1}: the loss became NaN or infinite. The last good checkpoint is in {CheckpointDir}; resume from it with a lower --lr.");
+        if (stopReason == "cancelled") SaveCheckpoint(optimizer, st);
+        // The adapter is the best validated prompt when there is validation, else the last one.
+        if (_val is not null && Directory.Exists(BestDir)) CopyDir(BestDir, AdapterDir);
+        else Adapter.Save(AdapterDir, _method, _model, Provenance(st));
+        var summary = new JsonObject
+        {
+            ["steps"] = st.Step, ["stop_reason"] = stopReason, ["best_score"] = st.BestScore, ["tokens_seen"] = st.TokensSeen,
+            ["adapter"] = Path.GetFullPath(AdapterDir), ["elapsed_s"] = Math.Round(clock.Elapsed.TotalSeconds, 2),
+        };
+        AtomicFile.WriteAllText(Path.Combine(_runDir, "summary.json"), summary.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
+        var best = log.Rows.Where(r => r["kind"]?.GetValue<string>() == "eval").Select(r => r["eval_loss"]?.GetValue<double>()).Where(v => v.HasValue).Select(v => v!.Value).DefaultIfEmpty(double.NaN).Min();
+        return new TrainResult(st.Step, double.IsNaN(best) ? null : best, null, AdapterDir, stopReason);
+    }
+
+    Dictionary<string, string> Provenance(State st) => new()
+    {
+        ["softprompt.step"] = st.Step.ToString(CultureInfo.InvariantCulture),
+        ["softprompt.method"] = _o.Method,
+    };
+
+    (Dictionary<string, double> Metrics, bool IsBest) Evaluate(State st)
+    {
+        var metrics = new Dictionary<string, double>();
+        if (_val is null)
+        {
+            // No validation set: the "best" prompt is simply the latest.
+            return (metrics, false);
+        }
+        metrics["eval_loss"] = ValidationLoss(_model, _method, _val, _o.BatchSize, _padId);
+        if (ExtraMetrics is not null)
+            foreach (var (k, v) in ExtraMetrics(_method)) metrics[k] = v;
+        string? key = ExtraMetrics is null ? null : metrics.Keys.FirstOrDefault(k => k != "eval_loss");
+        double score = key is null ? -metrics["eval_loss"] : metrics[key];
+        bool isBest = st.BestScore is null || score > st.BestScore.Value + 1e-12;
+        if (isBest)
+        {
+            st.BestScore = score; st.BadEvals = 0;
+            Adapter.Save(BestDir, _method, _model, Provenance(st));
+        }
+        else st.BadEvals++;
+        return (metrics, isBest);
+    }
+
+    /// <summary>Mean target-token loss of a prompt on examples (no gradients).</summary>
+    public static double ValidationLoss(CausalLM model, IPromptMethod? method, IReadOnlyList<TokenizedExample> data, int batchSize, int padId)
+    {
+        using var noGrad = torch.no_grad();
+        double nll = 0; long count = 0;
+        var order = Enumerable.Range(0, data.Count).OrderBy(i => data[i].PromptIds.Length + data[i].TargetIds.Length).ToArray();
+        for (int s = 0; s < order.Length; s += batchSize)
+        {
+            using var scope = torch.NewDisposeScope();
+            using var batch = Collator.Collate(order.Skip(s).Take(batchSize).Select(i => data[i]).ToList(), padId, model.Device, false);
+            var (sum, c) = PromptLoss.Compute(model, method, batch);
+            nll += sum.item<float>(); count += c;
+        }
+        return count > 0 ? nll / count : double.NaN;
+    }
+
+    /// <summary>Endless stream of (indices, epoch, batch index), starting at the saved position.</summary>
+    sealed class Cursor(BatchSampler sampler, int epoch, int batch)
+    {
+        int _epoch = epoch, _batch = batch;
+        List<int[]>? _current;
+        public (int[] Indices, int Epoch, int Batch) Next()
+        {
+            while (true)
+            {
+                _current ??= sampler.Batches(_epoch).ToList();
+                if (_batch < _current.Count) { var r = (_current[_batch], _epoch, _batch); _batch++; return r; }
+                _epoch++; _batch = 0; _current = null;
+            }
+        }
+    }
+
+    static Cursor BatchStream(BatchSampler sampler, State st) => new(sampler, st.Epoch, st.Batch);
+
+    void SaveCheckpoint(IPromptOptimizer optimizer, State st)
+    {
+        // Write a complete new checkpoint folder, then swap it in: a crash leaves either the old or the new one.
+        var tmp = CheckpointDir + ".tmp";
+        if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
+        Directory.CreateDirectory(tmp);
+        var tensors = new Dictionary<string, Tensor>();
+        foreach (var (name, p) in _method.Parameters) tensors["param." + name] = p.detach();
+        var optState = optimizer.StateDict();
+        foreach (var (k, v) in optState) tensors["optim." + k] = v;
+        SafeTensors.Save(Path.Combine(tmp, "state.safetensors"), tensors);
+        AtomicFile.WriteAllText(Path.Combine(tmp, "trainer_state.json"), JsonSerializer.Serialize(st, new JsonSerializerOptions { WriteIndented = true }) + "\n");
+        var old = CheckpointDir + ".old";
+        if (Directory.Exists(old)) Directory.Delete(old, true);
+        if (Directory.Exists(CheckpointDir)) Directory.Move(CheckpointDir, old);
+        Directory.Move(tmp, CheckpointDir);
+        if (Directory.Exists(old)) Directory.Delete(old, true);
+    }
+
+    State? LoadCheckpoint(IPromptOptimizer optimizer)
+    {
+        var dir = Directory.Exists(CheckpointDir) ? CheckpointDir : Directory.Exists(CheckpointDir + ".old") ? CheckpointDir + ".old" : null;
+        if (dir is null) return null;
+        var statePath = Path.Combine(dir, "trainer_state.json");
+        var st = JsonSerializer.Deserialize<State>(File.ReadAllText(statePath)) ?? throw new SoftPromptException($"{statePath}: empty trainer state.");
+        var tensors = SafeTensors.Load(Path.Combine(dir, "state.safetensors"));
+        using (torch.no_grad())
+            foreach (var (name, p) in _method.Parameters)
+            {
+                if (!tensors.TryGetValue("param." + name, out var t) || !t.shape.SequenceEqual(p.shape))
+                    throw new SoftPromptException($"{dir}: checkpoint has no parameter '{name}' of shape [{string.Join(", ", p.shape)}]; was it written by another method or model?");
+                p.copy_(t);
+            }
+        optimizer.LoadStateDict(tensors.Where(kv => kv.Key.StartsWith("optim.")).ToDictionary(kv => kv.Key[6..], kv => kv.Value));
+        return st;
+    }
+
+    static void CopyDir(string from, string to)
+    {
+        var tmp = to + ".tmp";
+        if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
+        Directory.CreateDirectory(tmp);
+        foreach (var f in Directory.GetFiles(from)) File.Copy(f, Path.Combine(tmp, Path.GetFileName(f)));
+        if (Directory.Exists(to)) Directory.Delete(to, true);
+        Directory.Move(tmp, to);
+    }
+}
+
+public sealed class TrainingDivergedException(string message) : SoftPromptException(message);

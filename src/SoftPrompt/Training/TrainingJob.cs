@@ -1,0 +1,98 @@
+using SoftPrompt.Data;
+using SoftPrompt.Inference;
+using SoftPrompt.IO;
+using SoftPrompt.Runtime;
+using SoftPrompt.Tuning;
+using TorchSharp;
+
+namespace SoftPrompt.Training;
+
+/// <summary>
+/// A whole training run from <see cref="TrainOptions"/>: load the frozen model and tokenizer, read and tokenize the
+/// data, create the prompt method, train, export. What <c>softprompt train</c> calls; usable from any .NET app.
+/// </summary>
+public static class TrainingJob
+{
+    public const string ResolvedConfigFile = "config.json";
+
+    /// <summary>Options of an existing run folder (its resolved config), for --resume.</summary>
+    public static TrainOptions ResumeOptions(string runDir)
+    {
+        var path = Path.Combine(runDir, ResolvedConfigFile);
+        if (!File.Exists(path)) throw new SoftPromptException($"--resume {runDir}: no {ResolvedConfigFile} there; is it a run folder?");
+        return TrainOptions.FromFile(path) with { Output = runDir };
+    }
+
+    public static TrainResult Run(TrainOptions o, ITrainingReporter? reporter = null, bool resume = false, CancellationToken cancel = default)
+    {
+        o.Validate();
+        TorchRuntime.SetThreads(o.Threads);
+        torch.manual_seed(o.Seed);
+        var runDir = o.Output!;
+        if (!resume && Directory.Exists(Path.Combine(runDir, "checkpoint")))
+            throw new SoftPromptException($"{runDir} already holds a run (checkpoint/). Use --resume {runDir} to continue it, or another --output.");
+
+        // Data first: a broken dataset must stop the run before the model is loaded.
+        var dataOptions = DataOptionsFrom(o);
+        var trainRead = DatasetReader.Read(o.Train!, dataOptions);
+        Report(reporter, o.Train!, trainRead);
+        IReadOnlyList<Example> trainEx = trainRead.Examples, valEx;
+        if (o.Validation is not null)
+        {
+            var valRead = DatasetReader.Read(o.Validation, dataOptions);
+            Report(reporter, o.Validation, valRead);
+            valEx = valRead.Examples;
+        }
+        else if (o.ValidationSplit > 0 && trainEx.Count >= 2)
+            (trainEx, valEx) = DatasetSplit.Split(trainEx, o.ValidationSplit, o.Seed);
+        else valEx = Array.Empty<Example>();
+
+        using var lm = LanguageModel.Load(o.Model!, o.Device, o.Dtype);
+        var tok = lm.RequireTokenizer();
+        int padId = tok.PadId ?? tok.EosId ?? 0;
+        Func<string, bool, int[]> encode = (text, special) => tok.Encode(text, special);
+        var train = trainEx.Select(e => Tokenization.TokenizeExample(e, encode, o.AddEos, tok.EosId, o.MaxLength)).ToList();
+        var val = valEx.Select(e => Tokenization.TokenizeExample(e, encode, o.AddEos, tok.EosId, o.MaxLength)).ToList();
+        reporter?.Message($"{train.Count} training examples, {val.Count} validation examples; model {lm.Model.Config.ModelType} " +
+                          $"({lm.Model.ParameterCount / 1e6:F1} M parameters, frozen, {TorchRuntime.DTypeName(lm.Model.DType)}) on {lm.Model.Device}");
+
+        using var method = CreateMethod(o, lm, trainEx);
+        long trainable = method.Parameters.Sum(p => p.Param.NumberOfElements);
+        reporter?.Message($"{o.Method} tuning: {method.NumVirtualTokens} virtual tokens, {trainable:N0} trainable parameters");
+
+        Directory.CreateDirectory(runDir);
+        if (!resume) AtomicFile.WriteAllText(Path.Combine(runDir, ResolvedConfigFile), o.ToJson());
+        var trainer = new Trainer(lm.Model, method, train, val, o, padId, runDir, reporter);
+        return trainer.Run(resume, cancel);
+    }
+
+    public static DataOptions DataOptionsFrom(TrainOptions o) => new()
+    {
+        InputField = o.InputField, OutputField = o.OutputField, PromptTemplate = o.PromptTemplate, TargetTemplate = o.TargetTemplate,
+        Columns = o.Columns?.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries),
+        SkipBadLines = o.SkipBadLines,
+    };
+
+    static void Report(ITrainingReporter? r, string path, DatasetReadResult read)
+    {
+        if (read.Skipped > 0) r?.Message($"{path}: skipped {read.Skipped} bad line{(read.Skipped == 1 ? "" : "s")} (--skip-bad-lines); first: {read.Problems.FirstOrDefault()}");
+    }
+
+    public static IPromptMethod CreateMethod(TrainOptions o, LanguageModel lm, IReadOnlyList<Example> trainExamples)
+    {
+        if (o.Method == "prefix")
+            return PrefixTuning.Create(lm.Model.Config, o.VirtualTokens, o.PrefixProjection, o.EncoderHiddenSize, o.Seed, lm.Model.Device);
+        var tok = lm.RequireTokenizer();
+        var init = o.Init switch { "random" => PromptInit.Random, "text" => PromptInit.Text, "class_labels" => PromptInit.ClassLabels, _ => PromptInit.SampleVocab };
+        IReadOnlyList<int[]>? ids = null;
+        if (init == PromptInit.Text) ids = new[] { tok.Encode(o.InitText!, false) };
+        if (init == PromptInit.ClassLabels)
+        {
+            var labels = o.Labels is not null
+                ? o.Labels.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).ToList()
+                : trainExamples.Select(e => e.Target.Trim()).Distinct().OrderBy(s => s, StringComparer.Ordinal).ToList();
+            ids = labels.Select(l => tok.Encode(" " + l, false)).ToList();
+        }
+        return PromptTuning.Create(lm.Model, o.VirtualTokens, init, o.Seed, ids, o.InitText);
+    }
+}

@@ -1,0 +1,133 @@
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using SoftPrompt.IO;
+using SoftPrompt.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace SoftPrompt.Tuning;
+
+/// <summary>
+/// Saves and loads prompt adapters in PEFT's on-disk format: <c>adapter_config.json</c> (sorted keys,
+/// inference_mode true) and <c>adapter_model.safetensors</c> holding one fp32 tensor <c>prompt_embeddings</c> with
+/// metadata <c>{"format":"pt"}</c>. PEFT ignores extra metadata, so we add a fingerprint of the base model there
+/// (<c>softprompt.*</c> keys) that turns "loaded onto the wrong model" into a clear error.
+/// </summary>
+public static class Adapter
+{
+    public const string ConfigFile = "adapter_config.json";
+    public const string WeightsFile = "adapter_model.safetensors";
+    const string TensorName = "prompt_embeddings";
+
+    public static void Save(string dir, IPromptMethod method, CausalLM model, IReadOnlyDictionary<string, string>? extraMetadata = null)
+    {
+        Directory.CreateDirectory(dir);
+        var cfg = method.AdapterConfig(model.Config);
+        using var emb = method.ExportEmbeddings();
+        var meta = new Dictionary<string, string>(Fingerprint(model)) { ["format"] = "pt", ["softprompt.version"] = "1" };
+        if (extraMetadata != null) foreach (var (k, v) in extraMetadata) meta[k] = v;
+        SafeTensors.Save(Path.Combine(dir, WeightsFile), new Dictionary<string, Tensor> { [TensorName] = emb }, meta);
+        AtomicFile.WriteAllText(Path.Combine(dir, ConfigFile), SortedJson(cfg));
+    }
+
+    /// <summary>Loads an adapter folder onto <paramref name="model"/>; the result is frozen (inference) unless made trainable.</summary>
+    public static IPromptMethod Load(string dir, CausalLM model, bool checkFingerprint = true)
+    {
+        var cfgPath = Path.Combine(dir, ConfigFile);
+        var wPath = Path.Combine(dir, WeightsFile);
+        if (!Directory.Exists(dir)) throw new SoftPromptException($"Prompt adapter folder '{dir}' does not exist.");
+        if (!File.Exists(cfgPath)) throw new SoftPromptException($"{cfgPath}: not found; an adapter folder holds {ConfigFile} and {WeightsFile}.");
+        if (!File.Exists(wPath))
+        {
+            if (File.Exists(Path.Combine(dir, "adapter_model.bin"))) throw new SoftPromptException($"{dir}: only adapter_model.bin (pickle) found; pickle can execute code and is not loaded. Save with safe_serialization=True.");
+            throw new SoftPromptException($"{wPath}: not found.");
+        }
+        JsonObject c;
+        try { c = JsonNode.Parse(File.ReadAllText(cfgPath)) as JsonObject ?? throw new SoftPromptException($"{cfgPath}: expected a JSON object."); }
+        catch (JsonException e) { throw new SoftPromptException($"{cfgPath}: invalid JSON ({e.Message})."); }
+        string type = c["peft_type"]?.GetValue<string>() ?? throw new SoftPromptException($"{cfgPath}: missing 'peft_type'.");
+        string? task = c["task_type"]?.GetValue<string>();
+        if (task is not null && task != "CAUSAL_LM") throw new SoftPromptException($"{cfgPath}: task_type '{task}' is not supported (CAUSAL_LM only).");
+        int n = c["num_virtual_tokens"]?.GetValue<int>() ?? throw new SoftPromptException($"{cfgPath}: missing 'num_virtual_tokens'.");
+        int subs = c["num_transformer_submodules"]?.GetValue<int>() ?? 1;
+        if (subs != 1) throw new SoftPromptException($"{cfgPath}: num_transformer_submodules {subs} (encoder-decoder adapters) is not supported.");
+
+        var header = SafeTensors.ReadHeader(wPath);
+        if (checkFingerprint) CheckFingerprint(header.Metadata, model, wPath);
+        using var scope = torch.NewDisposeScope();
+        var tensors = SafeTensors.Load(wPath);
+        if (!tensors.TryGetValue(TensorName, out var emb))
+            throw new SoftPromptException($"{wPath}: no tensor '{TensorName}' (found: {string.Join(", ", tensors.Keys)}).");
+        if (emb.dim() != 2 || emb.shape[0] != n)
+            throw new SoftPromptException($"{wPath}: '{TensorName}' has shape [{string.Join(", ", emb.shape)}], but {ConfigFile} says {n} virtual tokens.");
+        emb = emb.to(ScalarType.Float32).to(model.Device);
+        var cfg = model.Config;
+        switch (type)
+        {
+            case "PROMPT_TUNING":
+                if (emb.shape[1] != cfg.HiddenSize)
+                    throw new SoftPromptException($"{wPath}: prompt embeddings are {emb.shape[1]} wide, but the model's hidden size is {cfg.HiddenSize}: the adapter was made for another model.");
+                var init = c["prompt_tuning_init"]?.GetValue<string>() switch { "SAMPLE_VOCAB" => PromptInit.SampleVocab, "TEXT" => PromptInit.Text, _ => PromptInit.Random };
+                var pt = new PromptTuning(emb, init, c["prompt_tuning_init_text"]?.GetValue<string>());
+                pt.SetTrainable(false);
+                return pt;
+            case "PREFIX_TUNING":
+            {
+                int width = 2 * cfg.NumLayers * cfg.KvDim;
+                if (emb.shape[1] != width)
+                    throw new SoftPromptException($"{wPath}: prefix embeddings are {emb.shape[1]} wide, but this model needs {width} (2 x {cfg.NumLayers} layers x {cfg.KvDim} kv_dim): the adapter was made for another model.");
+                var pf = PrefixTuning.FromEmbeddings(cfg, emb);
+                pf.SetTrainable(false);
+                return pf;
+            }
+            default:
+                throw new SoftPromptException($"{cfgPath}: peft_type '{type}' is not supported (PROMPT_TUNING or PREFIX_TUNING).");
+        }
+    }
+
+    /// <summary>Shape facts and embedding statistics of the base model (robust to loading it in bf16/fp16).</summary>
+    public static Dictionary<string, string> Fingerprint(CausalLM model)
+    {
+        var c = model.Config;
+        using var scope = torch.NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        var e = model.EmbeddingMatrix.to(ScalarType.Float64);
+        string F(double x) => x.ToString("G6", CultureInfo.InvariantCulture);
+        return new Dictionary<string, string>
+        {
+            ["softprompt.model_type"] = c.ModelType,
+            ["softprompt.hidden_size"] = c.HiddenSize.ToString(CultureInfo.InvariantCulture),
+            ["softprompt.num_layers"] = c.NumLayers.ToString(CultureInfo.InvariantCulture),
+            ["softprompt.kv_dim"] = c.KvDim.ToString(CultureInfo.InvariantCulture),
+            ["softprompt.vocab_size"] = c.VocabSize.ToString(CultureInfo.InvariantCulture),
+            ["softprompt.embedding_mean"] = F(e.mean().item<double>()),
+            ["softprompt.embedding_std"] = F(e.std().item<double>()),
+        };
+    }
+
+    static void CheckFingerprint(IReadOnlyDictionary<string, string> meta, CausalLM model, string path)
+    {
+        if (!meta.ContainsKey("softprompt.hidden_size")) return; // written by PEFT or by hand: shapes are still checked
+        var mine = Fingerprint(model);
+        foreach (var key in new[] { "softprompt.model_type", "softprompt.hidden_size", "softprompt.num_layers", "softprompt.kv_dim", "softprompt.vocab_size" })
+            if (meta.TryGetValue(key, out var v) && v != mine[key])
+                throw new SoftPromptException($"{path}: this adapter was trained on another model ({key[11..]} {v}, this model has {mine[key]}).");
+        foreach (var key in new[] { "softprompt.embedding_mean", "softprompt.embedding_std" })
+        {
+            if (!meta.TryGetValue(key, out var v) || !double.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out var theirs)) continue;
+            double ours = double.Parse(mine[key], CultureInfo.InvariantCulture);
+            double scale = Math.Max(Math.Abs(theirs), Math.Abs(double.Parse(mine["softprompt.embedding_std"], CultureInfo.InvariantCulture)));
+            if (Math.Abs(theirs - ours) > 1e-2 * scale + 1e-6)
+                throw new SoftPromptException($"{path}: this adapter was trained on a model with other embedding weights ({key[11..]} {v}, this model {mine[key]}): same shape, different model.");
+        }
+    }
+
+    static string SortedJson(AdapterConfig cfg)
+    {
+        var node = JsonSerializer.SerializeToNode(cfg)!.AsObject();
+        var sorted = new JsonObject();
+        foreach (var kv in node.OrderBy(kv => kv.Key, StringComparer.Ordinal)) sorted[kv.Key] = kv.Value?.DeepClone();
+        return sorted.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n";
+    }
+}
