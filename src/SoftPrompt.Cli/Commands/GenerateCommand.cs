@@ -8,7 +8,7 @@ public static class GenerateCommand
 {
     public static Command Create()
     {
-        var model = Cli.ModelOption(); var device = Cli.DeviceOption(); var dtype = Cli.DTypeOption(); var format = Cli.FormatOption(); var threads = Cli.ThreadsOption();
+        var model = Cli.ModelOption(); var device = Cli.DeviceOption(); var dtype = Cli.DTypeOption(); var format = Cli.FormatOption(); var threads = Cli.ThreadsOption(); var prompt = Cli.PromptOption();
         var text = new Option<string>("--text", "-t") { Description = "Prompt text." };
         var ids = new Option<string>("--ids") { Description = "Comma-separated prompt token ids (works without tokenizer files)." };
         var maxNew = new Option<int>("--max-new-tokens", "-n") { Description = "Tokens to generate at most.", DefaultValueFactory = _ => 32 };
@@ -18,7 +18,7 @@ public static class GenerateCommand
         var seed = new Option<long?>("--seed") { Description = "Random seed for sampling." };
         var noEos = new Option<bool>("--ignore-eos") { Description = "Do not stop at the end-of-sequence token." };
         var cmd = new Command("generate", "Generate a continuation (greedy by default) with a KV cache; stops at EOS.")
-            { model, text, ids, maxNew, temperature, topP, topK, seed, noEos, device, dtype, format, threads };
+            { model, prompt, text, ids, maxNew, temperature, topP, topK, seed, noEos, device, dtype, format, threads };
         cmd.SetAction(pr =>
         {
             TorchRuntime.SetThreads(pr.GetValue(threads));
@@ -29,12 +29,13 @@ public static class GenerateCommand
             if (p <= 0 || p > 1) throw new SoftPromptException("--top-p must be in (0, 1].");
             using var lm = LanguageModel.Load(pr.GetValue(model)!, pr.GetValue(device)!, pr.GetValue(dtype)!);
             var input = Cli.InputIds(lm, pr.GetValue(text), pr.GetValue(ids));
+            using var adapter = pr.GetValue(prompt) is { } pdir ? lm.LoadPrompt(pdir) : null;
             var opt = new GenerationOptions
             {
                 MaxNewTokens = n, Temperature = t, TopP = p, TopK = pr.GetValue(topK), Seed = pr.GetValue(seed),
                 EosIds = pr.GetValue(noEos) ? Array.Empty<int>() : lm.EosIds,
             };
-            var r = lm.Generate(input, opt);
+            var r = lm.Generate(input, opt, adapter);
             var generated = lm.Tokenizer is null ? null : lm.Tokenizer.Decode(r.NewIds, skipSpecialTokens: true);
             if (pr.GetValue(format) == "json")
             {

@@ -40,10 +40,22 @@ public sealed class LanguageModel : IDisposable
     /// <summary>Stop ids: the tokenizer's (including generation_config.json) or else config.json's eos_token_id.</summary>
     public IReadOnlyList<int> EosIds => Tokenizer is { EosIds.Count: > 0 } t ? t.EosIds : Model.Config.EosTokenIds;
 
-    public TokenScores Score(IReadOnlyList<int> ids, PromptInjection? prompt = null) => Scorer.Score(Model, ids, prompt);
+    /// <summary>Loads a PEFT prompt adapter folder (prompt tuning or prefix tuning) made for this model.</summary>
+    public IPromptMethod LoadPrompt(string adapterDir) => Adapter.Load(adapterDir, Model);
 
-    public GenerationResult Generate(IReadOnlyList<int> ids, GenerationOptions options, PromptInjection? prompt = null) =>
-        Generator.Generate(Model, ids, options, prompt);
+    public TokenScores Score(IReadOnlyList<int> ids, IPromptMethod? prompt = null)
+    {
+        using var scope = TorchSharp.torch.NewDisposeScope();
+        using var noGrad = TorchSharp.torch.no_grad();
+        return Scorer.Score(Model, ids, prompt?.Inject(1));
+    }
+
+    public GenerationResult Generate(IReadOnlyList<int> ids, GenerationOptions options, IPromptMethod? prompt = null)
+    {
+        using var scope = TorchSharp.torch.NewDisposeScope();
+        using var noGrad = TorchSharp.torch.no_grad();
+        return Generator.Generate(Model, ids, options, prompt?.Inject(1));
+    }
 
     public void Dispose() => Model.Dispose();
 }
