@@ -68,39 +68,49 @@ public static class SafeTensors
         long dataStart = 8 + (long)n, dataLen = fileLen - dataStart;
         var meta = new Dictionary<string, string>();
         var tensors = new Dictionary<string, SafeTensorInfo>();
-        foreach (var (name, node) in root)
+        // System.Text.Json builds a JsonObject's dictionary lazily and throws ArgumentException on a duplicate key
+        // (top level, __metadata__ or an entry) while we enumerate it.
+        try { ReadEntries(); }
+        catch (ArgumentException e) { throw Bad(path, $"header has a duplicate key ({e.Message})"); }
+        void ReadEntries()
         {
-            if (name == "__metadata__")
+            foreach (var (name, node) in root)
             {
-                if (node is not JsonObject mo) throw Bad(path, "__metadata__ must be an object of strings");
-                foreach (var (k, v) in mo)
+                if (name == "__metadata__")
                 {
-                    if (v is not JsonValue jv || !jv.TryGetValue<string>(out var s)) throw Bad(path, $"__metadata__.{k} must be a string");
-                    meta[k] = s;
+                    if (node is not JsonObject mo) throw Bad(path, "__metadata__ must be an object of strings");
+                    foreach (var (k, v) in mo)
+                    {
+                        if (v is not JsonValue jv || !jv.TryGetValue<string>(out var s)) throw Bad(path, $"__metadata__.{k} must be a string");
+                        meta[k] = s;
+                    }
+                    continue;
                 }
-                continue;
+                if (node is not JsonObject o) throw Bad(path, $"tensor '{name}': entry must be an object");
+                string dtype = o["dtype"] is JsonValue dv && dv.TryGetValue<string>(out var ds) ? ds : throw Bad(path, $"tensor '{name}': missing or non-string 'dtype'");
+                if (!DTypes.TryGetValue(dtype, out var dt)) throw Bad(path, $"tensor '{name}': unsupported dtype '{dtype}' (supported: {string.Join(", ", DTypes.Keys)})");
+                if (o["shape"] is not JsonArray sa) throw Bad(path, $"tensor '{name}': missing 'shape' array");
+                var shape = new long[sa.Count];
+                for (int i = 0; i < sa.Count; i++)
+                {
+                    if (sa[i] is not JsonValue sv || !sv.TryGetValue<long>(out var d) || d < 0) throw Bad(path, $"tensor '{name}': shape[{i}] is not a non-negative integer");
+                    shape[i] = d;
+                }
+                if (o["data_offsets"] is not JsonArray oa || oa.Count != 2) throw Bad(path, $"tensor '{name}': 'data_offsets' must be [begin, end]");
+                if (oa[0] is not JsonValue b0 || !b0.TryGetValue<long>(out var begin) || oa[1] is not JsonValue b1 || !b1.TryGetValue<long>(out var end))
+                    throw Bad(path, $"tensor '{name}': data_offsets must be integers");
+                if (begin < 0 || end < begin || end > dataLen)
+                    throw Bad(path, $"tensor '{name}': data_offsets [{begin}, {end}] lie outside the {dataLen}-byte data section");
+                long numel = 1;
+                try { foreach (var d in shape) numel = checked(numel * d); }
+                catch (OverflowException) { throw Bad(path, $"tensor '{name}': shape [{string.Join(", ", shape)}] overflows"); }
+                long bytes;
+                try { bytes = checked(numel * dt.Size); }
+                catch (OverflowException) { throw Bad(path, $"tensor '{name}': shape [{string.Join(", ", shape)}] of {dtype} overflows a 64-bit byte count"); }
+                if (end - begin != bytes)
+                    throw Bad(path, $"tensor '{name}': {end - begin} bytes for shape [{string.Join(", ", shape)}] of {dtype} (expected {bytes})");
+                tensors[name] = new SafeTensorInfo(name, dtype, shape, begin, end);
             }
-            if (node is not JsonObject o) throw Bad(path, $"tensor '{name}': entry must be an object");
-            string dtype = o["dtype"] is JsonValue dv && dv.TryGetValue<string>(out var ds) ? ds : throw Bad(path, $"tensor '{name}': missing or non-string 'dtype'");
-            if (!DTypes.TryGetValue(dtype, out var dt)) throw Bad(path, $"tensor '{name}': unsupported dtype '{dtype}' (supported: {string.Join(", ", DTypes.Keys)})");
-            if (o["shape"] is not JsonArray sa) throw Bad(path, $"tensor '{name}': missing 'shape' array");
-            var shape = new long[sa.Count];
-            for (int i = 0; i < sa.Count; i++)
-            {
-                if (sa[i] is not JsonValue sv || !sv.TryGetValue<long>(out var d) || d < 0) throw Bad(path, $"tensor '{name}': shape[{i}] is not a non-negative integer");
-                shape[i] = d;
-            }
-            if (o["data_offsets"] is not JsonArray oa || oa.Count != 2) throw Bad(path, $"tensor '{name}': 'data_offsets' must be [begin, end]");
-            if (oa[0] is not JsonValue b0 || !b0.TryGetValue<long>(out var begin) || oa[1] is not JsonValue b1 || !b1.TryGetValue<long>(out var end))
-                throw Bad(path, $"tensor '{name}': data_offsets must be integers");
-            if (begin < 0 || end < begin || end > dataLen)
-                throw Bad(path, $"tensor '{name}': data_offsets [{begin}, {end}] lie outside the {dataLen}-byte data section");
-            long numel = 1;
-            try { foreach (var d in shape) numel = checked(numel * d); }
-            catch (OverflowException) { throw Bad(path, $"tensor '{name}': shape [{string.Join(", ", shape)}] overflows"); }
-            if (end - begin != numel * dt.Size)
-                throw Bad(path, $"tensor '{name}': {end - begin} bytes for shape [{string.Join(", ", shape)}] of {dtype} (expected {numel * dt.Size})");
-            tensors[name] = new SafeTensorInfo(name, dtype, shape, begin, end);
         }
         // The data section must be covered exactly: no overlaps, no holes.
         long pos = 0;
