@@ -129,6 +129,44 @@ public class OptimizerTests
     }
 
     [Fact]
+    public void Adafactor_matches_hand_computed_factored_update()
+    {
+        // Independent re-derivation in doubles of two Adafactor steps (Shazeer & Stern 2018, HF variant) on a 3x4
+        // parameter with a constant gradient G (loss = sum(W * G)), first moment and weight decay on.
+        const int R = 3, C = 4;
+        double lr = 0.1, b1 = 0.9, wd = 0.1, eps1 = 1e-30, decay = -0.8;
+        var w0 = new double[R * C];
+        var gr = new double[R * C];
+        for (int k = 0; k < R * C; k++) { w0[k] = 0.1 * k - 0.5; gr[k] = Math.Sin(k + 1) * (k % 3 + 1); }
+        var w = (double[])w0.Clone();
+        var row = new double[R]; var col = new double[C]; var m = new double[R * C];
+        for (int t = 1; t <= 2; t++)
+        {
+            double beta2t = 1 - Math.Pow(t, decay);
+            for (int r = 0; r < R; r++) { double s = 0; for (int c = 0; c < C; c++) s += gr[r * C + c] * gr[r * C + c] + eps1; row[r] = beta2t * row[r] + (1 - beta2t) * s / C; }
+            for (int c = 0; c < C; c++) { double s = 0; for (int r = 0; r < R; r++) s += gr[r * C + c] * gr[r * C + c] + eps1; col[c] = beta2t * col[c] + (1 - beta2t) * s / R; }
+            double rowMean = row.Average();
+            var u = new double[R * C];
+            for (int r = 0; r < R; r++) for (int c = 0; c < C; c++) u[r * C + c] = gr[r * C + c] / Math.Sqrt(row[r] / rowMean * col[c]);
+            double rms = Math.Sqrt(u.Sum(x => x * x) / u.Length), scale = Math.Max(1, rms / 1.0);
+            for (int k = 0; k < u.Length; k++) { u[k] = u[k] / scale * lr; m[k] = b1 * m[k] + (1 - b1) * u[k]; }
+            for (int k = 0; k < w.Length; k++) w[k] = w[k] * (1 - wd * lr) - m[k];
+        }
+
+        var wt = torch.tensor(w0.Select(x => (float)x).ToArray(), [R, C]).requires_grad_(true);
+        var gt = torch.tensor(gr.Select(x => (float)x).ToArray(), [R, C]);
+        using var opt = new Adafactor([("w", wt)], beta1: b1, weightDecay: wd);
+        for (int t = 0; t < 2; t++)
+        {
+            opt.ZeroGrad();
+            using (var scope = torch.NewDisposeScope()) (wt * gt).sum().backward();
+            opt.Step(lr);
+        }
+        var got = wt.detach().data<float>().ToArray();
+        for (int k = 0; k < w.Length; k++) Assert.True(Math.Abs(got[k] - w[k]) < 1e-6, $"w[{k}]: {got[k]} vs {w[k]}");
+    }
+
+    [Fact]
     public void Optimizer_steps_leak_no_tensors()
     {
         using var q = new Quadratic(7);
