@@ -1,0 +1,100 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace SoftPrompt.Data;
+
+/// <summary>
+/// A padded batch. All tensors are int64 [B, T], right-padded. <see cref="Labels"/> follow the Hugging Face convention:
+/// aligned with the input positions (position t's label is the token at t, or -100 to ignore it); the shift by one
+/// happens in the loss. The batch owns its tensors (they are detached from any dispose scope): dispose it.
+/// </summary>
+public sealed class Batch : IDisposable
+{
+    public const long IgnoreIndex = -100;
+
+    public required Tensor InputIds { get; init; }
+    public required Tensor AttentionMask { get; init; }
+    public required Tensor Labels { get; init; }
+    /// <summary>Non-pad tokens in the batch.</summary>
+    public required int RealTokens { get; init; }
+    /// <summary>Tokens that carry a label (target tokens, plus prompt tokens with lossOnPrompt).</summary>
+    public required int TargetTokens { get; init; }
+    /// <summary>Per row: real length (prompt + target).</summary>
+    public required int[] Lengths { get; init; }
+    /// <summary>Per row: prompt length (the target starts at this position).</summary>
+    public required int[] PromptLengths { get; init; }
+    public int Size => Lengths.Length;
+    public int SeqLen => (int)InputIds.shape[1];
+
+    public void Dispose()
+    {
+        InputIds.Dispose();
+        AttentionMask.Dispose();
+        Labels.Dispose();
+    }
+}
+
+public static class Collator
+{
+    /// <summary>
+    /// Builds a right-padded <see cref="Batch"/>: each field is filled in a flat long[] on the CPU, turned into one
+    /// tensor, then moved to <paramref name="device"/> (no per-element tensor ops). Labels are -100 on prompt tokens
+    /// (unless <paramref name="lossOnPrompt"/>) and on pads.
+    /// </summary>
+    public static Batch Collate(IReadOnlyList<TokenizedExample> examples, int padId, Device device, bool lossOnPrompt = false)
+    {
+        ArgumentNullException.ThrowIfNull(examples);
+        if (examples.Count == 0) throw new SoftPromptException("cannot collate an empty batch.");
+        int b = examples.Count, t = examples.Max(x => x.Length);
+        if (t == 0) throw new SoftPromptException("cannot collate a batch whose examples are all empty.");
+        var ids = new long[b * t];
+        var mask = new long[b * t];
+        var labels = new long[b * t];
+        Array.Fill(ids, padId);
+        Array.Fill(labels, Batch.IgnoreIndex);
+        var lengths = new int[b];
+        var promptLengths = new int[b];
+        int real = 0, labelled = 0;
+        for (int i = 0; i < b; i++)
+        {
+            var x = examples[i];
+            int row = i * t, pl = x.PromptIds.Length;
+            for (int j = 0; j < pl; j++)
+            {
+                ids[row + j] = x.PromptIds[j];
+                mask[row + j] = 1;
+                if (lossOnPrompt) labels[row + j] = x.PromptIds[j];
+            }
+            for (int j = 0; j < x.TargetIds.Length; j++)
+            {
+                ids[row + pl + j] = x.TargetIds[j];
+                mask[row + pl + j] = 1;
+                labels[row + pl + j] = x.TargetIds[j];
+            }
+            lengths[i] = x.Length;
+            promptLengths[i] = pl;
+            real += x.Length;
+            labelled += x.TargetIds.Length + (lossOnPrompt ? pl : 0);
+        }
+        var shape = new long[] { b, t };
+        return new Batch
+        {
+            InputIds = ToDevice(ids, shape, device),
+            AttentionMask = ToDevice(mask, shape, device),
+            Labels = ToDevice(labels, shape, device),
+            RealTokens = real,
+            TargetTokens = labelled,
+            Lengths = lengths,
+            PromptLengths = promptLengths,
+        };
+    }
+
+    static Tensor ToDevice(long[] data, long[] shape, Device device)
+    {
+        var cpu = torch.tensor(data, shape, dtype: ScalarType.Int64);
+        if (device.type == DeviceType.CPU) return cpu.DetachFromDisposeScope();
+        var moved = cpu.to(device).DetachFromDisposeScope();
+        cpu.Dispose();
+        return moved;
+    }
+}

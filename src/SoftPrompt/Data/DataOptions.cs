@@ -1,0 +1,50 @@
+namespace SoftPrompt.Data;
+
+/// <summary>
+/// How a dataset file becomes (prompt, target) text pairs.
+/// </summary>
+/// <remarks>
+/// <para><b>Templates.</b> <see cref="PromptTemplate"/> and <see cref="TargetTemplate"/> use <c>{field}</c> placeholders;
+/// <c>{{</c> and <c>}}</c> stand for literal braces. Any other lone brace is an error.</para>
+/// <para><b>Default prompt</b> (PromptTemplate null): the value of <see cref="InputField"/>, as is.</para>
+/// <para><b>Default target</b> (TargetTemplate null): the value of <see cref="OutputField"/> with exactly ONE leading
+/// space added, unless the value already starts with whitespace. Chosen because BPE tokenizers (GPT-2, Llama-3, Qwen)
+/// encode a word after a prompt as " word": "Sentiment:" + " great" tokenizes the way the model saw such text in
+/// pre-training, whereas "great" glued to the prompt would be an unnatural token. With an explicit TargetTemplate
+/// nothing is added: write the space yourself (" {label}").</para>
+/// </remarks>
+public sealed record DataOptions
+{
+    /// <summary>Field holding the prompt text when <see cref="PromptTemplate"/> is null.</summary>
+    public string InputField { get; init; } = "input";
+
+    /// <summary>Field holding the target text when <see cref="TargetTemplate"/> is null.</summary>
+    public string OutputField { get; init; } = "output";
+
+    /// <summary>null = the input field's value as is; else e.g. <c>"Review: {review}\nSentiment:"</c>.</summary>
+    public string? PromptTemplate { get; init; }
+
+    /// <summary>null = <c>" " + output</c> (one leading space unless it starts with whitespace); else e.g. <c>" {label}"</c>.</summary>
+    public string? TargetTemplate { get; init; }
+
+    /// <summary>"auto" (by extension: .jsonl/.ndjson, .tsv, .csv), "jsonl", "tsv" or "csv".</summary>
+    public string Format { get; init; } = "auto";
+
+    /// <summary>
+    /// TSV/CSV only. null = auto: the first row is a header if it contains every field name the templates reference
+    /// (with explicit <see cref="Columns"/>: only if the first row equals them). true/false force it.
+    /// </summary>
+    public bool? HasHeader { get; init; }
+
+    /// <summary>
+    /// TSV/CSV column names for a headerless file. null = <c>[InputField, OutputField]</c>, i.e. "input","output"
+    /// by default (the shared task files are headerless <c>input TAB label</c>).
+    /// </summary>
+    public IReadOnlyList<string>? Columns { get; init; }
+
+    /// <summary>false: any bad line throws <see cref="DatasetException"/>. true: bad lines are skipped and reported.</summary>
+    public bool SkipBadLines { get; init; }
+
+    /// <summary>How many problems an error message lists (the total is always given).</summary>
+    public int MaxBadLinesReported { get; init; } = 20;
+}
