@@ -89,8 +89,8 @@ public sealed class Trainer
             st = LoadCheckpoint(optimizer) ?? throw new SoftPromptException($"{_runDir}: no checkpoint to resume from (expected {CheckpointDir}).");
             _reporter?.Message($"resumed at step {st.Step} (epoch {st.Epoch}, batch {st.Batch})");
         }
+        if (!resume && File.Exists(MetricsPath)) File.Delete(MetricsPath);
         var log = new MetricsLog(MetricsPath, resume ? st.Step : null);
-        if (!resume && File.Exists(MetricsPath)) { File.Delete(MetricsPath); log = new MetricsLog(MetricsPath); }
 
         var batches = BatchStream(sampler, st);
         string stopReason = "max_steps";
@@ -255,6 +255,7 @@ public sealed class Trainer
 
     void SaveCheckpoint(IPromptOptimizer optimizer, State st)
     {
+        using var scope = torch.NewDisposeScope();
         // Write a complete new checkpoint folder, then swap it in: a crash leaves either the old or the new one.
         var tmp = CheckpointDir + ".tmp";
         if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
@@ -274,6 +275,7 @@ public sealed class Trainer
 
     State? LoadCheckpoint(IPromptOptimizer optimizer)
     {
+        using var scope = torch.NewDisposeScope();
         var dir = Directory.Exists(CheckpointDir) ? CheckpointDir : Directory.Exists(CheckpointDir + ".old") ? CheckpointDir + ".old" : null;
         if (dir is null) return null;
         var statePath = Path.Combine(dir, "trainer_state.json");

@@ -51,8 +51,8 @@ public static class TrainingJob
         var tok = lm.RequireTokenizer();
         int padId = tok.PadId ?? tok.EosId ?? 0;
         Func<string, bool, int[]> encode = (text, special) => tok.Encode(text, special);
-        var train = trainEx.Select(e => Tokenization.TokenizeExample(e, encode, o.AddEos, tok.EosId, o.MaxLength)).ToList();
-        var val = valEx.Select(e => Tokenization.TokenizeExample(e, encode, o.AddEos, tok.EosId, o.MaxLength)).ToList();
+        var train = trainEx.Select(e => ExampleTokenizer.TokenizeExample(e, encode, o.AddEos, tok.EosId, o.MaxLength)).ToList();
+        var val = valEx.Select(e => ExampleTokenizer.TokenizeExample(e, encode, o.AddEos, tok.EosId, o.MaxLength)).ToList();
         reporter?.Message($"{train.Count} training examples, {val.Count} validation examples; model {lm.Model.Config.ModelType} " +
                           $"({lm.Model.ParameterCount / 1e6:F1} M parameters, frozen, {TorchRuntime.DTypeName(lm.Model.DType)}) on {lm.Model.Device}");
 

@@ -23,6 +23,7 @@ public static class Adapter
     public static void Save(string dir, IPromptMethod method, CausalLM model, IReadOnlyDictionary<string, string>? extraMetadata = null)
     {
         Directory.CreateDirectory(dir);
+        using var scope = torch.NewDisposeScope();
         var cfg = method.AdapterConfig(model.Config);
         using var emb = method.ExportEmbeddings();
         var meta = new Dictionary<string, string>(Fingerprint(model)) { ["format"] = "pt", ["softprompt.version"] = "1" };

@@ -2,7 +2,7 @@ using SoftPrompt.Data;
 using TorchSharp;
 using static TorchSharp.torch;
 // SoftPrompt.Data.Tokenization is shadowed by the namespace SoftPrompt.Tokenization inside namespace SoftPrompt.*.
-using Tok = SoftPrompt.Data.Tokenization;
+using Tok = SoftPrompt.Data.ExampleTokenizer;
 
 namespace SoftPrompt.Tests.Data;
 

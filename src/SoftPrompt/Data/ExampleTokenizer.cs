@@ -16,7 +16,7 @@ public sealed record TokenizedExample(int[] PromptIds, int[] TargetIds)
 /// <c>Tokenization</c> binds to the namespace <c>SoftPrompt.Tokenization</c> first; write
 /// <c>Data.Tokenization.TokenizeExample</c> or add a using alias there.
 /// </remarks>
-public static class Tokenization
+public static class ExampleTokenizer
 {
     /// <summary>
     /// Encodes the prompt WITH special tokens (BOS as the tokenizer adds it) and the target WITHOUT, then appends EOS to
