@@ -1,4 +1,6 @@
 using System.CommandLine;
+using System.CommandLine.Parsing;
+using System.Text.RegularExpressions;
 using System.Text.Encodings.Web;
 using System.Text.Json;
 using SoftPrompt.Inference;
@@ -27,11 +29,27 @@ public static class Cli
     public static int Invoke(RootCommand root, string[] args)
     {
         var parse = root.Parse(args);
+        if (parse.Errors.Count > 0)
+        {
+            // System.CommandLine would print its messages (some spanning lines) followed by the whole help text;
+            // keep usage errors to one "error: ..." line on stderr like every other error.
+            var msg = string.Join(" ", parse.Errors.Select(e => Regex.Replace(e.Message.Trim(), @"\s*\n\s*", " ")));
+            Console.Error.WriteLine($"error: {msg} (see '{CommandPath(parse)} --help')");
+            return 1;
+        }
         try
         {
             return parse.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
         }
         catch (Exception e) { return Fail(e); }
+    }
+
+    static string CommandPath(ParseResult parse)
+    {
+        var names = new List<string>();
+        for (SymbolResult? r = parse.CommandResult; r is CommandResult c; r = c.Parent)
+            names.Insert(0, c.Command is RootCommand ? "softprompt" : c.Command.Name);
+        return string.Join(" ", names);
     }
 
     public static int Fail(Exception e)

@@ -74,6 +74,9 @@ public sealed record ModelConfig
 
     public static ModelConfig Parse(JsonObject o, string path = "config.json")
     {
+        // A JsonObject built in code holds CLR values (JsonValue<int>, ...) whose TryGetValue<long>/<double> fail;
+        // re-parsing gives JsonElement-backed values that convert like those of a parsed file.
+        o = JsonNode.Parse(o.ToJsonString())!.AsObject();
         var r = new Reader(o, path);
         var type = r.Str("model_type") ?? throw new SoftPromptException($"{path}: missing key 'model_type' (one of {string.Join(", ", SupportedModelTypes)}).");
         var eos = r.IntOrList("eos_token_id");
