@@ -33,7 +33,29 @@ export const TEXTS = [
   "<|im_start|>user\nhi<|im_end|>",
   "def f(x):\n    return x**2  # comment",
   "𠀀 supplementary-plane CJK",
+  // BPE ties between overlapping equal-rank pairs (HF merges the leftmost first):
+  "zzzz ...... ???? ____ aaaaaaa",
+  "\u2581 literal \u2581\u2581 marks",
+  "<0x41> <unk> byte-token text",
+  "\nstarts with a newline",
 ];
+
+// Variants of a fixture: the same vocabulary with another tokenizer.json layout.
+const VARIANTS = {
+  // The layout newer transformers versions write for Llama/Mistral (legacy = false): no normalizer, a Metaspace
+  // pre-tokenizer that prepends only at the start of the text. add_prefix_space is set for transformers.js, which
+  // ignores prepend_scheme without it.
+  mistral_metaspace: {
+    base: "mistral",
+    edit: (j) => ({
+      ...j,
+      normalizer: null,
+      pre_tokenizer: { type: "Metaspace", replacement: "\u2581", prepend_scheme: "first", split: false, add_prefix_space: true },
+    }),
+  },
+};
+// Tokenizers whose decode output is recorded too (clean_up_tokenization_spaces is false for them).
+const DECODE = new Set(["mistral", "mistral_metaspace"]);
 
 const packageVersion = JSON.parse(fs.readFileSync(path.join(here, "node_modules/@lenml/tokenizers/package.json"), "utf8")).version;
 
@@ -47,20 +69,29 @@ function readJson(dir, name) {
 const out = {
   generator: "scripts/tokenizer-reference/make_reference.mjs",
   implementation: `@lenml/tokenizers ${packageVersion} (transformers.js tokenizers)`,
-  note: "ids_special = encode(text, add_special_tokens=true); ids_plain = add_special_tokens=false",
+  note: "ids_special = encode(text, add_special_tokens=true); ids_plain = add_special_tokens=false; decoded_special / decoded_skip = decode(ids_special, skip_special_tokens=false / true)",
+  variants: "mistral_metaspace = the mistral fixture with normalizer null and pre_tokenizer Metaspace(prepend_scheme first, split false), see VARIANTS",
   tokenizers: {},
 };
-for (const name of ["llama3", "qwen3", "mistral"]) {
-  const dir = path.join(fixtures, name);
+const names = ["llama3", "qwen3", "mistral", ...Object.keys(VARIANTS)];
+for (const name of names) {
+  const variant = VARIANTS[name];
+  const dir = path.join(fixtures, variant ? variant.base : name);
+  let tokenizerJSON = readJson(dir, "tokenizer.json");
+  if (variant) tokenizerJSON = variant.edit(tokenizerJSON);
   const tokenizer = TokenizerLoader.fromPreTrained({
-    tokenizerJSON: readJson(dir, "tokenizer.json"),
+    tokenizerJSON,
     tokenizerConfig: readJson(dir, "tokenizer_config.json") ?? {},
   });
-  out.tokenizers[name] = TEXTS.map((text) => ({
-    text,
-    ids_special: Array.from(tokenizer.encode(text, { add_special_tokens: true })),
-    ids_plain: Array.from(tokenizer.encode(text, { add_special_tokens: false })),
-  }));
+  out.tokenizers[name] = TEXTS.map((text) => {
+    const ids_special = Array.from(tokenizer.encode(text, { add_special_tokens: true }));
+    const entry = { text, ids_special, ids_plain: Array.from(tokenizer.encode(text, { add_special_tokens: false })) };
+    if (DECODE.has(name)) {
+      entry.decoded_special = tokenizer.decode(ids_special, { skip_special_tokens: false });
+      entry.decoded_skip = tokenizer.decode(ids_special, { skip_special_tokens: true });
+    }
+    return entry;
+  });
 }
 fs.writeFileSync(path.join(fixtures, "reference_ids.json"), JSON.stringify(out, null, 1) + "\n");
 console.log("wrote", path.join(fixtures, "reference_ids.json"));

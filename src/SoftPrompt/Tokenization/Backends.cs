@@ -6,13 +6,22 @@ namespace SoftPrompt.Tokenization;
 /// <summary>Encodes ordinary text (no added tokens) and maps ids to strings.</summary>
 internal interface ITokenizerBackend
 {
-    void EncodeOrdinary(string segment, List<int> into);
+    /// <param name="atTextStart">true when the segment starts the input text (no added token before it).</param>
+    void EncodeOrdinary(string segment, List<int> into, bool atTextStart);
     /// <summary>Decodes a run of ordinary (non-added) token ids.</summary>
     string DecodeOrdinary(IReadOnlyList<int> ids);
     string TokenText(int id);
     string? IdToToken(int id);
     int? TokenToId(string token);
     int MaxId { get; }
+}
+
+/// <summary>A backend whose tokenizer.json decoder works on the whole token sequence, added tokens included (HF's
+/// decoders see every token, e.g. Llama's Strip removes the leading space of the fused text, not of each run).</summary>
+internal interface ITokenSequenceDecoder
+{
+    /// <summary>Runs the decoder chain over token strings (vocabulary pieces and added-token contents) and joins them.</summary>
+    string DecodeTokens(List<string> tokens);
 }
 
 /// <summary>Byte-level BPE: our own normalizer/pre-tokenizer pipeline, Microsoft.ML.Tokenizers' BpeTokenizer for the merges.</summary>
@@ -37,7 +46,7 @@ internal sealed class ByteLevelBpeBackend : ITokenizerBackend
 
     public int MaxId { get; }
 
-    public void EncodeOrdinary(string segment, List<int> into)
+    public void EncodeOrdinary(string segment, List<int> into, bool atTextStart)
     {
         var text = _pipeline.Normalizer is null ? segment : _pipeline.Normalizer(segment);
         foreach (var piece in _pipeline.PreTokenize(text))
@@ -93,7 +102,7 @@ internal sealed class SentencePieceBackend : ITokenizerBackend
     public SentencePieceTokenizer Inner => _sp;
     public int MaxId { get; }
 
-    public void EncodeOrdinary(string segment, List<int> into) =>
+    public void EncodeOrdinary(string segment, List<int> into, bool atTextStart) =>
         into.AddRange(_sp.EncodeToIds(segment, addBeginningOfSentence: false, addEndOfSentence: false, considerPreTokenization: true, considerNormalization: true));
 
     public string DecodeOrdinary(IReadOnlyList<int> ids) => _sp.Decode(ids, considerSpecialTokens: true);

@@ -5,9 +5,11 @@ namespace SoftPrompt.Tokenization;
 
 /// <summary>
 /// A tokenizer loaded from a Hugging Face model folder, reproducing <c>tokenizer(text).input_ids</c>.
-/// Sources, first found wins: <c>tokenizer.json</c> (byte-level BPE), <c>vocab.json</c> + <c>merges.txt</c> (GPT-2 style),
-/// <c>tokenizer.model</c> (SentencePiece BPE). A tokenizer.json this class cannot reproduce exactly (Unigram, WordPiece,
-/// SentencePiece-style BPE with byte fallback) falls back to tokenizer.model when present, else is rejected.
+/// Sources, first found wins: <c>tokenizer.json</c> (byte-level BPE such as GPT-2 / Llama 3 / Qwen, or SentencePiece-style
+/// BPE such as Llama 2 / TinyLlama / Mistral: <c>▁</c> pieces, Prepend+Replace normalizer or Metaspace, byte fallback),
+/// <c>vocab.json</c> + <c>merges.txt</c> (GPT-2 style), <c>tokenizer.model</c> (SentencePiece BPE). A tokenizer.json this
+/// class cannot reproduce exactly (Unigram, WordPiece, unsupported components) falls back to tokenizer.model when
+/// present, else is rejected.
 /// Also read: tokenizer_config.json, special_tokens_map.json, generation_config.json and config.json (stop ids).
 /// Nothing is executed and no pickle is read.
 /// </summary>
@@ -72,20 +74,34 @@ public sealed class HfTokenizer
         ArgumentNullException.ThrowIfNull(text);
         var ids = new List<int>();
         if (addSpecialTokens) ids.AddRange(_prefix);
+        bool atStart = true;
         foreach (var (segment, token) in _splitter.Split(text))
         {
             if (token is not null) ids.Add(token.Id);
-            else _backend.EncodeOrdinary(segment, ids);
+            else _backend.EncodeOrdinary(segment, ids, atStart);
+            atStart = false;
         }
         if (addSpecialTokens) ids.AddRange(_suffix);
         return ids.ToArray();
     }
 
     /// <summary>Decodes ids to text. Added tokens are written as their content (special ones dropped when
-    /// <paramref name="skipSpecialTokens"/>). No <c>clean_up_tokenization_spaces</c> is applied, so
-    /// <c>Decode(Encode(s, false)) == s</c> for byte-level tokenizers.</summary>
+    /// <paramref name="skipSpecialTokens"/>). SentencePiece-style tokenizer.json files run their decoder chain over all
+    /// tokens as HF does (so Llama 2 / Mistral give "&lt;s&gt; Hello" with special tokens and "Hello" without).
+    /// No <c>clean_up_tokenization_spaces</c> is applied, so <c>Decode(Encode(s, false)) == s</c> for byte-level
+    /// tokenizers and, for text without added tokens, for SentencePiece-style ones.</summary>
     public string Decode(IEnumerable<int> ids, bool skipSpecialTokens = false)
     {
+        if (_backend is ITokenSequenceDecoder seq)
+        {
+            var tokens = new List<string>();
+            foreach (var id in ids)
+            {
+                if (_addedById.TryGetValue(id, out var added)) { if (!(skipSpecialTokens && added.Special)) tokens.Add(added.Content); }
+                else if (_backend.IdToToken(id) is { } piece) tokens.Add(piece); // HF skips unknown ids
+            }
+            return seq.DecodeTokens(tokens);
+        }
         var sb = new System.Text.StringBuilder();
         var run = new List<int>();
         foreach (var id in ids)
@@ -169,16 +185,28 @@ public sealed class HfTokenizer
             type = HfJson.Has(model, "merges", out _) ? "BPE" : null;
         }
         if (type != "BPE") { unsupported = $"model.type '{type ?? "(missing)"}'"; return null; }
-        if (HfJson.Bool(model, "byte_fallback", file, "model.byte_fallback") == true)
-        {
-            unsupported = "model.type 'BPE' with byte_fallback (SentencePiece-style BPE, e.g. Llama 2)"; return null;
-        }
         if (HfJson.Has(model, "dropout", out var dropout) && dropout.ValueKind == JsonValueKind.Number && dropout.GetDouble() > 0)
         {
             unsupported = "BPE dropout"; return null;
         }
         foreach (var k in new[] { "continuing_subword_prefix", "end_of_word_suffix" })
             if (!string.IsNullOrEmpty(HfJson.String(model, k, file, "model." + k))) { unsupported = $"model.{k}"; return null; }
+
+        var vocab = ParseVocab(model, file);
+        var merges = ParseMerges(model, file);
+        var added = ParseAddedTokens(root, file);
+        bool ignoreMerges = HfJson.Bool(model, "ignore_merges", file, "model.ignore_merges") ?? false;
+        var unkToken = HfJson.String(model, "unk_token", file, "model.unk_token");
+
+        // Byte-level BPE (GPT-2, Llama 3, Qwen) has a ByteLevel pre-tokenizer; everything else with a BPE model is
+        // treated as character-level BPE, SentencePiece style (Llama 2, Mistral: byte_fallback, Metaspace / Prepend).
+        bool byteLevel = HfJson.Has(root, "pre_tokenizer", out var preEl) && ContainsType(preEl, "ByteLevel");
+        bool byteFallback = HfJson.Bool(model, "byte_fallback", file, "model.byte_fallback") ?? false;
+        if (byteFallback || !byteLevel)
+        {
+            if (byteLevel) { unsupported = "BPE with both byte_fallback and a ByteLevel pre_tokenizer"; return null; }
+            return BuildSentencePieceJson(root, model, file, vocab, merges, added, ignoreMerges, unkToken, byteFallback, cfg, out unsupported);
+        }
 
         Func<string, string>? normalizer;
         TextPipeline pipeline;
@@ -190,62 +218,12 @@ public sealed class HfTokenizer
         }
         catch (UnsupportedComponentException e) { unsupported = e.Message; return null; }
         if (!pipeline.SawByteLevel) { unsupported = "BPE without a ByteLevel pre_tokenizer (not byte-level)"; return null; }
-
-        // vocab
-        var vocabEl = HfJson.RequireObject(model, "vocab", file, "model.vocab");
-        var vocab = new Dictionary<string, int>(StringComparer.Ordinal);
-        foreach (var p in vocabEl.EnumerateObject()) vocab[p.Name] = HfJson.Int(p.Value, file, $"model.vocab[\"{p.Name}\"]");
-
-        // merges: "a b" strings or ["a","b"] arrays
-        if (!HfJson.Has(model, "merges", out var mergesEl) || mergesEl.ValueKind != JsonValueKind.Array)
-            throw new TokenizerLoadException($"{file}: key 'model.merges' is missing or is not an array", file);
-        var merges = new List<string>(mergesEl.GetArrayLength());
-        int mi = 0;
-        foreach (var m in mergesEl.EnumerateArray())
-        {
-            string a, b;
-            if (m.ValueKind == JsonValueKind.String)
-            {
-                var s = m.GetString()!;
-                int sp = s.IndexOf(' ');
-                if (sp <= 0 || sp == s.Length - 1 || s.IndexOf(' ', sp + 1) >= 0)
-                    throw new TokenizerLoadException($"{file}: key 'model.merges[{mi}]' must be \"left right\", got \"{s}\"", file);
-                (a, b) = (s[..sp], s[(sp + 1)..]);
-            }
-            else if (m.ValueKind == JsonValueKind.Array && m.GetArrayLength() == 2 && m[0].ValueKind == JsonValueKind.String && m[1].ValueKind == JsonValueKind.String)
-            {
-                (a, b) = (m[0].GetString()!, m[1].GetString()!);
-                if (a.Length == 0 || b.Length == 0 || a.Contains(' ') || b.Contains(' '))
-                    throw new TokenizerLoadException($"{file}: key 'model.merges[{mi}]' holds an empty part or a space, which a byte-level vocabulary never has", file);
-            }
-            else throw new TokenizerLoadException($"{file}: key 'model.merges[{mi}]' must be a string or an array of two strings", file);
-            merges.Add(a + " " + b);
-            mi++;
-        }
-
-        // added tokens
-        var added = new List<AddedToken>();
-        if (HfJson.Has(root, "added_tokens", out var at))
-        {
-            if (at.ValueKind != JsonValueKind.Array) throw new TokenizerLoadException($"{file}: key 'added_tokens' must be an array", file);
-            int i = 0;
-            foreach (var t in at.EnumerateArray())
-            {
-                var key = $"added_tokens[{i++}]";
-                if (!HfJson.Has(t, "id", out var idEl)) throw new TokenizerLoadException($"{file}: key '{key}.id' is missing", file);
-                var content = HfJson.String(t, "content", file, key + ".content")
-                              ?? throw new TokenizerLoadException($"{file}: key '{key}.content' is missing", file);
-                added.Add(new AddedToken(HfJson.Int(idEl, file, key + ".id"), content,
-                    HfJson.Bool(t, "special", file, key + ".special") ?? false,
-                    HfJson.Bool(t, "lstrip", file, key + ".lstrip") ?? false,
-                    HfJson.Bool(t, "rstrip", file, key + ".rstrip") ?? false));
-            }
-        }
-        bool ignoreMerges = HfJson.Bool(model, "ignore_merges", file, "model.ignore_merges") ?? false;
-        var unkToken = HfJson.String(model, "unk_token", file, "model.unk_token");
+        foreach (var (m, i) in merges.Select((m, i) => (m, i)))
+            if (m.A.Contains(' ') || m.B.Contains(' '))
+                throw new TokenizerLoadException($"{file}: key 'model.merges[{i}]' holds a space, which a byte-level vocabulary never has", file);
 
         ITokenizerBackend backend;
-        try { backend = new ByteLevelBpeBackend(vocab, merges, pipeline, ignoreMerges); }
+        try { backend = new ByteLevelBpeBackend(vocab, merges.Select(m => m.A + " " + m.B), pipeline, ignoreMerges); }
         catch (Exception e) when (e is ArgumentException or InvalidOperationException or FormatException)
         {
             throw new TokenizerLoadException($"{file}: the BPE model could not be built ({e.Message})", file, e);
@@ -262,6 +240,189 @@ public sealed class HfTokenizer
         var kind = "byte-level BPE (tokenizer.json)";
         return new HfTokenizer(kind, backend, added.Concat(cfg.ExtraAddedTokens(Lookup)), sp0, prefix, suffix,
             cfg.EosIds(sp0.EosId, Lookup), cfg.ModelMaxLength);
+    }
+
+    private static HfTokenizer? BuildSentencePieceJson(JsonElement root, JsonElement model, string file, Dictionary<string, int> vocab,
+        List<(string A, string B)> merges, List<AddedToken> added, bool ignoreMerges, string? unkToken, bool byteFallback, ConfigFiles cfg,
+        out string unsupported)
+    {
+        unsupported = "";
+        Func<string, string>? normalizer;
+        Metaspace? metaspace;
+        List<DecodeStep> decoder;
+        try
+        {
+            normalizer = TextPipeline.ParseNormalizer(root, file);
+            metaspace = ParseMetaspace(root, file);
+            decoder = ParseDecoder(root, file);
+        }
+        catch (UnsupportedComponentException e) { unsupported = e.Message; return null; }
+
+        for (int i = 0; i < merges.Count; i++)
+            foreach (var part in new[] { merges[i].A, merges[i].B, merges[i].A + merges[i].B })
+                if (!vocab.ContainsKey(part))
+                    throw new TokenizerLoadException($"{file}: key 'model.merges[{i}]' uses '{part}', which is not in model.vocab", file);
+        int? unkId = null;
+        if (unkToken is not null)
+            unkId = vocab.TryGetValue(unkToken, out var u) ? u
+                : throw new TokenizerLoadException($"{file}: key 'model.unk_token' names '{unkToken}', which is not in model.vocab", file);
+        bool fuseUnk = HfJson.Bool(model, "fuse_unk", file, "model.fuse_unk") ?? false;
+        var bpe = new MergeRankBpe(vocab, merges, byteFallback, unkId, fuseUnk, ignoreMerges);
+        var backend = new SentencePieceJsonBackend(vocab, bpe, normalizer, metaspace, decoder);
+
+        int? Lookup(string tok) => added.LastOrDefault(a => a.Content == tok)?.Id ?? backend.TokenToId(tok);
+        var (prefix, suffix) = ParsePostProcessor(root, file, Lookup);
+        var sp = cfg.ResolveSpecials(Lookup, defaultUnk: unkToken);
+        (prefix, suffix) = cfg.ApplyAddFlags(prefix, suffix, sp, defaultBos: null, defaultEos: null);
+        var kind = byteFallback ? "SentencePiece-style BPE with byte fallback (tokenizer.json)" : "character-level BPE (tokenizer.json)";
+        return new HfTokenizer(kind, backend, added.Concat(cfg.ExtraAddedTokens(Lookup)), sp, prefix, suffix,
+            cfg.EosIds(sp.EosId, Lookup), cfg.ModelMaxLength);
+    }
+
+    /// <summary>pre_tokenizer of a character-level BPE: none, or Metaspace (alone or as the only item of a Sequence).</summary>
+    private static Metaspace? ParseMetaspace(JsonElement root, string file)
+    {
+        if (!HfJson.Has(root, "pre_tokenizer", out var p)) return null;
+        var key = "pre_tokenizer";
+        var type = HfJson.String(p, "type", file, key + ".type");
+        if (type == "Sequence" && HfJson.Has(p, "pretokenizers", out var list) && list.ValueKind == JsonValueKind.Array && list.GetArrayLength() <= 1)
+        {
+            if (list.GetArrayLength() == 0) return null;
+            (p, key) = (list[0], key + ".pretokenizers[0]");
+            type = HfJson.String(p, "type", file, key + ".type");
+        }
+        if (type != "Metaspace")
+            throw new UnsupportedComponentException($"pre_tokenizer type '{type}' with a non-byte-level BPE model (key '{key}.type')");
+        return new Metaspace(ReplacementChar(p, file, key), PrependScheme(p, file, key), HfJson.Bool(p, "split", file, key + ".split") ?? true);
+    }
+
+    private static char ReplacementChar(JsonElement e, string file, string key)
+    {
+        var r = HfJson.String(e, "replacement", file, key + ".replacement") ?? "\u2581";
+        if (r.Length != 1) throw new TokenizerLoadException($"{file}: key '{key}.replacement' must be one character", file);
+        return r[0];
+    }
+
+    private static string PrependScheme(JsonElement e, string file, string key)
+    {
+        var scheme = HfJson.String(e, "prepend_scheme", file, key + ".prepend_scheme");
+        if (scheme is null) return HfJson.Bool(e, "add_prefix_space", file, key + ".add_prefix_space") ?? true ? "always" : "never";
+        return scheme is "always" or "first" or "never" ? scheme
+            : throw new TokenizerLoadException($"{file}: key '{key}.prepend_scheme' must be \"always\", \"first\" or \"never\", got \"{scheme}\"", file);
+    }
+
+    /// <summary>The "decoder" of a character-level BPE: Replace (string pattern), ByteFallback, Fuse, Strip, Metaspace, in a Sequence.</summary>
+    private static List<DecodeStep> ParseDecoder(JsonElement root, string file)
+    {
+        var steps = new List<DecodeStep>();
+        if (!HfJson.Has(root, "decoder", out var d)) throw new UnsupportedComponentException("no decoder (key 'decoder')");
+        Add(d, "decoder");
+        return steps;
+
+        void Add(JsonElement e, string key)
+        {
+            var type = HfJson.String(e, "type", file, key + ".type");
+            switch (type)
+            {
+                case "Sequence":
+                    if (!HfJson.Has(e, "decoders", out var list) || list.ValueKind != JsonValueKind.Array)
+                        throw new TokenizerLoadException($"{file}: key '{key}.decoders' must be an array", file);
+                    int i = 0;
+                    foreach (var sub in list.EnumerateArray()) Add(sub, $"{key}.decoders[{i++}]");
+                    break;
+                case "Replace":
+                {
+                    var pat = HfJson.RequireObject(e, "pattern", file, key + ".pattern");
+                    var str = HfJson.String(pat, "String", file, key + ".pattern.String")
+                              ?? throw new UnsupportedComponentException($"decoder Replace without a String pattern (key '{key}.pattern')");
+                    var content = HfJson.String(e, "content", file, key + ".content")
+                                  ?? throw new TokenizerLoadException($"{file}: key '{key}.content' is missing", file);
+                    steps.Add(new DecodeStep.Replace(str, content));
+                    break;
+                }
+                case "ByteFallback": steps.Add(new DecodeStep.ByteFallback()); break;
+                case "Fuse": steps.Add(new DecodeStep.Fuse()); break;
+                case "Strip":
+                {
+                    var c = HfJson.String(e, "content", file, key + ".content") ?? " ";
+                    if (c.Length != 1) throw new TokenizerLoadException($"{file}: key '{key}.content' must be one character", file);
+                    int Count(string k) => HfJson.Has(e, k, out var v) ? HfJson.Int(v, file, $"{key}.{k}") : 0;
+                    steps.Add(new DecodeStep.Strip(c[0], Count("start"), Count("stop")));
+                    break;
+                }
+                case "Metaspace":
+                    steps.Add(new DecodeStep.MetaspaceDecode(ReplacementChar(e, file, key), PrependScheme(e, file, key) != "never"));
+                    break;
+                default:
+                    throw new UnsupportedComponentException($"decoder type '{type}' (key '{key}.type')");
+            }
+        }
+    }
+
+    private static bool ContainsType(JsonElement e, string type)
+    {
+        if (e.ValueKind == JsonValueKind.Object)
+            return e.EnumerateObject().Any(p => (p.Name == "type" && p.Value.ValueKind == JsonValueKind.String && p.Value.GetString() == type) || ContainsType(p.Value, type));
+        return e.ValueKind == JsonValueKind.Array && e.EnumerateArray().Any(x => ContainsType(x, type));
+    }
+
+    private static Dictionary<string, int> ParseVocab(JsonElement model, string file)
+    {
+        var vocabEl = HfJson.RequireObject(model, "vocab", file, "model.vocab");
+        var vocab = new Dictionary<string, int>(StringComparer.Ordinal);
+        foreach (var p in vocabEl.EnumerateObject()) vocab[p.Name] = HfJson.Int(p.Value, file, $"model.vocab[\"{p.Name}\"]");
+        return vocab;
+    }
+
+    /// <summary>model.merges as "left right" strings or ["left", "right"] arrays, in rank order.</summary>
+    private static List<(string A, string B)> ParseMerges(JsonElement model, string file)
+    {
+        if (!HfJson.Has(model, "merges", out var mergesEl) || mergesEl.ValueKind != JsonValueKind.Array)
+            throw new TokenizerLoadException($"{file}: key 'model.merges' is missing or is not an array", file);
+        var merges = new List<(string, string)>(mergesEl.GetArrayLength());
+        int mi = 0;
+        foreach (var m in mergesEl.EnumerateArray())
+        {
+            string a, b;
+            if (m.ValueKind == JsonValueKind.String)
+            {
+                var s = m.GetString()!;
+                int sp = s.IndexOf(' ');
+                if (sp <= 0 || sp == s.Length - 1 || s.IndexOf(' ', sp + 1) >= 0)
+                    throw new TokenizerLoadException($"{file}: key 'model.merges[{mi}]' must be \"left right\", got \"{s}\"", file);
+                (a, b) = (s[..sp], s[(sp + 1)..]);
+            }
+            else if (m.ValueKind == JsonValueKind.Array && m.GetArrayLength() == 2 && m[0].ValueKind == JsonValueKind.String && m[1].ValueKind == JsonValueKind.String)
+            {
+                (a, b) = (m[0].GetString()!, m[1].GetString()!);
+                if (a.Length == 0 || b.Length == 0)
+                    throw new TokenizerLoadException($"{file}: key 'model.merges[{mi}]' holds an empty part", file);
+            }
+            else throw new TokenizerLoadException($"{file}: key 'model.merges[{mi}]' must be a string or an array of two strings", file);
+            merges.Add((a, b));
+            mi++;
+        }
+        return merges;
+    }
+
+    private static List<AddedToken> ParseAddedTokens(JsonElement root, string file)
+    {
+        var added = new List<AddedToken>();
+        if (!HfJson.Has(root, "added_tokens", out var at)) return added;
+        if (at.ValueKind != JsonValueKind.Array) throw new TokenizerLoadException($"{file}: key 'added_tokens' must be an array", file);
+        int i = 0;
+        foreach (var t in at.EnumerateArray())
+        {
+            var key = $"added_tokens[{i++}]";
+            if (!HfJson.Has(t, "id", out var idEl)) throw new TokenizerLoadException($"{file}: key '{key}.id' is missing", file);
+            var content = HfJson.String(t, "content", file, key + ".content")
+                          ?? throw new TokenizerLoadException($"{file}: key '{key}.content' is missing", file);
+            added.Add(new AddedToken(HfJson.Int(idEl, file, key + ".id"), content,
+                HfJson.Bool(t, "special", file, key + ".special") ?? false,
+                HfJson.Bool(t, "lstrip", file, key + ".lstrip") ?? false,
+                HfJson.Bool(t, "rstrip", file, key + ".rstrip") ?? false));
+        }
+        return added;
     }
 
     private static (int[] Prefix, int[] Suffix) ParsePostProcessor(JsonElement root, string file, Func<string, int?> lookup)

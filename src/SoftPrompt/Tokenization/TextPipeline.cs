@@ -45,7 +45,7 @@ internal sealed class AddedTokenSplitter
     }
 }
 
-/// <summary>The normalizer and pre-tokenizer of a byte-level BPE tokenizer.json, implemented here so that the
+/// <summary>The normalizer and pre-tokenizer of a BPE tokenizer.json, implemented here so that the
 /// behaviour is exactly what the JSON says (unsupported components are rejected, never approximated).</summary>
 internal sealed class TextPipeline
 {
@@ -89,6 +89,24 @@ internal sealed class TextPipeline
             case "NFKC": return s => s.Normalize(NormalizationForm.FormKC);
             case "NFKD": return s => s.Normalize(NormalizationForm.FormKD);
             case "Lowercase": return s => s.ToLowerInvariant();
+            case "Prepend":
+            {
+                var prepend = HfJson.String(n, "prepend", file, key + ".prepend")
+                              ?? throw new TokenizerLoadException($"{file}: key '{key}.prepend' is missing", file);
+                return s => s.Length == 0 ? s : prepend + s; // HF prepends only to non-empty text
+            }
+            case "Replace":
+            {
+                var pat = HfJson.RequireObject(n, "pattern", file, key + ".pattern");
+                var content = HfJson.String(n, "content", file, key + ".content")
+                              ?? throw new TokenizerLoadException($"{file}: key '{key}.content' is missing", file);
+                var str = HfJson.String(pat, "String", file, key + ".pattern.String");
+                if (str is { Length: > 0 }) return s => s.Replace(str, content, StringComparison.Ordinal);
+                var rx = HfJson.String(pat, "Regex", file, key + ".pattern.Regex")
+                         ?? throw new TokenizerLoadException($"{file}: key '{key}.pattern' must hold a non-empty 'String' or a 'Regex'", file);
+                var regex = CompileHfRegex(rx, file, key + ".pattern.Regex");
+                return s => regex.Replace(s, content.Replace("$", "$$"));
+            }
             case "Sequence":
                 if (!HfJson.Has(n, "normalizers", out var list) || list.ValueKind != JsonValueKind.Array)
                     throw new TokenizerLoadException($"{file}: key '{key}.normalizers' must be an array", file);
@@ -192,7 +210,7 @@ internal sealed class TextPipeline
         if (pos < s.Length) yield return s[pos..];
     }
 
-    private static IEnumerable<string> SplitMerged(string s, Regex regex, bool withPrevious)
+    internal static IEnumerable<string> SplitMerged(string s, Regex regex, bool withPrevious)
     {
         // MergedWithPrevious: a piece ends where a match ends; MergedWithNext: a piece starts where a match starts.
         var cuts = new List<int>();

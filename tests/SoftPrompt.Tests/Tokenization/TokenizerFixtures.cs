@@ -41,7 +41,8 @@ public static class TokenizerFixtures
     {
         lock (Gate)
         {
-            if (!Loaded.TryGetValue(name, out var t)) Loaded[name] = t = HfTokenizer.Load(name == "gpt2" ? Gpt2Dir() : Dir(name));
+            if (!Loaded.TryGetValue(name, out var t))
+                Loaded[name] = t = HfTokenizer.Load(name switch { "gpt2" => Gpt2Dir(), "mistral_metaspace" => MistralMetaspaceDir(), _ => Dir(name) });
             return t;
         }
     }
@@ -53,7 +54,7 @@ public static class TokenizerFixtures
         return d;
     }
 
-    public sealed record RefCase(string Text, int[] IdsSpecial, int[] IdsPlain);
+    public sealed record RefCase(string Text, int[] IdsSpecial, int[] IdsPlain, string? DecodedSpecial, string? DecodedSkip);
 
     public static IReadOnlyList<RefCase> Reference(string tokenizer)
     {
@@ -61,8 +62,78 @@ public static class TokenizerFixtures
         return doc.RootElement.GetProperty("tokenizers").GetProperty(tokenizer).EnumerateArray()
             .Select(e => new RefCase(e.GetProperty("text").GetString()!,
                 e.GetProperty("ids_special").EnumerateArray().Select(x => x.GetInt32()).ToArray(),
-                e.GetProperty("ids_plain").EnumerateArray().Select(x => x.GetInt32()).ToArray()))
+                e.GetProperty("ids_plain").EnumerateArray().Select(x => x.GetInt32()).ToArray(),
+                e.TryGetProperty("decoded_special", out var ds) ? ds.GetString() : null,
+                e.TryGetProperty("decoded_skip", out var dk) ? dk.GetString() : null))
             .ToList();
+    }
+
+    /// <summary>The mistral fixture rewritten the way newer transformers versions save Llama/Mistral (legacy = false):
+    /// no normalizer, Metaspace pre-tokenizer with prepend_scheme "first". Same edit as VARIANTS in make_reference.mjs.</summary>
+    public static string MistralMetaspaceDir()
+    {
+        lock (Gate)
+        {
+            if (Dirs.TryGetValue("mistral_metaspace", out var d)) return d;
+            d = Path.Combine(TempRoot, "mistral_metaspace");
+            Directory.CreateDirectory(d);
+            var node = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(Dir("mistral"), "tokenizer.json")))!;
+            node["normalizer"] = null;
+            node["pre_tokenizer"] = System.Text.Json.Nodes.JsonNode.Parse(
+                """{"type":"Metaspace","replacement":"\u2581","prepend_scheme":"first","split":false,"add_prefix_space":true}""");
+            File.WriteAllText(Path.Combine(d, "tokenizer.json"), node.ToJsonString());
+            File.Copy(Path.Combine(Dir("mistral"), "tokenizer_config.json"), Path.Combine(d, "tokenizer_config.json"), overwrite: true);
+            return Dirs["mistral_metaspace"] = d;
+        }
+    }
+
+    /// <summary>
+    /// A SentencePiece <c>tokenizer.model</c> (ModelProto, protobuf) synthesised from a SentencePiece-style tokenizer.json:
+    /// pieces in id order; a piece made by merges scores minus the rank of its first merge, so that "highest score
+    /// first" equals "lowest merge rank first"; byte_fallback, BPE model type, add_dummy_prefix + escape_whitespaces
+    /// (Llama's normalizer spec). Used to test the tokenizer.model path, which no fixture ships.
+    /// </summary>
+    public static byte[] SentencePieceModelFromTokenizerJson(string tokenizerJsonPath)
+    {
+        using var doc = JsonDocument.Parse(File.ReadAllText(tokenizerJsonPath));
+        var model = doc.RootElement.GetProperty("model");
+        var pieces = model.GetProperty("vocab").EnumerateObject().OrderBy(p => p.Value.GetInt32()).Select(p => p.Name).ToList();
+        var score = new Dictionary<string, float>(StringComparer.Ordinal);
+        int rank = 0;
+        foreach (var m in model.GetProperty("merges").EnumerateArray())
+        {
+            var merged = m.ValueKind == JsonValueKind.String ? m.GetString()!.Replace(" ", "") : m[0].GetString() + m[1].GetString();
+            score.TryAdd(merged, -rank++);
+        }
+        var unk = model.GetProperty("unk_token").GetString();
+        var controls = doc.RootElement.GetProperty("added_tokens").EnumerateArray()
+            .Where(t => t.GetProperty("special").GetBoolean()).Select(t => t.GetProperty("content").GetString()).ToHashSet();
+
+        return Message(m =>
+        {
+            foreach (var p in pieces)
+            {
+                int type = p == unk ? 2 : controls.Contains(p) ? 3 : IsByte(p) ? 6 : 1; // UNKNOWN, CONTROL, BYTE, NORMAL
+                Bytes(m, 1, Message(x => { Str(x, 1, p); Float(x, 2, score.GetValueOrDefault(p, -1e9f)); Varint(x, 3, type); }));
+            }
+            Bytes(m, 2, Message(x => // TrainerSpec: model_type BPE, vocab_size, byte_fallback, unk/bos/eos ids
+            {
+                Varint(x, 3, 2); Varint(x, 4, pieces.Count); Varint(x, 35, 1);
+                Varint(x, 40, 0); Varint(x, 41, 1); Varint(x, 42, 2);
+            }));
+            Bytes(m, 3, Message(x => // NormalizerSpec: identity, add_dummy_prefix, no whitespace squeezing, escape whitespace
+            {
+                Str(x, 1, "identity"); Varint(x, 3, 1); Varint(x, 4, 0); Varint(x, 5, 1);
+            }));
+        });
+
+        static bool IsByte(string p) => p.Length == 6 && p.StartsWith("<0x") && p.EndsWith('>');
+        static byte[] Message(Action<Stream> write) { var ms = new MemoryStream(); write(ms); return ms.ToArray(); }
+        static void Raw(Stream s, ulong v) { while (v >= 0x80) { s.WriteByte((byte)(v | 0x80)); v >>= 7; } s.WriteByte((byte)v); }
+        static void Varint(Stream s, int field, long v) { Raw(s, (ulong)(field << 3)); Raw(s, (ulong)v); }
+        static void Bytes(Stream s, int field, byte[] b) { Raw(s, (ulong)((field << 3) | 2)); Raw(s, (ulong)b.Length); s.Write(b); }
+        static void Str(Stream s, int field, string v) => Bytes(s, field, Encoding.UTF8.GetBytes(v));
+        static void Float(Stream s, int field, float v) { Raw(s, (ulong)((field << 3) | 5)); s.Write(BitConverter.GetBytes(v)); }
     }
 
     public static IReadOnlyList<string> ReferenceTexts() => Reference("llama3").Select(c => c.Text).ToList();
