@@ -2,7 +2,7 @@ using System.Text.Json.Nodes;
 using SoftPrompt.Inference;
 using SoftPrompt.IO;
 using SoftPrompt.Models;
-using SoftPrompt.Tests.Reference;
+using SoftPrompt.Tests.ReferenceModels;
 using TorchSharp;
 using static TorchSharp.torch;
 

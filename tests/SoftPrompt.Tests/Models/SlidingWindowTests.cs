@@ -1,7 +1,7 @@
 using SoftPrompt.Inference;
 using SoftPrompt.IO;
 using SoftPrompt.Models;
-using SoftPrompt.Tests.Reference;
+using SoftPrompt.Tests.ReferenceModels;
 using TorchSharp;
 using static TorchSharp.torch;
 

@@ -1,7 +1,7 @@
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace SoftPrompt.Tests.Reference;
+namespace SoftPrompt.Tests.ReferenceModels;
 
 /// <summary>
 /// An independent, deliberately plain re-implementation of the Llama-family forward pass (Llama, Mistral, Qwen2,

@@ -1,7 +1,7 @@
 using SoftPrompt.IO;
 using static TorchSharp.torch;
 
-namespace SoftPrompt.Tests.Reference;
+namespace SoftPrompt.Tests.ReferenceModels;
 
 /// <summary>
 /// Checks the test-side <see cref="LlamaReference"/> itself against Hugging Face transformers 4.44's golden logits
