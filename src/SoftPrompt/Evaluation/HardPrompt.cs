@@ -1,0 +1,48 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using SoftPrompt.IO;
+using SoftPrompt.Tokenization;
+
+namespace SoftPrompt.Evaluation;
+
+/// <summary>
+/// A discrete prompt: token ids placed after the tokenizer's leading special tokens (BOS) and before the example's
+/// prompt text. Instructions, few-shot demonstrations, projected soft prompts and searched prompts are all of this
+/// form, so every hard-prompt baseline is evaluated by the same code. Stored as JSON
+/// (<c>{"text": ..., "token_ids": [...], "score": ..., "objective": ..., "source": ...}</c>) by
+/// <c>search-hard-prompt</c> and read back by <c>eval</c>.
+/// </summary>
+public sealed record HardPrompt
+{
+    [JsonPropertyName("text")] public string Text { get; init; } = "";
+    [JsonPropertyName("token_ids")] public int[] TokenIds { get; init; } = Array.Empty<int>();
+    [JsonPropertyName("score")] public double? Score { get; init; }
+    [JsonPropertyName("objective")] public string? Objective { get; init; }
+    [JsonPropertyName("source")] public string? Source { get; init; }
+
+    public const string FileName = "hard_prompt.json";
+
+    /// <summary>Prompt ids for an example: tokenizer prefix (BOS) + hard prompt ids + the example's prompt text.</summary>
+    public static int[] BuildPromptIds(HfTokenizer tok, IReadOnlyList<int> hardPromptIds, string promptText) =>
+        tok.PrefixIds.Concat(hardPromptIds).Concat(tok.Encode(promptText, addSpecialTokens: false)).ToArray();
+
+    /// <summary>A hard prompt from text (an instruction, demonstrations): its tokens without special tokens.</summary>
+    public static HardPrompt FromText(HfTokenizer tok, string text, string? source = null) =>
+        new() { Text = text, TokenIds = tok.Encode(text, addSpecialTokens: false), Source = source };
+
+    public void Save(string path) => AtomicFile.WriteAllText(path, JsonSerializer.Serialize(this, new JsonSerializerOptions { WriteIndented = true }) + "\n");
+
+    /// <summary>Reads a hard prompt file, or <see cref="FileName"/> inside a run folder.</summary>
+    public static HardPrompt Load(string pathOrDir)
+    {
+        var path = Directory.Exists(pathOrDir) ? Path.Combine(pathOrDir, FileName) : pathOrDir;
+        if (!File.Exists(path)) throw new SoftPromptException($"{path}: hard prompt file not found.");
+        try
+        {
+            var hp = JsonSerializer.Deserialize<HardPrompt>(File.ReadAllText(path)) ?? throw new SoftPromptException($"{path}: empty file.");
+            if (hp.TokenIds.Length == 0 && hp.Text.Length == 0) throw new SoftPromptException($"{path}: neither 'text' nor 'token_ids' is given.");
+            return hp;
+        }
+        catch (JsonException e) { throw new SoftPromptException($"{path}: invalid JSON ({e.Message})."); }
+    }
+}
