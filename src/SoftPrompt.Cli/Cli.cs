@@ -26,6 +26,15 @@ public static class Cli
         DefaultIgnoreCondition = System.Text.Json.Serialization.JsonIgnoreCondition.Never,
     };
 
+    /// <summary>The root command with every subcommand (Program.cs and the tests use the same tree).</summary>
+    public static RootCommand BuildRoot() => new("softprompt: tune soft prompts (prompt tuning, prefix tuning) for frozen Hugging Face causal LMs on TorchSharp.")
+    {
+        Commands.InspectCommand.Create(),
+        Commands.ScoreCommand.Create(),
+        Commands.GenerateCommand.Create(),
+        Commands.TrainCommand.Create(),
+    };
+
     public static int Invoke(RootCommand root, string[] args)
     {
         var parse = root.Parse(args);

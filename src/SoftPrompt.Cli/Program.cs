@@ -1,12 +1,3 @@
-using System.CommandLine;
 using SoftPrompt.Cli;
-using SoftPrompt.Cli.Commands;
 
-var root = new RootCommand("softprompt: tune soft prompts (prompt tuning, prefix tuning) for frozen Hugging Face causal LMs on TorchSharp.")
-{
-    InspectCommand.Create(),
-    ScoreCommand.Create(),
-    GenerateCommand.Create(),
-    TrainCommand.Create(),
-};
-return Cli.Invoke(root, args);
+return Cli.Invoke(Cli.BuildRoot(), args);

@@ -117,7 +117,16 @@ public sealed record TrainOptions
     public string ToJson()
     {
         var o = new JsonObject();
-        foreach (var p in Properties) o[Key(p)] = JsonValue.Create(p.GetValue(this));
+        foreach (var p in Properties)
+            o[Key(p)] = p.GetValue(this) switch
+            {
+                null => null,
+                string s => JsonValue.Create(s),
+                int i => JsonValue.Create(i),
+                double d => JsonValue.Create(d),
+                bool b => JsonValue.Create(b),
+                var v => throw new InvalidOperationException($"unsupported option type {v.GetType()}"),
+            };
         return o.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n";
     }
 
