@@ -33,6 +33,7 @@ public static class Cli
         Commands.ScoreCommand.Create(),
         Commands.GenerateCommand.Create(),
         Commands.TrainCommand.Create(),
+        Commands.BenchCommand.Create(),
     };
 
     public static int Invoke(RootCommand root, string[] args)

@@ -1,0 +1,57 @@
+using System.Text.Json.Nodes;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace SoftPrompt.Models;
+
+/// <summary>Models built in memory: random weights for named shapes (benchmarks, tests), initialised as Hugging
+/// Face does (matrices N(0, 0.02), biases 0, norm weights 1).</summary>
+public static class ModelFactory
+{
+    /// <summary>config.json contents of well-known shapes (weights are random; only the shapes matter).</summary>
+    public static readonly IReadOnlyDictionary<string, Func<JsonObject>> Shapes = new Dictionary<string, Func<JsonObject>>
+    {
+        ["gpt2-small"] = () => Gpt2(768, 12, 12),
+        ["gpt2-medium"] = () => Gpt2(1024, 24, 16),
+        ["smollm2-135m"] = () => Llama(576, 30, 9, 3, 1536, 49152, tied: true, theta: 100000),
+        ["smollm2-360m"] = () => Llama(960, 32, 15, 5, 2560, 49152, tied: true, theta: 100000),
+        ["qwen2.5-0.5b"] = () => Llama(896, 24, 14, 2, 4864, 151936, tied: true, theta: 1000000, type: "qwen2"),
+        ["tinyllama-1.1b"] = () => Llama(2048, 22, 32, 4, 5632, 32000, tied: false, theta: 10000),
+        ["llama-1b"] = () => Llama(2048, 16, 32, 8, 8192, 128256, tied: true, theta: 500000),
+    };
+
+    static JsonObject Gpt2(int h, int layers, int heads) => new()
+    {
+        ["model_type"] = "gpt2", ["n_embd"] = h, ["n_layer"] = layers, ["n_head"] = heads, ["vocab_size"] = 50257, ["n_positions"] = 1024,
+        ["bos_token_id"] = 50256, ["eos_token_id"] = 50256,
+    };
+
+    static JsonObject Llama(int h, int layers, int heads, int kv, int inter, int vocab, bool tied, double theta, string type = "llama") => new()
+    {
+        ["model_type"] = type, ["hidden_size"] = h, ["num_hidden_layers"] = layers, ["num_attention_heads"] = heads, ["num_key_value_heads"] = kv,
+        ["intermediate_size"] = inter, ["vocab_size"] = vocab, ["tie_word_embeddings"] = tied, ["rope_theta"] = theta,
+        ["max_position_embeddings"] = 8192, ["rms_norm_eps"] = 1e-5, ["hidden_act"] = "silu",
+    };
+
+    public static ModelConfig ShapeConfig(string name) =>
+        Shapes.TryGetValue(name, out var f) ? ModelConfig.Parse(f(), $"shape '{name}'") with { NameOrPath = "random:" + name }
+        : throw new SoftPromptException($"unknown shape '{name}' (known: {string.Join(", ", Shapes.Keys)}).");
+
+    /// <summary>A frozen model of <paramref name="cfg"/>'s shape with random weights.</summary>
+    public static CausalLM Random(ModelConfig cfg, long seed = 0, ScalarType dtype = ScalarType.Float32, Device? device = null)
+    {
+        device ??= torch.CPU;
+        var gen = new torch.Generator((ulong)seed);
+        var weights = new Dictionary<string, Tensor>();
+        foreach (var (name, shape) in ModelLoader.ExpectedShapes(cfg))
+        {
+            using var scope = torch.NewDisposeScope();
+            Tensor t = name.EndsWith(".bias") ? torch.zeros(shape)
+                : shape.Length == 1 ? torch.ones(shape)
+                : torch.empty(shape).normal_(0, 0.02, gen);
+            if (cfg.Family == ArchFamily.Gpt2 && shape.Length == 2 && (name.Contains(".attn.") || name.Contains(".mlp."))) t = t.t(); // Conv1D [in,out] -> [out,in]
+            weights[name] = t.to(dtype).to(device).contiguous().MoveToOuterDisposeScope();
+        }
+        return new CausalLM(cfg, weights, device, dtype);
+    }
+}
