@@ -51,8 +51,11 @@ public static class TrainingJob
         var tok = lm.RequireTokenizer();
         int padId = tok.PadId ?? tok.EosId ?? 0;
         Func<string, bool, int[]> encode = (text, special) => tok.Encode(text, special);
-        var train = trainEx.Select(e => ExampleTokenizer.TokenizeExample(e, encode, o.AddEos, tok.EosId, o.MaxLength)).ToList();
-        var val = valEx.Select(e => ExampleTokenizer.TokenizeExample(e, encode, o.AddEos, tok.EosId, o.MaxLength)).ToList();
+        // Virtual tokens occupy positions too: models with learned positions (GPT-2) have room for fewer real ones.
+        int maxLength = lm.Model.Config.Family == Models.ArchFamily.Gpt2 ? Math.Min(o.MaxLength, lm.Model.Config.MaxPositions - o.VirtualTokens) : o.MaxLength;
+        if (maxLength < 2) throw new SoftPromptException($"--virtual-tokens {o.VirtualTokens} leaves no room for text in the model's {lm.Model.Config.MaxPositions} positions.");
+        var train = ExampleTokenizer.TokenizeAll(trainEx, encode, o.AddEos, tok.EosId, maxLength);
+        var val = ExampleTokenizer.TokenizeAll(valEx, encode, o.AddEos, tok.EosId, maxLength);
         reporter?.Message($"{train.Count} training examples, {val.Count} validation examples; model {lm.Model.Config.ModelType} " +
                           $"({lm.Model.ParameterCount / 1e6:F1} M parameters, frozen, {TorchRuntime.DTypeName(lm.Model.DType)}) on {lm.Model.Device}");
 
