@@ -21,11 +21,12 @@ public static class PromptLoss
         var ids = batch.InputIds;
         long B = ids.shape[0], T = ids.shape[1];
         var inj = method?.Inject((int)B) ?? PromptInjection.None;
-        int n = inj.VirtualTokens;
-        var mask = n == 0 ? batch.AttentionMask : torch.cat(new[] { torch.ones(new long[] { B, n }, ScalarType.Int64, ids.device), batch.AttentionMask }, 1);
         KvCache? cache = null;
         if (inj.PastKeyValues is not null) { cache = KvCache.Growing(model.Config.NumLayers); cache.SetPrefix(inj.PastKeyValues); }
-        var res = model.Forward(new ForwardArgs { InputIds = ids, PrefixEmbeds = inj.PrefixEmbeds, AttentionMask = mask, Cache = cache });
+        // No attention mask: batches are right-padded, so with causal attention no real token ever sees a pad (pads
+        // only follow it), and positions are those of an unpadded row. The pads' own outputs carry no label. This
+        // keeps the fused causal attention path and builds no [B, 1, T, S] mask per step.
+        var res = model.Forward(new ForwardArgs { InputIds = ids, PrefixEmbeds = inj.PrefixEmbeds, Cache = cache });
         var hidden = res.Hidden.narrow(1, inj.HiddenOffset, T);                 // rows of the real tokens
         // Row t predicts the token at t+1 (labels are aligned with inputs; the shift happens here).
         var labels = batch.Labels.narrow(1, 1, T - 1).reshape(-1);

@@ -57,6 +57,30 @@ public class TrainerTests
         Assert.Equal(30, result.Steps);
     }
 
+    [Theory]
+    [InlineData("llama", "prompt")]
+    [InlineData("gpt2", "prefix")]
+    [InlineData("mistral", "prefix")]
+    public void RightPaddedBatchLossEqualsTheSumOfUnpaddedLosses(string modelName, string method)
+    {
+        using var model = ModelLoader.Load(Fixtures.HfReference(modelName));
+        using IPromptMethod m = method == "prompt" ? PromptTuning.Create(model, 4, PromptInit.SampleVocab, 5) : PrefixTuning.Create(model.Config, 4, false, 0, 5, model.Device);
+        var examples = new List<TokenizedExample> { new(new[] { 5, 6, 7, 8, 9, 10 }, new[] { 11, 12, 13 }), new(new[] { 20 }, new[] { 21 }), new(new[] { 30, 31, 32 }, new[] { 33, 34 }) };
+        using var _ = torch.no_grad();
+        using var batch = Collator.Collate(examples, 0, model.Device);
+        var (sum, count) = PromptLoss.Compute(model, m, batch);
+        double separate = 0; long n = 0;
+        foreach (var e in examples)
+        {
+            using var one = Collator.Collate(new[] { e }, 0, model.Device);
+            var (s1, c1) = PromptLoss.Compute(model, m, one);
+            separate += s1.item<float>(); n += c1;
+        }
+        Assert.Equal(n, count);
+        Assert.Equal(6, count);
+        Assert.InRange(Math.Abs(sum.item<float>() - separate), 0, 1e-4);
+    }
+
     [Fact]
     public void BfloatModelTrainsAnFp32Prompt()
     {
