@@ -34,6 +34,8 @@ public static class Cli
         Commands.GenerateCommand.Create(),
         Commands.TrainCommand.Create(),
         Commands.BenchCommand.Create(),
+        Commands.SearchCommand.Create(),
+        Commands.InspectPromptCommand.Create(),
     };
 
     public static int Invoke(RootCommand root, string[] args)

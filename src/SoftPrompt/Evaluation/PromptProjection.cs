@@ -12,8 +12,11 @@ namespace SoftPrompt.Evaluation;
 /// </summary>
 public static class PromptProjection
 {
-    /// <summary>For each row of <paramref name="vectors"/> [n, hidden], the <paramref name="k"/> nearest token ids and their cosines.</summary>
-    public static (int[][] Ids, float[][] Cosines) NearestTokens(CausalLM model, Tensor vectors, int k = 5)
+    /// <summary>For each row of <paramref name="vectors"/> [n, hidden], the <paramref name="k"/> nearest token ids and their cosines.
+    /// <paramref name="allowed"/> (per model vocabulary id) restricts the answer to real tokens: a model's embedding
+    /// matrix often has rows beyond the tokenizer's vocabulary (padding to a multiple of 64/128) and rows of special
+    /// tokens, which are no part of a readable prompt (see <see cref="TargetLossObjective.AllowedTokens"/>).</summary>
+    public static (int[][] Ids, float[][] Cosines) NearestTokens(CausalLM model, Tensor vectors, int k = 5, IReadOnlyList<bool>? allowed = null)
     {
         if (vectors.dim() != 2 || vectors.shape[1] != model.Config.HiddenSize)
             throw new SoftPromptException($"nearest tokens need vectors of width {model.Config.HiddenSize} (the input embedding width).");
@@ -24,7 +27,15 @@ public static class PromptProjection
         var v = vectors.to(ScalarType.Float32).to(e.device);
         var vn = v / v.norm(1, true).clamp_min(1e-12);
         var sim = vn.matmul(en.t());                                        // [n, vocab]
-        var (vals, idx) = sim.topk(Math.Min(k, (int)sim.shape[1]), dim: 1);
+        int candidates = (int)sim.shape[1];
+        if (allowed is not null)
+        {
+            if (allowed.Count != sim.shape[1]) throw new SoftPromptException($"the token filter covers {allowed.Count} ids, the model's vocabulary has {sim.shape[1]}.");
+            candidates = allowed.Count(a => a);
+            if (candidates == 0) throw new SoftPromptException("no vocabulary token is allowed for the projection.");
+            sim = sim + torch.tensor(allowed.Select(a => a ? 0f : float.NegativeInfinity).ToArray()).to(sim.device);
+        }
+        var (vals, idx) = sim.topk(Math.Min(k, candidates), dim: 1);
         var ids = idx.cpu().data<long>().ToArray();
         var cos = vals.cpu().data<float>().ToArray();
         int kk = (int)idx.shape[1], n = (int)idx.shape[0];
@@ -34,10 +45,10 @@ public static class PromptProjection
 
     /// <summary>The projected hard prompt of a prompt-tuning adapter: each virtual token's nearest token id.
     /// Prefix tuning has no input-embedding vectors to project: this returns null for it.</summary>
-    public static int[]? Project(CausalLM model, IPromptMethod method)
+    public static int[]? Project(CausalLM model, IPromptMethod method, IReadOnlyList<bool>? allowed = null)
     {
         if (method is not PromptTuning) return null;
         using var emb = method.ExportEmbeddings();
-        return NearestTokens(model, emb, 1).Ids.Select(r => r[0]).ToArray();
+        return NearestTokens(model, emb, 1, allowed).Ids.Select(r => r[0]).ToArray();
     }
 }

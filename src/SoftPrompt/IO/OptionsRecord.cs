@@ -1,0 +1,87 @@
+using System.ComponentModel;
+using System.Globalization;
+using System.Reflection;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+
+namespace SoftPrompt.IO;
+
+/// <summary>
+/// Config-file binding for an options record whose public settable properties carry <see cref="DescriptionAttribute"/>s:
+/// each property is a JSON key in snake_case (<c>prompt_length</c>) and a CLI option in kebab-case
+/// (<c>--prompt-length</c>). The same scheme as <c>TrainOptions</c>, written once generically so that other commands
+/// (<c>search-hard-prompt</c>) do not copy it; <c>TrainOptions</c> could move onto it later.
+/// </summary>
+public static class OptionsRecord
+{
+    public static string Key(PropertyInfo p) => string.Concat(p.Name.Select((c, i) => char.IsUpper(c) && i > 0 ? "_" + char.ToLowerInvariant(c) : char.ToLowerInvariant(c).ToString()));
+    public static string OptionName(PropertyInfo p) => "--" + Key(p).Replace('_', '-');
+    public static IEnumerable<PropertyInfo> Properties<T>() => typeof(T).GetProperties(BindingFlags.Public | BindingFlags.Instance).Where(p => p.CanWrite);
+    public static string Description(PropertyInfo p) => p.GetCustomAttribute<DescriptionAttribute>()?.Description ?? "";
+
+    /// <summary>Reads a JSON config file over <paramref name="baseOptions"/>; unknown keys and wrong types are errors naming the key and file.</summary>
+    public static T FromFile<T>(string path, T baseOptions) where T : class
+    {
+        if (!File.Exists(path)) throw new SoftPromptException($"{path}: config file not found.");
+        JsonObject o;
+        try { o = JsonNode.Parse(File.ReadAllText(path), documentOptions: new JsonDocumentOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true }) as JsonObject ?? throw new SoftPromptException($"{path}: expected a JSON object."); }
+        catch (JsonException e) { throw new SoftPromptException($"{path}: invalid JSON ({e.Message})."); }
+        var byKey = Properties<T>().ToDictionary(Key);
+        var values = new Dictionary<string, object?>();
+        foreach (var (rawKey, node) in o)
+        {
+            if (rawKey.StartsWith("//") || rawKey.StartsWith("$") || rawKey == "_comment") continue;
+            var key = rawKey.Replace('-', '_');
+            if (!byKey.TryGetValue(key, out var p))
+                throw new SoftPromptException($"{path}: unknown key '{rawKey}' (known: {string.Join(", ", byKey.Keys)}).");
+            values[p.Name] = Convert(node, p.PropertyType, $"{path}: key '{rawKey}'");
+        }
+        return With(baseOptions, values);
+    }
+
+    /// <summary>A copy of <paramref name="options"/> with the given properties (by C# name) set.</summary>
+    public static T With<T>(T options, IReadOnlyDictionary<string, object?> values) where T : class
+    {
+        // Records have a protected copy constructor; MemberwiseClone gives the same shallow copy.
+        var copy = (T)typeof(object).GetMethod("MemberwiseClone", BindingFlags.Instance | BindingFlags.NonPublic)!.Invoke(options, null)!;
+        foreach (var (name, v) in values) typeof(T).GetProperty(name)!.SetValue(copy, v);
+        return copy;
+    }
+
+    public static string ToJson<T>(T options)
+    {
+        var o = new JsonObject();
+        foreach (var p in Properties<T>())
+            o[Key(p)] = p.GetValue(options) switch
+            {
+                null => null, string s => JsonValue.Create(s), int i => JsonValue.Create(i), double d => JsonValue.Create(d), bool b => JsonValue.Create(b),
+                var v => throw new InvalidOperationException($"unsupported option type {v.GetType()}"),
+            };
+        return o.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n";
+    }
+
+    public static string FormatValue(object? v) => v switch
+    {
+        null => "null",
+        double d => d.ToString("G", CultureInfo.InvariantCulture),
+        _ => v.ToString()!,
+    };
+
+    static object? Convert(JsonNode? n, Type t, string where)
+    {
+        var u = Nullable.GetUnderlyingType(t) ?? t;
+        if (n is null) return u == t && t.IsValueType ? throw new SoftPromptException($"{where} must not be null.") : null;
+        try
+        {
+            if (u == typeof(string)) return n is JsonValue v && v.TryGetValue<string>(out var s) ? s : n.ToJsonString();
+            if (u == typeof(int)) return n.GetValue<int>();
+            if (u == typeof(double)) return n.GetValue<double>();
+            if (u == typeof(bool)) return n.GetValue<bool>();
+        }
+        catch (Exception e) when (e is InvalidOperationException or FormatException)
+        {
+            throw new SoftPromptException($"{where} must be {(u == typeof(int) ? "an integer" : u == typeof(double) ? "a number" : u == typeof(bool) ? "true or false" : "a string")}, got {n.ToJsonString()}.");
+        }
+        throw new InvalidOperationException($"unsupported option type {t}");
+    }
+}
