@@ -15,31 +15,11 @@ public static class SearchCommand
 {
     public static Command Create()
     {
-        var config = new Option<string>("--config", "-c") { Description = "JSON config file (keys as the options below, in snake_case)." };
-        var cmd = new Command("search-hard-prompt", "Search a readable hard prompt of k tokens (AutoPrompt / HotFlip: gradient-proposed token swaps, kept when they lower the target loss); writes RUN_DIR/hard_prompt.json for eval.") { config };
-        var defaults = new HardPromptSearchOptions();
-        var options = new List<(PropertyInfo Prop, Option Opt)>();
-        foreach (var p in OptionsRecord.Properties<HardPromptSearchOptions>())
-        {
-            var desc = OptionsRecord.Description(p) + (p.GetValue(defaults) is { } d && !(d is bool b && !b) ? $" [default: {OptionsRecord.FormatValue(d)}]" : "");
-            var name = OptionsRecord.OptionName(p);
-            Option opt = p.PropertyType == typeof(int) ? new Option<int>(name) { Description = desc }
-                : p.PropertyType == typeof(double) ? new Option<double>(name) { Description = desc }
-                : p.PropertyType == typeof(bool) ? new Option<bool>(name) { Description = desc }
-                : new Option<string>(name) { Description = desc };
-            if (name == "--model") opt.Aliases.Add("-m");
-            if (name == "--output") opt.Aliases.Add("-o");
-            options.Add((p, opt));
-            cmd.Add(opt);
-        }
+        var cmd = new Command("search-hard-prompt", "Search a readable hard prompt of k tokens (AutoPrompt / HotFlip: gradient-proposed token swaps, kept when they lower the target loss); writes RUN_DIR/hard_prompt.json for eval.");
+        var options = new RecordOptions<HardPromptSearchOptions>(cmd);
         cmd.SetAction((pr, cancel) =>
         {
-            var o = new HardPromptSearchOptions();
-            if (pr.GetValue(config) is { } cfgPath) o = OptionsRecord.FromFile(cfgPath, o);
-            var given = new Dictionary<string, object?>();
-            foreach (var (p, opt) in options)
-                if (pr.GetResult(opt) is { Implicit: false } r) given[p.Name] = r.GetValueOrDefault<object?>();
-            o = OptionsRecord.With(o, given);
+            var o = options.Bind(pr);
             var reporter = new SearchReporter();
             var result = HardPromptSearchJob.Run(o, reporter, reporter.Message, cancel);
             reporter.Message(string.Format(CultureInfo.InvariantCulture, "done: {0} steps ({1}), {2} swaps accepted; target loss {3:F4} -> {4:F4}",

@@ -1,15 +1,12 @@
 using System.ComponentModel;
-using System.Globalization;
-using System.Reflection;
-using System.Text.Json;
-using System.Text.Json.Nodes;
+using SoftPrompt.IO;
 
 namespace SoftPrompt.Training;
 
 /// <summary>
 /// Everything a training run is configured by. Each property is a config-file key (snake_case, e.g.
 /// <c>virtual_tokens</c>) and a CLI option (kebab-case, <c>--virtual-tokens</c>): the CLI generates its options from
-/// this record, so the two cannot drift apart. The resolved values are written to the run folder.
+/// this record (<see cref="OptionsRecord"/>), so the two cannot drift apart. The resolved values are written to the run folder.
 /// </summary>
 public sealed record TrainOptions
 {
@@ -59,76 +56,10 @@ public sealed record TrainOptions
     [Description("Frozen weights dtype: fp32, bf16, fp16 or auto (trainable prompts stay fp32).")] public string Dtype { get; init; } = "fp32";
     [Description("CPU threads for libtorch (0 = all cores).")] public int Threads { get; init; }
 
-    public static string Key(PropertyInfo p) => string.Concat(p.Name.Select((c, i) => char.IsUpper(c) && i > 0 ? "_" + char.ToLowerInvariant(c) : char.ToLowerInvariant(c).ToString()));
-    public static string OptionName(PropertyInfo p) => "--" + Key(p).Replace('_', '-');
-    public static IEnumerable<PropertyInfo> Properties => typeof(TrainOptions).GetProperties(BindingFlags.Public | BindingFlags.Instance).Where(p => p.CanWrite);
+    /// <summary>Reads a JSON config file over <paramref name="baseOptions"/> (see <see cref="OptionsRecord"/>).</summary>
+    public static TrainOptions FromFile(string path, TrainOptions? baseOptions = null) => OptionsRecord.FromFile(path, baseOptions ?? new TrainOptions());
 
-    /// <summary>Reads a JSON config file; unknown keys and wrong types are errors naming the key and file.</summary>
-    public static TrainOptions FromFile(string path, TrainOptions? baseOptions = null)
-    {
-        if (!File.Exists(path)) throw new SoftPromptException($"{path}: config file not found.");
-        JsonObject o;
-        try { o = JsonNode.Parse(File.ReadAllText(path), documentOptions: new JsonDocumentOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true }) as JsonObject ?? throw new SoftPromptException($"{path}: expected a JSON object."); }
-        catch (JsonException e) { throw new SoftPromptException($"{path}: invalid JSON ({e.Message})."); }
-        var values = new Dictionary<string, object?>();
-        var byKey = Properties.ToDictionary(Key);
-        foreach (var (rawKey, node) in o)
-        {
-            if (rawKey.StartsWith("//") || rawKey.StartsWith("$") || rawKey == "_comment") continue;
-            var key = rawKey.Replace('-', '_');
-            if (!byKey.TryGetValue(key, out var p))
-                throw new SoftPromptException($"{path}: unknown key '{rawKey}' (known: {string.Join(", ", byKey.Keys)}).");
-            values[p.Name] = Convert(node, p.PropertyType, $"{path}: key '{rawKey}'");
-        }
-        // Relative paths in a config file are relative to the current directory (like CLI options), so that
-        // `softprompt train --config configs/x.json` run from the repository root works as written.
-        return (baseOptions ?? new TrainOptions()).With(values);
-    }
-
-    public TrainOptions With(IReadOnlyDictionary<string, object?> values)
-    {
-        var copy = this with { };
-        foreach (var (name, v) in values)
-        {
-            var p = typeof(TrainOptions).GetProperty(name)!;
-            p.SetValue(copy, v);
-        }
-        return copy;
-    }
-
-    static object? Convert(JsonNode? n, Type t, string where)
-    {
-        var u = Nullable.GetUnderlyingType(t) ?? t;
-        if (n is null) return u == t && t.IsValueType ? throw new SoftPromptException($"{where} must not be null.") : null;
-        try
-        {
-            if (u == typeof(string)) return n is JsonValue v && v.TryGetValue<string>(out var s) ? s : n.ToJsonString();
-            if (u == typeof(int)) return n.GetValue<int>();
-            if (u == typeof(double)) return n.GetValue<double>();
-            if (u == typeof(bool)) return n.GetValue<bool>();
-        }
-        catch (Exception e) when (e is InvalidOperationException or FormatException)
-        {
-            throw new SoftPromptException($"{where} must be {(u == typeof(int) ? "an integer" : u == typeof(double) ? "a number" : u == typeof(bool) ? "true or false" : "a string")}, got {n.ToJsonString()}.");
-        }
-        throw new InvalidOperationException($"unsupported option type {t}");
-    }
-
-    public string ToJson()
-    {
-        var o = new JsonObject();
-        foreach (var p in Properties)
-            o[Key(p)] = p.GetValue(this) switch
-            {
-                null => null,
-                string s => JsonValue.Create(s),
-                int i => JsonValue.Create(i),
-                double d => JsonValue.Create(d),
-                bool b => JsonValue.Create(b),
-                var v => throw new InvalidOperationException($"unsupported option type {v.GetType()}"),
-            };
-        return o.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n";
-    }
+    public string ToJson() => OptionsRecord.ToJson(this);
 
     /// <summary>Checks values and combinations; errors name the option.</summary>
     public void Validate()
@@ -151,11 +82,4 @@ public sealed record TrainOptions
         Req(WarmupSteps >= 0 && EvalEvery >= 0 && EarlyStoppingPatience >= 0 && CheckpointEvery >= 0 && LogEvery >= 1, "step counts must be non-negative.");
         Req(EncoderHiddenSize >= 1, "--encoder-hidden-size must be at least 1.");
     }
-
-    public static string FormatValue(object? v) => v switch
-    {
-        null => "null",
-        double d => d.ToString("G", CultureInfo.InvariantCulture),
-        _ => v.ToString()!,
-    };
 }

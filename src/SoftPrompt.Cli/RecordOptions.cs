@@ -1,0 +1,45 @@
+using System.CommandLine;
+using System.Reflection;
+using SoftPrompt.IO;
+
+namespace SoftPrompt.Cli;
+
+/// <summary>
+/// CLI options generated from an options record (see <see cref="OptionsRecord"/>): one option per property, so that
+/// every config-file key is also an option. Precedence: the record's defaults &lt; <c>--config</c> file &lt; options given.
+/// </summary>
+public sealed class RecordOptions<T> where T : class, new()
+{
+    readonly List<(PropertyInfo Prop, Option Opt)> _options = new();
+    public Option<string> Config { get; } = new("--config", "-c") { Description = "JSON config file (keys as the options below, in snake_case)." };
+
+    public RecordOptions(Command cmd)
+    {
+        cmd.Add(Config);
+        var defaults = new T();
+        foreach (var p in OptionsRecord.Properties<T>())
+        {
+            var desc = OptionsRecord.Description(p) + (p.GetValue(defaults) is { } d && !(d is bool b && !b) ? $" [default: {OptionsRecord.FormatValue(d)}]" : "");
+            var name = OptionsRecord.OptionName(p);
+            Option opt = p.PropertyType == typeof(int) ? new Option<int>(name) { Description = desc }
+                : p.PropertyType == typeof(double) ? new Option<double>(name) { Description = desc }
+                : p.PropertyType == typeof(bool) ? new Option<bool>(name) { Description = desc }
+                : new Option<string>(name) { Description = desc };
+            if (name == "--model") opt.Aliases.Add("-m");
+            if (name == "--output") opt.Aliases.Add("-o");
+            _options.Add((p, opt));
+            cmd.Add(opt);
+        }
+    }
+
+    /// <summary>The options of this invocation over <paramref name="start"/> (defaults, or a resumed run's).</summary>
+    public T Bind(ParseResult pr, T? start = null)
+    {
+        var o = start ?? new T();
+        if (pr.GetValue(Config) is { } cfgPath) o = OptionsRecord.FromFile(cfgPath, o);
+        var given = new Dictionary<string, object?>();
+        foreach (var (p, opt) in _options)
+            if (pr.GetResult(opt) is { Implicit: false } r) given[p.Name] = r.GetValueOrDefault<object?>();
+        return OptionsRecord.With(o, given);
+    }
+}
