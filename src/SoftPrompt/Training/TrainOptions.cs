@@ -117,7 +117,9 @@ public sealed record TrainOptions
     public string ToJson()
     {
         var o = new JsonObject();
-        foreach (var p in Properties) o[Key(p)] = JsonValue.Create(p.GetValue(this));
+        // Typed JsonValues: JsonValue.Create(object) needs reflection-based type info at write time and throws
+        // ("JsonSerializerOptions instance must specify a TypeInfoResolver") with plain options.
+        foreach (var p in Properties) o[Key(p)] = IO.ConfigRecord.ToNode(p.GetValue(this));
         return o.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n";
     }
 
