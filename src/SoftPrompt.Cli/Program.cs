@@ -8,5 +8,6 @@ var root = new RootCommand("softprompt: tune soft prompts (prompt tuning, prefix
     ScoreCommand.Create(),
     GenerateCommand.Create(),
     TrainCommand.Create(),
+    EvalCommand.Create(),
 };
 return Cli.Invoke(root, args);
