@@ -9,5 +9,6 @@ var root = new RootCommand("softprompt: tune soft prompts (prompt tuning, prefix
     GenerateCommand.Create(),
     TrainCommand.Create(),
     EvalCommand.Create(),
+    BenchRankCommand.Create(),
 };
 return Cli.Invoke(root, args);

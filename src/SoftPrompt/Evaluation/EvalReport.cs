@@ -214,6 +214,7 @@ public static class EvalReport
         plt.Axes.Bottom.TickGenerator = new ScottPlot.TickGenerators.NumericManual(ticks);
         plt.Axes.Bottom.TickLabelStyle.Rotation = r.Conditions.Count > 4 ? 30 : 0;
         plt.Axes.Bottom.TickLabelStyle.Alignment = r.Conditions.Count > 4 ? Alignment.UpperLeft : Alignment.UpperCenter;
+        plt.Axes.Bottom.MinimumSize = r.Conditions.Count > 4 ? 150 : 40; // room for the rotated names
         if (r.ClassPrior is double prior)
         {
             var line = plt.Add.HorizontalLine(prior);
@@ -225,7 +226,7 @@ public static class EvalReport
         if (best is not null) plt.Legend.ManualItems.Add(new LegendItem { LabelText = $"best hard prompt ({best.Name})", FillColor = bestColor });
         plt.ShowLegend(Alignment.UpperRight);
         plt.Axes.SetLimitsY(0, 1.15);
-        plt.Axes.SetLimitsX(-0.6, r.Conditions.Count - 0.4);
+        plt.Axes.SetLimitsX(-0.6, r.Conditions.Count - 0.4 + (r.Conditions.Count > 4 ? 0.6 : 0)); // rotated names run to the right
         plt.Title($"{r.MainMetric} per condition ({r.Task}, n = {r.Conditions.FirstOrDefault()?.N ?? 0})");
         plt.YLabel(r.MainMetric);
         plt.SavePng(path, Math.Max(700, 130 * r.Conditions.Count), 520);

@@ -53,6 +53,26 @@ public static class ModelLoader
         }
     }
 
+    /// <summary>
+    /// A model with random weights built in memory from a config (for benchmarks and tests; nothing is read from
+    /// disk): norm weights 1, biases 0, other tensors N(0, <paramref name="std"/>).
+    /// </summary>
+    public static CausalLM Random(ModelConfig cfg, long seed = 0, Device? device = null, ScalarType dtype = ScalarType.Float32, double std = 0.02)
+    {
+        device ??= torch.CPU;
+        var gen = new torch.Generator((ulong)seed);
+        var weights = new Dictionary<string, Tensor>();
+        foreach (var (name, shape) in ExpectedShapes(cfg))
+        {
+            using var scope = torch.NewDisposeScope();
+            bool norm = name.Contains("norm") || name.Contains("ln_");
+            var t = norm && name.EndsWith("weight") ? torch.ones(shape) : name.EndsWith("bias") ? torch.zeros(shape) : torch.randn(shape, generator: gen) * std;
+            if (cfg.Family == ArchFamily.Gpt2 && IsConv1D(name)) t = t.t();
+            weights[name] = t.to(dtype).to(device).contiguous().MoveToOuterDisposeScope();
+        }
+        return new CausalLM(cfg, weights, device, dtype);
+    }
+
     /// <summary>model.safetensors, or the shards named by model.safetensors.index.json.</summary>
     public static IReadOnlyList<string> WeightFiles(string modelDir)
     {
