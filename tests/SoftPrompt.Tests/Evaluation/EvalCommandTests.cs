@@ -91,9 +91,14 @@ public class EvalCommandTests : IClassFixture<EvalWorld>
         }
         Assert.Equal("Is the colour warm or cold?\n", conds[1]["prompt_text"]!.GetValue<string>());
         Assert.EndsWith("\n\n", conds[3]["prompt_text"]!.GetValue<string>());
-        // The projected prompt is made of real vocabulary tokens: 4 virtual tokens → 4 token ids < vocab size.
-        var projected = conds[6]["prompt_text"]!.GetValue<string>();
-        Assert.Equal(4, _w.Tokenizer.Encode(projected, false).Length > 0 ? 4 : -1);
+        // The projected prompt is the decoded nearest token of each of the adapter's 4 virtual tokens.
+        using (var model = ModelLoader.Load(_w.ModelDir))
+        using (var adapter = Adapter.Load(_w.AdapterDir, model))
+        {
+            var ids = PromptProjection.Project(model, adapter)!;
+            Assert.Equal(4, ids.Length);
+            Assert.Equal(_w.Tokenizer.Decode(ids), conds[6]["prompt_text"]!.GetValue<string>());
+        }
 
         var lines = File.ReadAllLines(Path.Combine(output, "predictions.jsonl"));
         Assert.Equal(8 * 24, lines.Length);
