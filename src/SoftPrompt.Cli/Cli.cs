@@ -36,6 +36,8 @@ public static class Cli
         Commands.BenchCommand.Create(),
         Commands.SearchCommand.Create(),
         Commands.InspectPromptCommand.Create(),
+        Commands.EvalCommand.Create(),
+        Commands.BenchRankCommand.Create(),
     };
 
     public static int Invoke(RootCommand root, string[] args)

@@ -19,11 +19,14 @@ public sealed class RecordOptions<T> where T : class, new()
         var defaults = new T();
         foreach (var p in OptionsRecord.Properties<T>())
         {
-            var desc = OptionsRecord.Description(p) + (p.GetValue(defaults) is { } d && !(d is bool b && !b) ? $" [default: {OptionsRecord.FormatValue(d)}]" : "");
+            var d = p.GetValue(defaults);
+            bool showDefault = d is not null && !(d is bool b && !b) && !(d is string[] { Length: 0 });
+            var desc = OptionsRecord.Description(p) + (showDefault ? $" [default: {OptionsRecord.FormatValue(d)}]" : "");
             var name = OptionsRecord.OptionName(p);
             Option opt = p.PropertyType == typeof(int) ? new Option<int>(name) { Description = desc }
                 : p.PropertyType == typeof(double) ? new Option<double>(name) { Description = desc }
                 : p.PropertyType == typeof(bool) ? new Option<bool>(name) { Description = desc }
+                : p.PropertyType == typeof(string[]) ? new Option<string[]>(name) { Description = desc + " (repeatable)" }
                 : new Option<string>(name) { Description = desc };
             if (name == "--model") opt.Aliases.Add("-m");
             if (name == "--output") opt.Aliases.Add("-o");

@@ -55,6 +55,7 @@ public static class OptionsRecord
             o[Key(p)] = p.GetValue(options) switch
             {
                 null => null, string s => JsonValue.Create(s), int i => JsonValue.Create(i), double d => JsonValue.Create(d), bool b => JsonValue.Create(b),
+                string[] a => new JsonArray(a.Select(x => (JsonNode?)JsonValue.Create(x)).ToArray()),
                 var v => throw new InvalidOperationException($"unsupported option type {v.GetType()}"),
             };
         return o.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n";
@@ -64,6 +65,7 @@ public static class OptionsRecord
     {
         null => "null",
         double d => d.ToString("G", CultureInfo.InvariantCulture),
+        string[] a => string.Join(",", a),
         _ => v.ToString()!,
     };
 
@@ -77,10 +79,15 @@ public static class OptionsRecord
             if (u == typeof(int)) return n.GetValue<int>();
             if (u == typeof(double)) return n.GetValue<double>();
             if (u == typeof(bool)) return n.GetValue<bool>();
+            if (u == typeof(string[]))
+            {
+                if (n is JsonValue one) return new[] { one.GetValue<string>() };
+                return n.AsArray().Select(x => x?.GetValue<string>() ?? throw new InvalidOperationException()).ToArray();
+            }
         }
         catch (Exception e) when (e is InvalidOperationException or FormatException)
         {
-            throw new SoftPromptException($"{where} must be {(u == typeof(int) ? "an integer" : u == typeof(double) ? "a number" : u == typeof(bool) ? "true or false" : "a string")}, got {n.ToJsonString()}.");
+            throw new SoftPromptException($"{where} must be {(u == typeof(int) ? "an integer" : u == typeof(double) ? "a number" : u == typeof(bool) ? "true or false" : u == typeof(string[]) ? "a string or an array of strings" : "a string")}, got {n.ToJsonString()}.");
         }
         throw new InvalidOperationException($"unsupported option type {t}");
     }

@@ -1,4 +1,5 @@
 using SoftPrompt.Data;
+using SoftPrompt.Evaluation;
 using SoftPrompt.Inference;
 using SoftPrompt.IO;
 using SoftPrompt.Runtime;
@@ -65,8 +66,40 @@ public static class TrainingJob
 
         Directory.CreateDirectory(runDir);
         if (!resume) AtomicFile.WriteAllText(Path.Combine(runDir, ResolvedConfigFile), o.ToJson());
-        var trainer = new Trainer(lm.Model, method, train, val, o, padId, runDir, reporter);
+        var trainer = new Trainer(lm.Model, method, train, val, o, padId, runDir, reporter)
+        {
+            ExtraMetrics = ClassificationMetrics(o, dataOptions, lm, trainEx, valEx, reporter),
+        };
         return trainer.Run(resume, cancel);
+    }
+
+    /// <summary>Number of validation examples rank-classified at each evaluation (the loss uses them all).</summary>
+    public const int ClassificationValidationCap = 200;
+
+    /// <summary>
+    /// For a classification task (TrainOptions.Labels given, or the same automatic rule as <c>eval</c>), validation
+    /// accuracy and macro-F1 by rank classification, the code <c>eval</c> uses; accuracy then decides the best
+    /// checkpoint. Null for other tasks or without validation data.
+    /// </summary>
+    static Func<IPromptMethod, IReadOnlyDictionary<string, double>>? ClassificationMetrics(TrainOptions o, DataOptions d, LanguageModel lm,
+        IReadOnlyList<Example> trainEx, IReadOnlyList<Example> valEx, ITrainingReporter? reporter)
+    {
+        if (valEx.Count == 0) return null;
+        string why;
+        if (o.Labels is not null) why = "--labels given";
+        else
+        {
+            string field;
+            try { field = ClassificationTask.LabelField(d); }
+            catch (SoftPromptException) { return null; }
+            var (isClass, reason) = ClassificationTask.Detect(trainEx.Concat(valEx).Select(e => ClassificationTask.LabelOf(e, field)).ToList());
+            if (!isClass) return null;
+            why = reason;
+        }
+        var task = ClassificationTask.Create(trainEx.Concat(valEx).ToList(), d, lm.RequireTokenizer(), o.Labels, o.Train!);
+        reporter?.Message($"classification task ({why}): validation accuracy and macro-F1 by rank classification over {task.Labels.Count} labels " +
+                          $"on {Math.Min(valEx.Count, ClassificationValidationCap)} validation examples; the best checkpoint is the most accurate");
+        return task.TrainerMetrics(lm.Model, lm.RequireTokenizer(), valEx, o.MaxLength, cap: ClassificationValidationCap);
     }
 
     public static DataOptions DataOptionsFrom(TrainOptions o) => new()

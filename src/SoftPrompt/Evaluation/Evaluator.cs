@@ -1,0 +1,307 @@
+using System.Text.Json.Nodes;
+using SoftPrompt.Data;
+using SoftPrompt.Inference;
+using SoftPrompt.Models;
+using SoftPrompt.Runtime;
+using SoftPrompt.Tokenization;
+using SoftPrompt.Training;
+using SoftPrompt.Tuning;
+using TorchSharp;
+
+namespace SoftPrompt.Evaluation;
+
+/// <summary>One prediction: an example under a condition.</summary>
+public sealed record PredictionRow(string Condition, string Input, string Gold, string Prediction, bool Correct,
+    IReadOnlyDictionary<string, double>? Scores, string? Generated);
+
+/// <summary>The results of one condition on the test examples.</summary>
+public sealed record ConditionResult(string Name, string Kind, int N, IReadOnlyDictionary<string, double> Metrics, string? PromptText,
+    ClassificationMetrics? Classification, IReadOnlyList<PredictionRow> Predictions)
+{
+    public static readonly string[] HardKinds = { "zero-shot", "instruction", "few-shot", "projected", "searched" };
+    public static readonly string[] SoftKinds = { "soft-prompt", "prefix" };
+    public bool IsHard => HardKinds.Contains(Kind);
+    public bool IsSoft => SoftKinds.Contains(Kind);
+}
+
+/// <summary>What <see cref="Evaluator.Run"/> found: every condition on the same examples.</summary>
+public sealed record EvalResult(string Task, string TaskReason, IReadOnlyList<string>? Labels, double? ClassPrior, string Model, string Data,
+    DateTimeOffset Created, IReadOnlyList<ConditionResult> Conditions, IReadOnlyList<string> Notes)
+{
+    /// <summary>The metric conditions are ranked by: accuracy (classification) or any_gold_match (generation).</summary>
+    public string MainMetric => Task == "classification" ? "accuracy" : "any_gold_match";
+    public ConditionResult? BestHard => Conditions.Where(c => c.IsHard).OrderByDescending(c => c.Metrics[MainMetric]).FirstOrDefault();
+    public ConditionResult? BestSoft => Conditions.Where(c => c.IsSoft).OrderByDescending(c => c.Metrics[MainMetric]).FirstOrDefault();
+}
+
+/// <summary>
+/// Evaluates prompts against hard-prompt baselines on one test set: zero-shot, instructions, few-shot
+/// demonstrations, soft prompts / prefixes, the projected hard prompt of each soft prompt, and searched prompts.
+/// Every hard prompt (the empty one of zero-shot included) is placed by <see cref="HardPrompt.BuildPromptIds"/>,
+/// as the hard-prompt search places it. Classification by rank classification (<see cref="RankClassifier"/>),
+/// generation by <see cref="Generator"/>, loss by <see cref="Trainer.ValidationLoss"/> (the trainer's code path).
+/// Nothing is written here: see <see cref="EvalReport"/>.
+/// </summary>
+public static class Evaluator
+{
+    sealed class Condition
+    {
+        public required string Name { get; init; }
+        public required string Kind { get; init; }
+        public IPromptMethod? Method { get; init; }
+        public HardPrompt? Hard { get; init; }
+        /// <summary>Few-shot: a per-example hard prompt (demonstrations never equal to the example itself).</summary>
+        public Func<int, HardPrompt>? PerExample { get; init; }
+        public HardPrompt HardFor(int i) => PerExample?.Invoke(i) ?? Hard ?? new HardPrompt();
+    }
+
+    public static EvalResult Run(EvalOptions o, Action<string>? log = null)
+    {
+        o.Validate();
+        TorchRuntime.SetThreads(o.Threads);
+        var dataOptions = o.DataOptions();
+
+        // Data and every named file first: bad input must stop before the model is loaded.
+        var read = DatasetReader.Read(o.Data!, dataOptions);
+        if (read.Skipped > 0) log?.Invoke($"{o.Data}: skipped {read.Skipped} bad line(s) (--skip-bad-lines); first: {read.Problems[0]}");
+        var examples = o.MaxExamples > 0 ? read.Examples.Take(o.MaxExamples).ToList() : read.Examples.ToList();
+        var instructions = o.Instruction.ToList();
+        if (o.InstructionsFile is not null)
+        {
+            var lines = File.ReadAllLines(o.InstructionsFile).Where(l => l.Trim().Length > 0 && !l.TrimStart().StartsWith('#')).ToList();
+            if (lines.Count == 0) throw new SoftPromptException($"--instructions-file {o.InstructionsFile}: no instructions in it.");
+            instructions.AddRange(lines);
+        }
+        IReadOnlyList<Example>? shots = o.FewShot > 0 ? DatasetReader.Read(o.ShotsFrom!, dataOptions).Examples : null;
+        var searched = o.Searched.Select(s => (Path: s, Prompt: HardPrompt.Load(s))).ToList();
+
+        var labelField = o.Task == "generation" ? o.OutputField : SafeLabelField(dataOptions, o.Task);
+        string task, reason;
+        if (o.Task == "auto")
+        {
+            var (isClass, why) = o.Labels is not null ? (true, "--labels given")
+                : ClassificationTask.Detect(examples.Select(e => ClassificationTask.LabelOf(e, labelField)).ToList());
+            task = isClass ? "classification" : "generation";
+            reason = $"auto: {why}";
+        }
+        else { task = o.Task; reason = "--task"; }
+        if (task == "generation" && o.Labels is not null) throw new SoftPromptException("--labels applies to classification; this evaluation is a generation task (--task).");
+
+        using var lm = LanguageModel.Load(o.Model!, o.Device, o.Dtype);
+        var tok = lm.RequireTokenizer();
+        var model = lm.Model;
+        var notes = new List<string>();
+        var ct = task == "classification" ? ClassificationTask.Create(examples, dataOptions, tok, o.Labels, o.Data!) : null;
+
+        var conditions = new List<Condition>();
+        var methods = new List<IPromptMethod>();
+        try
+        {
+            conditions.Add(new Condition { Name = "zero-shot", Kind = "zero-shot", Hard = new HardPrompt { Source = "bare template" } });
+            for (int i = 0; i < instructions.Count; i++)
+                conditions.Add(new Condition { Name = $"instruction {i + 1}", Kind = "instruction", Hard = HardPrompt.FromText(tok, instructions[i] + "\n", "instruction") });
+            if (shots is not null)
+            {
+                var (hard, per, substituted) = FewShot(tok, shots, examples, o.FewShot, o.Seed, o.ShotsFrom!);
+                conditions.Add(new Condition { Name = $"few-shot k={o.FewShot}", Kind = "few-shot", Hard = hard, PerExample = per });
+                if (substituted > 0) notes.Add($"few-shot: for {substituted} example(s) a drawn demonstration had the example's own prompt and was replaced by the next draw.");
+            }
+            var projected = new List<Condition>();
+            foreach (var dir in o.Prompt)
+            {
+                var m = Adapter.Load(dir, model);
+                methods.Add(m);
+                var label = AdapterLabel(dir);
+                var kind = m.PeftType == "PREFIX_TUNING" ? "prefix" : "soft-prompt";
+                conditions.Add(new Condition { Name = $"{kind} {label}", Kind = kind, Method = m });
+                var ids = PromptProjection.Project(model, m);
+                if (ids is null) notes.Add($"{dir}: a prefix-tuning adapter has no input-embedding vectors, so it has no projected hard prompt.");
+                else projected.Add(new Condition { Name = $"projected {label}", Kind = "projected", Hard = new HardPrompt { Text = tok.Decode(ids), TokenIds = ids, Source = dir, Objective = "nearest token (cosine) of each virtual token" } });
+            }
+            conditions.AddRange(projected);
+            foreach (var (path, hp0) in searched)
+            {
+                var hp = hp0.TokenIds.Length > 0 ? hp0 : hp0 with { TokenIds = tok.Encode(hp0.Text, addSpecialTokens: false) };
+                var bad = hp.TokenIds.FirstOrDefault(id => id < 0 || id >= model.Config.VocabSize, -1);
+                if (bad != -1) throw new SoftPromptException($"--searched {path}: token id {bad} is outside the model's vocabulary (size {model.Config.VocabSize}); was it searched on another model?");
+                conditions.Add(new Condition { Name = $"searched {SearchedLabel(path)}", Kind = "searched", Hard = hp });
+            }
+            MakeNamesUnique(conditions);
+            log?.Invoke($"task: {task} ({reason}); {conditions.Count} conditions on {examples.Count} examples");
+
+            var results = new List<ConditionResult>();
+            int padId = tok.PadId ?? tok.EosId ?? 0;
+            foreach (var c in conditions)
+            {
+                log?.Invoke($"evaluating {c.Name} on {examples.Count} examples ...");
+                results.Add(EvaluateCondition(c, examples, o, lm, tok, ct, padId, notes));
+            }
+            double? prior = ct is null ? null : ClassificationMetrics.MajorityClassAccuracy(examples.Select(ct.Gold).ToList());
+            return new EvalResult(task, reason, ct?.Labels, prior, Path.GetFullPath(o.Model!), Path.GetFullPath(o.Data!), DateTimeOffset.Now, results, notes.Distinct().ToList());
+        }
+        finally
+        {
+            foreach (var m in methods) m.Dispose();
+        }
+    }
+
+    static string SafeLabelField(DataOptions d, string task)
+    {
+        try { return ClassificationTask.LabelField(d); }
+        catch (SoftPromptException) when (task == "auto") { return d.OutputField; }
+    }
+
+    static ConditionResult EvaluateCondition(Condition c, IReadOnlyList<Example> examples, EvalOptions o, LanguageModel lm, HfTokenizer tok,
+        ClassificationTask? ct, int padId, List<string> notes)
+    {
+        var model = lm.Model;
+        int virtualTokens = c.Method?.NumVirtualTokens ?? 0;
+        int maxLen = o.MaxLength;
+        if (model.Config.Family == ArchFamily.Gpt2) maxLen = Math.Min(maxLen, model.Config.MaxPositions - virtualTokens);
+        var targets = examples.Select(e => tok.Encode(e.Target, addSpecialTokens: false)).ToList();
+        int truncated = 0;
+        int[] Prompt(int i, int reserve)
+        {
+            var ids = PromptBuilder.Truncate(HardPrompt.BuildPromptIds(tok, c.HardFor(i).TokenIds, examples[i].Prompt), tok.PrefixIds.Count, maxLen - reserve, out bool cut);
+            if (cut) truncated++;
+            return ids;
+        }
+
+        // Loss on the data's targets: the trainer's validation-loss code path, hard prompt in the prompt ids.
+        var lossData = examples.Select((e, i) => new TokenizedExample(Prompt(i, targets[i].Length), targets[i])).ToList();
+        double loss = Trainer.ValidationLoss(model, c.Method, lossData, o.BatchSize, padId);
+        int truncatedForLoss = truncated;
+
+        var rows = new List<PredictionRow>();
+        var metrics = new Dictionary<string, double>();
+        ClassificationMetrics? cm = null;
+        if (ct is not null)
+        {
+            truncated = 0;
+            var prompts = examples.Select((_, i) => Prompt(i, ct.MaxLabelTokens)).ToList();
+            var scores = ct.Score(model, c.Method, prompts);
+            var gold = examples.Select(ct.Gold).ToList();
+            var pred = scores.Select(s => s.Best(o.LengthNormalize)).ToList();
+            cm = ClassificationMetrics.Compute(gold, pred, ct.Labels);
+            metrics["accuracy"] = cm.Accuracy;
+            metrics["macro_f1"] = cm.MacroF1;
+            for (int i = 0; i < examples.Count; i++)
+                rows.Add(new PredictionRow(c.Name, examples[i].Prompt, ct.Labels[gold[i]], ct.Labels[pred[i]], gold[i] == pred[i],
+                    ct.Labels.Select((l, k) => (l, k)).ToDictionary(x => x.l, x => scores[i].Score(x.k, o.LengthNormalize)), null));
+        }
+        else
+        {
+            truncated = 0;
+            var steps = o.NormalizeSteps.ToList();
+            var field = o.OutputField;
+            var own = examples.Select(e => AnswerMetrics.SplitAnswers(ClassificationTask.LabelOf(e, field), o.AnswerSeparator)).ToList();
+            // "Any of several gold answers": every answer given for the same input anywhere in the file.
+            var byInput = examples.Select((e, i) => (e.Prompt, i)).GroupBy(x => x.Prompt)
+                .ToDictionary(g => g.Key, g => g.SelectMany(x => own[x.i]).Distinct().ToList());
+            var eos = lm.EosIds.ToList();
+            if (o.StopAtNewline) eos.AddRange(NewlineIds(tok));
+            var cache = new Dictionary<string, string>();
+            double em = 0, f1 = 0, any = 0;
+            for (int i = 0; i < examples.Count; i++)
+            {
+                var p = Prompt(i, o.MaxNewTokens);
+                var key = string.Join(",", p);
+                if (o.Temperature > 0 || !cache.TryGetValue(key, out var text))
+                {
+                    using var scope = torch.NewDisposeScope();
+                    using var noGrad = torch.no_grad();
+                    var r = Generator.Generate(model, p, new GenerationOptions
+                    {
+                        MaxNewTokens = o.MaxNewTokens, Temperature = o.Temperature, Seed = o.Seed + i, EosIds = eos,
+                    }, c.Method?.Inject(1));
+                    text = tok.Decode(r.NewIds, skipSpecialTokens: true);
+                    cache[key] = text;
+                }
+                var answer = (o.StopAtNewline && text.IndexOf('\n') is int nl and >= 0 ? text[..nl] : text).Trim();
+                bool exact = AnswerMetrics.AnyExactMatch(answer, own[i], steps);
+                bool anyGold = AnswerMetrics.AnyExactMatch(answer, byInput[examples[i].Prompt], steps);
+                em += exact ? 1 : 0; any += anyGold ? 1 : 0; f1 += AnswerMetrics.BestTokenF1(answer, own[i], steps);
+                rows.Add(new PredictionRow(c.Name, examples[i].Prompt, ClassificationTask.LabelOf(examples[i], field), answer, anyGold, null, text));
+            }
+            int n = examples.Count;
+            metrics["exact_match"] = em / n;
+            metrics["any_gold_match"] = any / n;
+            metrics["token_f1"] = f1 / n;
+        }
+        metrics["loss"] = loss;
+        metrics["perplexity"] = Math.Exp(loss);
+        int cutCount = Math.Max(truncated, truncatedForLoss);
+        if (cutCount > 0) notes.Add($"{c.Name}: {cutCount} prompt(s) were longer than --max-length {maxLen} and were cut from the left (the hard prompt first).");
+        string? promptText = c.Method is null ? c.Hard?.Text ?? "" : null;
+        return new ConditionResult(c.Name, c.Kind, examples.Count, metrics, promptText, cm, rows);
+    }
+
+    static readonly System.Runtime.CompilerServices.ConditionalWeakTable<HfTokenizer, int[]> NewlineCache = new();
+
+    /// <summary>Ids of every token whose text contains a newline (generation stops after one).</summary>
+    public static int[] NewlineIds(HfTokenizer tok) => NewlineCache.GetValue(tok, t =>
+        Enumerable.Range(0, t.VocabSize).Where(id => { try { return t.Decode(new[] { id }).Contains('\n'); } catch { return false; } }).ToArray());
+
+    /// <summary>
+    /// Few-shot demonstrations: a seeded draw of k examples from the shots file, rendered "prompt+target" and joined
+    /// by a blank line, ending with one. The same k are used for every test example, except that a demonstration
+    /// whose prompt equals the test example's prompt is replaced by the next draw for that example.
+    /// </summary>
+    static (HardPrompt Default, Func<int, HardPrompt> PerExample, int Substituted) FewShot(HfTokenizer tok, IReadOnlyList<Example> pool, IReadOnlyList<Example> test, int k, int seed, string path)
+    {
+        var order = Enumerable.Range(0, pool.Count).ToArray();
+        var rng = SplitMix64.For(seed, stream: 0xF3A5_0001);
+        rng.Shuffle(order);
+        HardPrompt Render(IEnumerable<int> idx) =>
+            HardPrompt.FromText(tok, string.Concat(idx.Select(j => pool[j].Prompt + pool[j].Target + "\n\n")), $"{k} demonstrations from {path}");
+        List<int> Draw(string? exclude)
+        {
+            var picked = order.Where(j => exclude is null || pool[j].Prompt != exclude).Take(k).ToList();
+            if (picked.Count < k)
+                throw new SoftPromptException($"--shots-from {path}: {(exclude is null ? pool.Count : pool.Count(e => e.Prompt != exclude))} usable example(s), fewer than --few-shot {k}{(exclude is null ? "" : " (demonstrations equal to a test example's prompt are never used)")}.");
+            return picked;
+        }
+        var first = Draw(null);
+        var defaultPrompt = Render(first);
+        var firstPrompts = first.Select(j => pool[j].Prompt).ToHashSet();
+        var perInput = new Dictionary<string, HardPrompt>();
+        int substituted = 0;
+        foreach (var e in test)
+            if (firstPrompts.Contains(e.Prompt) && !perInput.ContainsKey(e.Prompt)) perInput[e.Prompt] = Render(Draw(e.Prompt));
+        substituted = test.Count(e => perInput.ContainsKey(e.Prompt));
+        return (defaultPrompt, i => perInput.TryGetValue(test[i].Prompt, out var hp) ? hp : defaultPrompt, substituted);
+    }
+
+    static string AdapterLabel(string dir)
+    {
+        var full = Path.GetFullPath(dir).TrimEnd(Path.DirectorySeparatorChar);
+        var name = Path.GetFileName(full);
+        // A run folder's adapter/ or best/: name it by the run.
+        if (name is "adapter" or "best" && Path.GetFileName(Path.GetDirectoryName(full)) is { Length: > 0 } run) return $"{run}/{name}";
+        return name;
+    }
+
+    static string SearchedLabel(string path)
+    {
+        var full = Path.GetFullPath(path).TrimEnd(Path.DirectorySeparatorChar);
+        if (Directory.Exists(full)) return Path.GetFileName(full);
+        var name = Path.GetFileNameWithoutExtension(full);
+        return name == Path.GetFileNameWithoutExtension(HardPrompt.FileName) ? Path.GetFileName(Path.GetDirectoryName(full)) ?? name : name;
+    }
+
+    static void MakeNamesUnique(List<Condition> cs)
+    {
+        var seen = new Dictionary<string, int>();
+        for (int i = 0; i < cs.Count; i++)
+        {
+            var n = cs[i].Name;
+            if (seen.TryGetValue(n, out var k))
+            {
+                seen[n] = k + 1;
+                var c = cs[i];
+                cs[i] = new Condition { Name = $"{n} #{k + 1}", Kind = c.Kind, Method = c.Method, Hard = c.Hard, PerExample = c.PerExample };
+            }
+            else seen[n] = 1;
+        }
+    }
+}
