@@ -1,0 +1,186 @@
+using System.Text;
+using Microsoft.ML.Tokenizers;
+using SoftPrompt.Tokenization;
+using static SoftPrompt.Tests.Tokenization.TokenizerFixtures;
+
+namespace SoftPrompt.Tests.Tokenization;
+
+public class HfTokenizerTests
+{
+    private static string Show(IEnumerable<int> ids) => "[" + string.Join(", ", ids) + "]";
+
+    private static void AssertMatchesReference(string name)
+    {
+        var tok = Get(name);
+        var failures = new List<string>();
+        foreach (var c in Reference(name))
+        {
+            var s = tok.Encode(c.Text, addSpecialTokens: true);
+            var p = tok.Encode(c.Text, addSpecialTokens: false);
+            if (!s.SequenceEqual(c.IdsSpecial)) failures.Add($"special {Escape(c.Text)}: got {Show(s)}, reference {Show(c.IdsSpecial)}");
+            if (!p.SequenceEqual(c.IdsPlain)) failures.Add($"plain   {Escape(c.Text)}: got {Show(p)}, reference {Show(c.IdsPlain)}");
+        }
+        Assert.True(failures.Count == 0, string.Join("\n", failures));
+    }
+
+    private static string Escape(string s) => "\"" + s.Replace("\n", "\\n").Replace("\r", "\\r").Replace("\t", "\\t") + "\"";
+
+    [Fact] public void Llama3_MatchesTransformersJsReference() => AssertMatchesReference("llama3");
+    [Fact] public void Qwen3_MatchesTransformersJsReference() => AssertMatchesReference("qwen3");
+
+    [Fact]
+    public void Llama3_KnownIdsAndSpecials()
+    {
+        var t = Get("llama3");
+        Assert.Equal("byte-level BPE (tokenizer.json)", t.Kind);
+        Assert.Equal(128256, t.VocabSize);
+        Assert.Equal(new[] { 9906, 1917 }, t.Encode("Hello world", false));
+        // This tokenizer.json is the first Llama 3 release: ByteLevel post-processor, so no BOS is added (as in HF).
+        Assert.False(t.AddBos);
+        Assert.Equal(128000, t.BosId);
+        Assert.Equal(128001, t.EosId);
+        Assert.Equal("<|begin_of_text|>", t.BosToken);
+        Assert.Equal(" world", t.TokenText(1917));
+        Assert.Equal("Ġworld", t.IdToToken(1917));
+        Assert.Equal(1917, t.TokenToId("Ġworld"));
+        Assert.Equal(128009, t.SpecialTokens["<|eot_id|>"]);
+    }
+
+    [Fact]
+    public void Llama3_TemplateProcessingAddsBos_AndGenerationConfigAddsStopIds()
+    {
+        // The later Llama 3 files use a TemplateProcessing post-processor that prepends <|begin_of_text|>.
+        var dir = NewTempDir("llama3-template");
+        var json = File.ReadAllText(Path.Combine(Dir("llama3"), "tokenizer.json"));
+        var node = System.Text.Json.Nodes.JsonNode.Parse(json)!;
+        node["post_processor"] = System.Text.Json.Nodes.JsonNode.Parse("""
+            {"type":"Sequence","processors":[{"type":"ByteLevel","add_prefix_space":true,"trim_offsets":false,"use_regex":true},
+             {"type":"TemplateProcessing","single":[{"SpecialToken":{"id":"<|begin_of_text|>","type_id":0}},{"Sequence":{"id":"A","type_id":0}}],
+              "pair":[],"special_tokens":{"<|begin_of_text|>":{"id":"<|begin_of_text|>","ids":[128000],"tokens":["<|begin_of_text|>"]}}}]}
+            """);
+        File.WriteAllText(Path.Combine(dir, "tokenizer.json"), node.ToJsonString());
+        File.Copy(Path.Combine(Dir("llama3"), "tokenizer_config.json"), Path.Combine(dir, "tokenizer_config.json"));
+        File.WriteAllText(Path.Combine(dir, "generation_config.json"), """{"bos_token_id":128000,"eos_token_id":[128001,128008,128009]}""");
+        var t = HfTokenizer.Load(dir);
+        Assert.Equal(new[] { 128000, 9906, 1917 }, t.Encode("Hello world"));
+        Assert.Equal(new[] { 9906, 1917 }, t.Encode("Hello world", addSpecialTokens: false));
+        Assert.True(t.AddBos);
+        Assert.False(t.AddEos);
+        Assert.Equal(new[] { 128001, 128008, 128009 }, t.EosIds);
+        Assert.Equal("Hello world", t.Decode(t.Encode("Hello world"), skipSpecialTokens: true));
+        Assert.Equal("<|begin_of_text|>Hello world", t.Decode(t.Encode("Hello world")));
+    }
+
+    [Fact]
+    public void Qwen3_KnownIdsAndSpecials()
+    {
+        var t = Get("qwen3");
+        Assert.Equal(new[] { 9707, 1879 }, t.Encode("Hello world"));
+        Assert.False(t.AddBos);
+        Assert.False(t.AddEos);
+        Assert.Null(t.BosId);
+        Assert.Equal(151645, t.EosId);          // <|im_end|>
+        Assert.Equal(151643, t.PadId);          // <|endoftext|>
+        Assert.Equal(151669, t.VocabSize);
+        Assert.Equal(new[] { 151645 }, t.EosIds);
+        Assert.Equal(151668, t.SpecialTokens["</think>"]);
+    }
+
+    [Theory]
+    [InlineData("llama3")]
+    [InlineData("qwen3")]
+    [InlineData("gpt2")]
+    public void DecodeOfEncode_RoundTrips(string name)
+    {
+        var t = Get(name);
+        foreach (var s in ReferenceTexts())
+        {
+            var expected = name == "qwen3" ? s.Normalize(NormalizationForm.FormC) : s; // Qwen normalizes to NFC
+            Assert.Equal(expected, t.Decode(t.Encode(s, addSpecialTokens: false)));
+        }
+    }
+
+    [Fact]
+    public void Gpt2_VocabMerges_MatchesTiktoken()
+    {
+        var t = Get("gpt2");
+        Assert.Equal("byte-level BPE (vocab.json + merges.txt)", t.Kind);
+        Assert.Equal(new[] { 15496, 995 }, t.Encode("Hello world"));
+        Assert.Equal(50257, t.VocabSize);
+        Assert.Equal(50256, t.EosId);
+        Assert.False(t.AddBos);
+        var reference = TiktokenTokenizer.CreateForModel("gpt2");
+        var extra = new[] { "## heading ### #include <stdio.h>", "   x  y   ", "It's 2024!! ...\"quoted\"", "naïve\u00a0nbsp" };
+        var failures = new List<string>();
+        foreach (var s in ReferenceTexts().Concat(extra))
+        {
+            var want = reference.EncodeToIds(s).ToArray();
+            var got = t.Encode(s);
+            if (!got.SequenceEqual(want)) failures.Add($"{s}: got {Show(got)}, tiktoken {Show(want)}");
+        }
+        Assert.True(failures.Count == 0, string.Join("\n", failures));
+    }
+
+    [Fact]
+    public void Llama2StyleTokenizerJson_WithoutTokenizerModel_IsRejectedNotMisread()
+    {
+        var ex = Assert.Throws<TokenizerLoadException>(() => HfTokenizer.Load(Dir("mistral")));
+        Assert.Contains("tokenizer.json", ex.Message);
+        Assert.Contains("byte_fallback", ex.Message);
+        Assert.Contains("tokenizer.model", ex.Message);
+    }
+
+    [Fact]
+    public void EmptyFolder_TryLoadReturnsNull_LoadThrows()
+    {
+        var dir = NewTempDir("empty");
+        File.WriteAllText(Path.Combine(dir, "config.json"), "{}");
+        Assert.Null(HfTokenizer.TryLoad(dir));
+        var ex = Assert.Throws<TokenizerLoadException>(() => HfTokenizer.Load(dir));
+        Assert.Contains("no tokenizer files", ex.Message);
+    }
+
+    [Fact]
+    public void MalformedTokenizerJson_NamesTheFile()
+    {
+        var dir = NewTempDir("bad-json");
+        File.WriteAllText(Path.Combine(dir, "tokenizer.json"), "{\"model\": {\"type\": \"BPE\", \"vocab\": ");
+        var ex = Assert.Throws<TokenizerLoadException>(() => HfTokenizer.TryLoad(dir));
+        Assert.Contains(Path.Combine(dir, "tokenizer.json"), ex.Message);
+        Assert.Contains("not valid JSON", ex.Message);
+    }
+
+    [Fact]
+    public void TokenizerJsonWithBadKey_NamesTheKey()
+    {
+        var dir = NewTempDir("bad-key");
+        File.WriteAllText(Path.Combine(dir, "tokenizer.json"),
+            """{"model":{"type":"BPE","vocab":{"a":0,"b":1,"ab":2},"merges":["a b", "oops"]},"pre_tokenizer":{"type":"ByteLevel"}}""");
+        var ex = Assert.Throws<TokenizerLoadException>(() => HfTokenizer.Load(dir));
+        Assert.Contains("model.merges[1]", ex.Message);
+
+        File.WriteAllText(Path.Combine(dir, "tokenizer.json"), """{"model":{"type":"Unigram","vocab":[]}}""");
+        ex = Assert.Throws<TokenizerLoadException>(() => HfTokenizer.Load(dir));
+        Assert.Contains("Unigram", ex.Message);
+    }
+
+    [Fact]
+    public void MergesWithoutVocab_NamesTheMissingFile()
+    {
+        var dir = NewTempDir("merges-only");
+        File.WriteAllText(Path.Combine(dir, "merges.txt"), "#version: 0.2\n");
+        var ex = Assert.Throws<TokenizerLoadException>(() => HfTokenizer.Load(dir));
+        Assert.Contains("vocab.json", ex.Message);
+    }
+
+    [Fact]
+    public void MalformedGenerationConfig_NamesFileAndKey()
+    {
+        var dir = NewTempDir("bad-gen");
+        foreach (var f in Directory.GetFiles(Dir("qwen3"))) File.Copy(f, Path.Combine(dir, Path.GetFileName(f)));
+        File.WriteAllText(Path.Combine(dir, "generation_config.json"), """{"eos_token_id": "x"}""");
+        var ex = Assert.Throws<TokenizerLoadException>(() => HfTokenizer.Load(dir));
+        Assert.Contains("generation_config.json", ex.Message);
+        Assert.Contains("eos_token_id", ex.Message);
+    }
+}
