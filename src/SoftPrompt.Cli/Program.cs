@@ -7,5 +7,6 @@ var root = new RootCommand("softprompt: tune soft prompts (prompt tuning, prefix
     InspectCommand.Create(),
     ScoreCommand.Create(),
     GenerateCommand.Create(),
+    PretrainCommand.Create(),
 };
 return Cli.Invoke(root, args);
