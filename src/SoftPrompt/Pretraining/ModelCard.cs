@@ -8,7 +8,7 @@ namespace SoftPrompt.Pretraining;
 public static class ModelCard
 {
     public static string Write(string name, PretrainOptions o, TrainerState st, ModelExport.Result r, List<ModelExport.CurvePoint> curve,
-        JsonObject? notes, string? corpusJson, int vocab)
+        JsonObject? notes, string? corpusJson, int vocab, long trainTokens)
     {
         var ci = CultureInfo.InvariantCulture;
         var s = o.Shape;
@@ -37,7 +37,7 @@ public static class ModelCard
         L();
         L("| measure | value |");
         L("|---|---|");
-        L($"| tokens seen | {st.TokensSeen.ToString("N0", ci)} ({st.Step} steps of {o.TokensPerStep} tokens; {(double)st.TokensSeen / Math.Max(1, TrainTokensFrom(corpusJson, r)):F2} epochs) |");
+        L($"| tokens seen | {st.TokensSeen.ToString("N0", ci)} ({st.Step} steps of {o.TokensPerStep} tokens; {(double)st.TokensSeen / Math.Max(1, trainTokens):F2} epochs) |");
         L($"| held-out perplexity (validation split, {r.ValTokens.ToString("N0", ci)} tokens, windows of {o.SeqLen}, fp32) | **{r.ValPerplexity.ToString("F2", ci)}** (loss {r.ValLoss.ToString("F4", ci)} nats/token) |");
         L($"| perplexity on the committed held-out slice (`tests/SoftPrompt.Tests/fixtures/shipped-model/heldout_slice.txt`, {r.SliceTokens} tokens) | {r.SlicePerplexity.ToString("F3", ci)} |");
         L($"| training time | {st.TrainSeconds / 3600:F2} h on 2 shared CPU cores ({st.TokensSeen / Math.Max(1, st.TrainSeconds):F0} tokens/s on average) |");
@@ -128,8 +128,4 @@ public static class ModelCard
         return sb.ToString();
     }
 
-    static long TrainTokensFrom(string? corpusJson, ModelExport.Result r) => r.TokensSeen == 0 ? 1 : Math.Max(1, TrainTokenCount);
-
-    /// <summary>Set by the exporter before writing the card: the number of tokens in one epoch.</summary>
-    public static long TrainTokenCount { get; set; } = 1;
 }

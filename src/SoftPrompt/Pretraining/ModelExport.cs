@@ -92,14 +92,13 @@ public static class ModelExport
         if (plotPath is not null) Plot(curve, plotPath, r);
         JsonObject? notes = notesPath is not null && File.Exists(notesPath) ? JsonNode.Parse(File.ReadAllText(notesPath)) as JsonObject : null;
         var corpus = File.Exists(Path.Combine(dataDir, "corpus.json")) ? File.ReadAllText(Path.Combine(dataDir, "corpus.json")) : null;
-        ModelCard.TrainTokenCount = TrainTokens(dataDir);
-        AtomicFile.WriteAllText(Path.Combine(outDir, "README.md"), ModelCard.Write(Path.GetFileName(Path.GetFullPath(outDir)), opts, state, r, curve, notes, corpus, tok.VocabSize));
+        AtomicFile.WriteAllText(Path.Combine(outDir, "README.md"), ModelCard.Write(Path.GetFileName(Path.GetFullPath(outDir)), opts, state, r, curve, notes, corpus, tok.VocabSize, TrainTokens(dataDir)));
         return r;
     }
 
     static long TrainTokens(string dataDir) => new FileInfo(Path.Combine(dataDir, "train.bin")).Length / 2;
 
-    /// <summary>A small held-out slice for the shipped-model test: up to 400 tokens from each of 10 validation documents spread over the sources.</summary>
+    /// <summary>A small held-out slice for the shipped-model test: up to 200 tokens from each of 8 validation documents spread over the sources.</summary>
     static void WriteSlice(string path, ushort[] val, HfTokenizer tok)
     {
         int eos = tok.EosId ?? 0;
@@ -108,10 +107,10 @@ public static class ModelExport
         for (int i = 0; i <= val.Length; i++)
             if (i == val.Length || val[i] == eos) { if (s >= 0 && i - s > 50) docs.Add((s, i)); s = i + 1; }
         var pieces = new List<string>();
-        for (int k = 0; k < 10 && docs.Count > 0; k++)
+        for (int k = 0; k < 8 && docs.Count > 0; k++)
         {
-            var (a, b) = docs[k * docs.Count / 10];
-            var text = tok.Decode(val[a..Math.Min(b, a + 400)].Select(v => (int)v));
+            var (a, b) = docs[k * docs.Count / 8];
+            var text = tok.Decode(val[a..Math.Min(b, a + 200)].Select(v => (int)v));
             // end at the last whitespace so no word is cut in two
             int cut = text.LastIndexOfAny(new[] { ' ', '\n' });
             pieces.Add((cut > 0 ? text[..cut] : text).Trim());

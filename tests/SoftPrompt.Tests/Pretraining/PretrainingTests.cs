@@ -102,3 +102,51 @@ public class PretrainingTests
         Assert.InRange(test, 700, 900);
     }
 }
+
+public class ModelExportTests
+{
+    [Fact]
+    public void ExportWritesAHuggingFaceFolderThatLoadsAndScores()
+    {
+        using var dir = new Fixtures.TempDir();
+        var text = string.Join("\n", Enumerable.Range(0, 400).Select(i => $"The cat {i % 7} sat on the mat number {i % 13}, and the dog barked."));
+        var trainer = new SoftPrompt.Tokenization.BpeTrainer(new() { VocabSize = 300 });
+        var tokDir = dir["tok"];
+        trainer.Save(trainer.Train(new[] { text }), tokDir);
+        var tok = SoftPrompt.Tokenization.HfTokenizer.Load(tokDir);
+        var docs = text.Split('\n').Select((t, i) => new CorpusDoc("x", i, t, i % 10 == 3)).ToList();
+        var dataDir = dir["data"];
+        Directory.CreateDirectory(dataDir);
+        PretrainCorpus.WriteIds(Path.Combine(dataDir, "train.bin"), PretrainCorpus.Tokenize(tokDir, docs.Where(d => !d.Validation).ToList(), 0));
+        PretrainCorpus.WriteIds(Path.Combine(dataDir, "val.bin"), PretrainCorpus.Tokenize(tokDir, docs.Where(d => d.Validation).ToList(), 0));
+
+        var o = new PretrainOptions
+        {
+            Shape = new LlamaShape { VocabSize = tok.VocabSize, Hidden = 32, Layers = 1, Heads = 2, KvHeads = 2, Intermediate = 64, MaxPositions = 64 },
+            SeqLen = 32, MicroBatch = 4, Accum = 1, TotalTokens = 128 * 20, WarmupTokens = 256, LrMax = 1e-2, LrMin = 1e-3, EvalEverySteps = 10,
+        };
+        var runDir = dir["run"];
+        Directory.CreateDirectory(runDir);
+        File.WriteAllText(Path.Combine(runDir, Pretrainer.OptionsFile), System.Text.Json.JsonSerializer.Serialize(o, PretrainOptions.Json));
+        using (var t = new Pretrainer(o, PretrainCorpus.ReadIds(Path.Combine(dataDir, "train.bin")), PretrainCorpus.ReadIds(Path.Combine(dataDir, "val.bin"))))
+            t.Run(runDir, 0, CancellationToken.None, _ => { });
+
+        var outDir = dir["model"];
+        var r = ModelExport.Export(runDir, dataDir, tokDir, outDir, dir["slice.txt"], dir["curve.png"], null);
+        Assert.Equal(20, r.Step);
+        Assert.True(r.ValPerplexity < 100, $"val perplexity {r.ValPerplexity}");
+        foreach (var f in new[] { "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json", "README.md", "eval_results.json" })
+            Assert.True(File.Exists(Path.Combine(outDir, f)), f);
+        Assert.True(File.Exists(dir["curve.png"]));
+        var header = SoftPrompt.IO.SafeTensors.ReadHeader(Path.Combine(outDir, "model.safetensors"));
+        Assert.Equal("pt", header.Metadata["format"]);
+        Assert.DoesNotContain("lm_head.weight", header.Tensors.Keys);
+
+        using var lm = SoftPrompt.Inference.LanguageModel.Load(outDir, "cpu");
+        var ids = lm.Encode("The cat 3 sat on the mat");
+        var s = lm.Score(ids);
+        Assert.True(s.Perplexity < 100);
+        var (ppl, _) = Perplexity.OfText(lm.Model, lm.Tokenizer!, File.ReadAllText(dir["slice.txt"]), o.SeqLen);
+        Assert.Equal(r.SlicePerplexity, ppl, 6);
+    }
+}
