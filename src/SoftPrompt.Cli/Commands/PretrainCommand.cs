@@ -255,6 +255,23 @@ public static class PretrainCommand
                 proc.Refresh(); double cpu = (proc.TotalProcessorTime - c0).TotalSeconds / n, wall = sw.Elapsed.TotalSeconds / n;
                 Console.WriteLine($"{what,-40} wall {wall * 1000,8:F1} ms  cpu {cpu * 1000,8:F1} ms  {flop / wall / 1e9,7:F1} GFLOP/s wall {flop / cpu / 1e9,7:F1} GFLOP/cpu-s");
             }
+            if (Environment.GetEnvironmentVariable("PROFILE_ATTN") == "1")
+            {
+                var bf = torch.ScalarType.BFloat16; var f32 = torch.ScalarType.Float32;
+                var q = torch.randn(16, 4, 256, 64).to(bf).requires_grad_(true);
+                var causal = torch.ones(256, 256, torch.ScalarType.Bool).tril();
+                double fl = 12.0 * 16 * 4 * 256 * 256 * 64;
+                for (int round = 0; round < 3; round++)
+                {
+                    Time("sdpa bf16 fwd+bwd", fl, () => { using var s = torch.NewDisposeScope(); torch.nn.functional.scaled_dot_product_attention(q, q, q, is_casual: true).sum().backward(); });
+                    Time("sdpa fp32 (cast) fwd+bwd", fl, () => { using var s = torch.NewDisposeScope(); var x = q.to(f32); torch.nn.functional.scaled_dot_product_attention(x, x, x, is_casual: true).to(bf).sum().backward(); });
+                    Time("manual bf16 matmul, fp32 softmax", fl, () => { using var s = torch.NewDisposeScope();
+                        var sc = torch.matmul(q, q.transpose(-2, -1)).to(f32) * 0.125; sc = sc.masked_fill(causal.logical_not(), double.NegativeInfinity);
+                        var pr = torch.softmax(sc, -1).to(bf); torch.matmul(pr, q).sum().backward(); });
+                    Time("linear fwd+bwd bf16 4096x256->768", 6.0 * 4096 * 256 * 768, () => { using var s = torch.NewDisposeScope(); torch.nn.functional.linear(q.view(4096, 256), q.view(4096,256).narrow(0, 0, 768)).sum().backward(); });
+                }
+                return 0;
+            }
             foreach (var dt in new[] { torch.ScalarType.Float32, torch.ScalarType.BFloat16 })
             {
                 if (Environment.GetEnvironmentVariable("SKIP_BASIC") == "1") break;
