@@ -38,6 +38,7 @@ public static class Cli
         Commands.InspectPromptCommand.Create(),
         Commands.EvalCommand.Create(),
         Commands.BenchRankCommand.Create(),
+        Commands.PretrainCommand.Create(),
     };
 
     public static int Invoke(RootCommand root, string[] args)

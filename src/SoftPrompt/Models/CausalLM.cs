@@ -56,10 +56,17 @@ public sealed partial class CausalLM : IDisposable
         Tensor OW, Tensor? OB, Tensor? QNorm, Tensor? KNorm,
         Tensor? GateW, Tensor? GateB, Tensor UpW, Tensor? UpB, Tensor DownW, Tensor? DownB);
 
+    readonly ScalarType _residualDType;
+    readonly bool _ownsWeights = true;
+
     internal CausalLM(ModelConfig cfg, Dictionary<string, Tensor> weights, Device device, ScalarType dtype)
+        : this(cfg, weights, device, dtype, trainable: false, residualDType: dtype) { }
+
+    CausalLM(ModelConfig cfg, Dictionary<string, Tensor> weights, Device device, ScalarType dtype, bool trainable, ScalarType residualDType)
     {
-        Config = cfg; Device = device; DType = dtype; _w = weights;
-        foreach (var t in _w.Values) t.requires_grad = false;
+        Config = cfg; Device = device; DType = dtype; _w = weights; _residualDType = residualDType;
+        if (trainable) _ownsWeights = false;
+        else foreach (var t in _w.Values) t.requires_grad = false;
         Tensor W(string k) => _w[k];
         Tensor? O(string k) => _w.TryGetValue(k, out var t) ? t : null;
         _layers = new Layer[cfg.NumLayers];
@@ -95,6 +102,23 @@ public sealed partial class CausalLM : IDisposable
         }
     }
 
+    /// <summary>
+    /// A model whose weights take part in autograd, for full-parameter training (pretraining). The weights are used as
+    /// given and their <c>requires_grad</c> is left alone: leaf parameters, or differentiable casts of them (e.g. bf16
+    /// copies of fp32 master weights made inside each step). Matmuls run in the weights' dtype; the residual stream
+    /// (embeddings and the sums of the blocks) stays in <paramref name="residualDType"/>, as under autocast.
+    /// The caller owns the weights: <see cref="Dispose"/> frees only the model's own buffers.
+    /// The frozen default (<see cref="ModelLoader.Load"/>) is unchanged.
+    /// </summary>
+    public static CausalLM ForTraining(ModelConfig cfg, Dictionary<string, Tensor> weights, ScalarType residualDType = ScalarType.Float32)
+    {
+        var key = cfg.Family == ArchFamily.Gpt2 ? "transformer.wte.weight" : "model.embed_tokens.weight";
+        if (!weights.TryGetValue(key, out var embed)) throw new ArgumentException($"weights lack '{key}'.");
+        if (cfg.Family == ArchFamily.Gpt2 && embed.dtype != residualDType)
+            throw new NotSupportedException("GPT-2 training with a residual dtype other than the weights' is not supported (LayerNorm needs matching dtypes).");
+        return new CausalLM(cfg, weights, embed.device, embed.dtype, trainable: true, residualDType);
+    }
+
     /// <summary>Token embeddings [.., hidden] of ids (without GPT-2's position embeddings, which the forward adds).</summary>
     public Tensor Embed(Tensor ids) => EmbedRows(_embed, ids);
 
@@ -121,10 +145,10 @@ public sealed partial class CausalLM : IDisposable
         else if (a.InputsEmbeds is not null) h = a.InputsEmbeds;
         else if (a.PrefixEmbeds is not null) h = a.PrefixEmbeds.narrow(1, 0, 0);
         else throw new ArgumentException("Forward needs InputIds or InputsEmbeds.");
-        h = h.to(DType);
+        h = h.to(_residualDType);
         if (a.PrefixEmbeds is not null)
         {
-            var pe = a.PrefixEmbeds.to(DType);
+            var pe = a.PrefixEmbeds.to(_residualDType);
             if (pe.shape[0] != h.shape[0]) pe = pe.expand(h.shape[0], -1, -1);
             h = torch.cat(new[] { pe, h }, 1);
         }
@@ -236,13 +260,13 @@ public sealed partial class CausalLM : IDisposable
     Tensor Norm(Tensor h, Tensor w, Tensor? b) =>
         Config.Family == ArchFamily.Gpt2 ? F.layer_norm(h, new long[] { Config.HiddenSize }, w, b, Config.NormEps) : RmsNorm(h, w);
 
-    /// <summary>Hugging Face's RMSNorm: normalise in fp32, cast back, then scale.</summary>
+    /// <summary>Hugging Face's RMSNorm: normalise in fp32, cast to the weight's dtype (the input's, except in mixed-precision
+    /// training, where an fp32 residual feeds bf16 matmuls), then scale.</summary>
     Tensor RmsNorm(Tensor x, Tensor w)
     {
-        var dt = x.dtype;
         var xf = x.to(ScalarType.Float32);
         xf = xf * torch.rsqrt(xf.pow(2).mean(new long[] { -1 }, keepdim: true) + Config.NormEps);
-        return w * xf.to(dt);
+        return w * xf.to(w.dtype);
     }
 
     Tensor Act(Tensor x) => Config.Activation switch
@@ -300,7 +324,7 @@ public sealed partial class CausalLM : IDisposable
 
     public void Dispose()
     {
-        foreach (var t in _w.Values) t.Dispose();
+        if (_ownsWeights) foreach (var t in _w.Values) t.Dispose();
         _invFreq?.Dispose();
     }
 }

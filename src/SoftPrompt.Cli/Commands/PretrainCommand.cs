@@ -1,0 +1,322 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Text.Json;
+using SoftPrompt.Pretraining;
+using TorchSharp;
+using SoftPrompt.Tokenization;
+
+namespace SoftPrompt.Cli.Commands;
+
+/// <summary><c>softprompt pretrain ...</c>: the steps that make the project's own small causal LM (see docs/pretraining.md).</summary>
+public static class PretrainCommand
+{
+    public static Command Create()
+    {
+        var cmd = new Command("pretrain", "Make the project's small causal LM from scratch: split tasks, train a tokenizer, prepare data, benchmark, train, export.");
+        cmd.Subcommands.Add(SplitTasks());
+        cmd.Subcommands.Add(Tokenizer());
+        cmd.Subcommands.Add(Prepare());
+        cmd.Subcommands.Add(Bench());
+        cmd.Subcommands.Add(Profile());
+        cmd.Subcommands.Add(Train());
+        cmd.Subcommands.Add(Export());
+        return cmd;
+    }
+
+    static Option<string> Req(string name, string desc) => new(name) { Description = desc, Required = true };
+
+    static Command SplitTasks()
+    {
+        var source = Req("--source", "Folder with the task TSVs (../shared/data/tasks).");
+        var output = Req("--out", "Where NAME.train.tsv / NAME.test.tsv go (data/tasks).");
+        var c = new Command("split-tasks", "Deterministic train/test split of the task files (hash of the input; duplicates and words stay on one side).") { source, output };
+        c.SetAction(pr =>
+        {
+            foreach (var (name, train, test) in TaskSplits.Split(pr.GetValue(source)!, pr.GetValue(output)!))
+                Console.WriteLine($"{name}: {train} train, {test} test");
+            return 0;
+        });
+        return c;
+    }
+
+    static Command Tokenizer()
+    {
+        var corpus = Req("--corpus", "Folder of corpus *.txt files.");
+        var tasks = Req("--tasks", "Folder with the split task files (data/tasks).");
+        var output = Req("--out", "Output folder; the tokenizer of each size goes to OUT/vocab-N/.");
+        var sizes = new Option<string>("--vocab") { Description = "Vocabulary sizes to write (the largest is trained; smaller ones are its prefixes).", DefaultValueFactory = _ => "4096,8192" };
+        var c = new Command("tokenizer", "Train a byte-level BPE on the training documents and report tokens/word on the validation documents.") { corpus, tasks, output, sizes };
+        c.SetAction(pr =>
+        {
+            var docs = PretrainCorpus.Build(pr.GetValue(corpus)!, pr.GetValue(tasks)!);
+            var vs = pr.GetValue(sizes)!.Split(',').Select(int.Parse).OrderBy(x => x).ToArray();
+            var sw = Stopwatch.StartNew();
+            var trainer = new BpeTrainer(new BpeTrainer.Options { VocabSize = vs[^1], ModelMaxLength = 1024 });
+            var r = trainer.Train(docs.Where(d => !d.Validation).Select(d => d.Text));
+            Console.WriteLine($"trained {r.Vocab.Count} tokens ({r.Merges.Count} merges) on {r.BytesRead / 1e6:F1} MB, {r.DistinctWords} distinct words, in {sw.Elapsed.TotalSeconds:F0} s");
+            var val = docs.Where(d => d.Validation).Select(d => d.Text).ToList();
+            long words = val.Sum(PretrainCorpus.CountWords), bytes = val.Sum(t => (long)System.Text.Encoding.UTF8.GetByteCount(t));
+            foreach (var v in vs)
+            {
+                int n = Math.Min(v, r.Vocab.Count);
+                var cut = new BpeTrainer.Result(r.Vocab.Take(n).ToList(), r.Merges.Take(n - 257).ToList(), r.BytesRead, r.DistinctWords);
+                var dir = Path.Combine(pr.GetValue(output)!, $"vocab-{v}");
+                trainer.Save(cut, dir);
+                var tok = HfTokenizer.Load(dir);
+                long tokens = val.Sum(t => (long)tok.Encode(t, false).Length);
+                Console.WriteLine($"vocab {n}: {tokens} tokens on validation text = {(double)tokens / words:F3} tokens/word, {(double)bytes / tokens:F2} bytes/token -> {dir}");
+            }
+            return 0;
+        });
+        return c;
+    }
+
+    static Command Prepare()
+    {
+        var corpus = Req("--corpus", "Folder of corpus *.txt files.");
+        var tasks = Req("--tasks", "Folder with the split task files (data/tasks).");
+        var tokenizer = Req("--tokenizer", "Folder with tokenizer.json.");
+        var output = Req("--out", "Output folder: train.bin, val.bin (uint16 ids), corpus.json.");
+        var c = new Command("prepare", "Tokenize the training and validation documents once into uint16 id files.") { corpus, tasks, tokenizer, output };
+        c.SetAction(pr =>
+        {
+            var sw = Stopwatch.StartNew();
+            var docs = PretrainCorpus.Build(pr.GetValue(corpus)!, pr.GetValue(tasks)!);
+            var tok = HfTokenizer.Load(pr.GetValue(tokenizer)!);
+            int eos = tok.EosId ?? throw new SoftPromptException("the tokenizer has no eos token.");
+            var outDir = pr.GetValue(output)!;
+            Directory.CreateDirectory(outDir);
+            foreach (var (name, val) in new[] { ("train", false), ("val", true) })
+            {
+                var ids = PretrainCorpus.Tokenize(pr.GetValue(tokenizer)!, docs.Where(d => d.Validation == val).ToList(), eos);
+                PretrainCorpus.WriteIds(Path.Combine(outDir, name + ".bin"), ids);
+                Console.WriteLine($"{name}: {ids.Length} tokens");
+            }
+            File.WriteAllText(Path.Combine(outDir, "corpus.json"), PretrainCorpus.Summary(docs));
+            File.Copy(Path.Combine(pr.GetValue(tokenizer)!, HfTokenizer.TokenizerJson), Path.Combine(outDir, HfTokenizer.TokenizerJson), true);
+            Console.WriteLine($"done in {sw.Elapsed.TotalSeconds:F0} s -> {outDir}");
+            return 0;
+        });
+        return c;
+    }
+
+    // ------------------------------------------------------------------ shape / optimisation options shared by bench and train
+
+    sealed class ShapeOptions
+    {
+        public Option<int> Hidden = new("--hidden") { DefaultValueFactory = _ => 256, Description = "Model width." };
+        public Option<int> Layers = new("--layers") { DefaultValueFactory = _ => 6 };
+        public Option<int> Heads = new("--heads") { DefaultValueFactory = _ => 4 };
+        public Option<int> Intermediate = new("--intermediate") { DefaultValueFactory = _ => 0, Description = "SwiGLU width (0 = 3 x hidden)." };
+        public Option<int> SeqLen = new("--seq-len") { DefaultValueFactory = _ => 256 };
+        public Option<int> MicroBatch = new("--micro-batch") { DefaultValueFactory = _ => 16 };
+        public Option<int> Accum = new("--accum") { DefaultValueFactory = _ => 2 };
+        public Option<string> Compute = new Option<string>("--compute") { DefaultValueFactory = _ => "bf16" }.AcceptOnlyFromAmong("bf16", "fp32");
+        public Option<int> Threads = new("--threads") { DefaultValueFactory = _ => 2 };
+        public void AddTo(Command c) { foreach (var o in new Option[] { Hidden, Layers, Heads, Intermediate, SeqLen, MicroBatch, Accum, Compute, Threads }) c.Options.Add(o); }
+
+        public PretrainOptions Build(ParseResult pr, int vocab) => new()
+        {
+            Shape = new LlamaShape
+            {
+                VocabSize = vocab, Hidden = pr.GetValue(Hidden), Layers = pr.GetValue(Layers), Heads = pr.GetValue(Heads), KvHeads = pr.GetValue(Heads),
+                Intermediate = pr.GetValue(Intermediate) is > 0 and var i ? i : 3 * pr.GetValue(Hidden),
+            },
+            SeqLen = pr.GetValue(SeqLen), MicroBatch = pr.GetValue(MicroBatch), Accum = pr.GetValue(Accum), Compute = pr.GetValue(Compute)!,
+        };
+    }
+
+    static (ushort[] Train, ushort[] Val, int Vocab) LoadData(string dataDir)
+    {
+        var tok = HfTokenizer.Load(dataDir);
+        return (PretrainCorpus.ReadIds(Path.Combine(dataDir, "train.bin")), PretrainCorpus.ReadIds(Path.Combine(dataDir, "val.bin")), tok.VocabSize);
+    }
+
+    static Command Bench()
+    {
+        var so = new ShapeOptions();
+        var data = Req("--data", "Prepared data folder (train.bin, val.bin, tokenizer.json).");
+        var seconds = new Option<double>("--seconds") { DefaultValueFactory = _ => 60, Description = "Measure for this long after 2 warm-up steps." };
+        var output = new Option<string?>("--out") { Description = "Append the result as a JSON line to this file." };
+        var c = new Command("bench", "Measure training throughput (tokens/s) of one configuration on the real data.") { data, seconds, output };
+        so.AddTo(c);
+        c.SetAction(pr =>
+        {
+            torch.set_num_threads(pr.GetValue(so.Threads));
+            var (train, val, vocab) = LoadData(pr.GetValue(data)!);
+            var o = so.Build(pr, vocab);
+            using var t = new Pretrainer(o, train, val);
+            for (int i = 0; i < 2; i++) t.TrainStep();
+            var proc = Process.GetCurrentProcess(); var cpu0 = proc.TotalProcessorTime;
+            var sw = Stopwatch.StartNew(); long tokens = 0; int steps = 0; double loss = 0;
+            while (sw.Elapsed.TotalSeconds < pr.GetValue(seconds)) { loss = t.TrainStep().Loss; tokens += o.TokensPerStep; steps++; }
+            double tps = tokens / sw.Elapsed.TotalSeconds, flops = o.Shape.TrainFlopsPerToken(o.SeqLen);
+            proc.Refresh(); double cpuSec = (proc.TotalProcessorTime - cpu0).TotalSeconds;
+            var r = new
+            {
+                vocab, hidden = o.Shape.Hidden, layers = o.Shape.Layers, heads = o.Shape.Heads, intermediate = o.Shape.Intermediate, seq_len = o.SeqLen,
+                micro_batch = o.MicroBatch, accum = o.Accum, compute = o.Compute, threads = pr.GetValue(so.Threads), parameters = o.Shape.Parameters,
+                steps, seconds = Math.Round(sw.Elapsed.TotalSeconds, 1), tokens_per_s = Math.Round(tps), gflops = Math.Round(tps * flops / 1e9, 1),
+                tokens_per_cpu_s = Math.Round(tokens / cpuSec), cpu_share = Math.Round(cpuSec / sw.Elapsed.TotalSeconds, 2), last_loss = Math.Round(loss, 3),
+                load_avg = File.Exists("/proc/loadavg") ? File.ReadAllText("/proc/loadavg").Split(' ')[0] : "",
+                malloc = Environment.GetEnvironmentVariable("GLIBC_TUNABLES") ?? "",
+            };
+            var line = JsonSerializer.Serialize(r);
+            Console.WriteLine(line);
+            if (pr.GetValue(output) is { } f) File.AppendAllText(f, line + "\n");
+            return 0;
+        });
+        return c;
+    }
+
+    static Command Train()
+    {
+        var so = new ShapeOptions();
+        var data = Req("--data", "Prepared data folder (train.bin, val.bin, tokenizer.json).");
+        var run = Req("--run", "Run folder: options.json, checkpoint.safetensors, log.jsonl. An existing run is resumed with its stored options.");
+        var total = new Option<long>("--total-tokens") { DefaultValueFactory = _ => 50_000_000, Description = "Planned token budget (end of the cosine schedule)." };
+        var warmup = new Option<long>("--warmup-tokens") { DefaultValueFactory = _ => 1_000_000 };
+        var lr = new Option<double>("--lr") { DefaultValueFactory = _ => 2e-3 };
+        var minLr = new Option<double>("--min-lr") { DefaultValueFactory = _ => 2e-4 };
+        var evalEvery = new Option<int>("--eval-every") { DefaultValueFactory = _ => 100, Description = "Steps between held-out evaluations." };
+        var ckpt = new Option<double>("--checkpoint-minutes") { DefaultValueFactory = _ => 5 };
+        var maxMin = new Option<double>("--max-minutes") { DefaultValueFactory = _ => 0, Description = "Stop (with a checkpoint) after this many minutes; 0 = run to the budget." };
+        var c = new Command("train", "Pretrain (or resume) a Llama-shaped model. Stops cleanly on Ctrl-C / SIGTERM, on a file RUN/STOP, or after --max-minutes.")
+            { data, run, total, warmup, lr, minLr, evalEvery, ckpt, maxMin };
+        so.AddTo(c);
+        c.SetAction(pr =>
+        {
+            torch.set_num_threads(pr.GetValue(so.Threads));
+            var (train, val, vocab) = LoadData(pr.GetValue(data)!);
+            var runDir = pr.GetValue(run)!;
+            Directory.CreateDirectory(runDir);
+            var optPath = Path.Combine(runDir, Pretrainer.OptionsFile);
+            PretrainOptions o;
+            if (File.Exists(optPath))
+            {
+                o = JsonSerializer.Deserialize<PretrainOptions>(File.ReadAllText(optPath), PretrainOptions.Json)!;
+                Console.WriteLine($"resuming with {optPath} (shape and schedule options on the command line are ignored)");
+            }
+            else
+            {
+                o = so.Build(pr, vocab) with
+                {
+                    TotalTokens = pr.GetValue(total), WarmupTokens = pr.GetValue(warmup), LrMax = pr.GetValue(lr), LrMin = pr.GetValue(minLr),
+                    EvalEverySteps = pr.GetValue(evalEvery), CheckpointMinutes = pr.GetValue(ckpt),
+                };
+                IO.AtomicFile.WriteAllText(optPath, JsonSerializer.Serialize(o, PretrainOptions.Json));
+            }
+            if (o.Shape.VocabSize != vocab) throw new SoftPromptException($"the run's vocabulary ({o.Shape.VocabSize}) differs from the data's tokenizer ({vocab}).");
+            using var cts = new CancellationTokenSource();
+            Console.CancelKeyPress += (_, e) => { e.Cancel = true; cts.Cancel(); };
+            using var sigterm = System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGTERM, ctx => { ctx.Cancel = true; cts.Cancel(); });
+            using var t = new Pretrainer(o, train, val);
+            if (t.TryLoadCheckpoint(runDir)) Console.WriteLine($"resumed at step {t.State.Step}, {t.State.TokensSeen / 1e6:F2} M tokens, epoch {t.State.Epoch} window {t.State.Cursor}");
+            t.Run(runDir, pr.GetValue(maxMin), cts.Token);
+            return 0;
+        });
+        return c;
+    }
+
+    static Command Export()
+    {
+        var run = Req("--run", "Run folder with checkpoint.safetensors and log.jsonl.");
+        var data = Req("--data", "Prepared data folder (val.bin, tokenizer.json, corpus.json).");
+        var tokenizer = Req("--tokenizer", "Folder with tokenizer.json and tokenizer_config.json.");
+        var output = Req("--out", "Model folder to write (models/NAME).");
+        var slice = Req("--slice", "Held-out text slice for the shipped-model test (created from validation documents if missing).");
+        var plot = new Option<string?>("--plot") { Description = "PNG of the held-out perplexity curve." };
+        var notes = new Option<string?>("--notes") { Description = "JSON file with extra card facts (throughput table, compute)." };
+        var c = new Command("export", "Write a Hugging Face model folder (config, safetensors, tokenizer, card) from a run's checkpoint, evaluated in fp32.") { run, data, tokenizer, output, slice, plot, notes };
+        c.SetAction(pr =>
+        {
+            torch.set_num_threads(2);
+            var r = ModelExport.Export(pr.GetValue(run)!, pr.GetValue(data)!, pr.GetValue(tokenizer)!, pr.GetValue(output)!, pr.GetValue(slice)!, pr.GetValue(plot), pr.GetValue(notes));
+            Console.WriteLine(JsonSerializer.Serialize(r));
+            return 0;
+        });
+        return c;
+    }
+
+    static Command Profile()
+    {
+        var threads = new Option<int>("--threads") { DefaultValueFactory = _ => 2 };
+        var c = new Command("profile", "Time the building blocks of a training step (matmul, attention, step phases) in wall and CPU seconds.") { threads };
+        c.Hidden = true;
+        c.SetAction(pr =>
+        {
+            torch.set_num_threads(pr.GetValue(threads));
+            var proc = Process.GetCurrentProcess();
+            void Time(string what, double flop, Action a, int n = 5)
+            {
+                a();
+                proc.Refresh(); var c0 = proc.TotalProcessorTime; var sw = Stopwatch.StartNew();
+                for (int i = 0; i < n; i++) a();
+                proc.Refresh(); double cpu = (proc.TotalProcessorTime - c0).TotalSeconds / n, wall = sw.Elapsed.TotalSeconds / n;
+                Console.WriteLine($"{what,-40} wall {wall * 1000,8:F1} ms  cpu {cpu * 1000,8:F1} ms  {flop / wall / 1e9,7:F1} GFLOP/s wall {flop / cpu / 1e9,7:F1} GFLOP/cpu-s");
+            }
+            if (Environment.GetEnvironmentVariable("PROFILE_ATTN") == "1")
+            {
+                var bf = torch.ScalarType.BFloat16; var f32 = torch.ScalarType.Float32;
+                var q = torch.randn(16, 4, 256, 64).to(bf).requires_grad_(true);
+                var causal = torch.ones(256, 256, torch.ScalarType.Bool).tril();
+                double fl = 12.0 * 16 * 4 * 256 * 256 * 64;
+                for (int round = 0; round < 3; round++)
+                {
+                    Time("sdpa bf16 fwd+bwd", fl, () => { using var s = torch.NewDisposeScope(); torch.nn.functional.scaled_dot_product_attention(q, q, q, is_casual: true).sum().backward(); });
+                    Time("sdpa fp32 (cast) fwd+bwd", fl, () => { using var s = torch.NewDisposeScope(); var x = q.to(f32); torch.nn.functional.scaled_dot_product_attention(x, x, x, is_casual: true).to(bf).sum().backward(); });
+                    Time("manual bf16 matmul, fp32 softmax", fl, () => { using var s = torch.NewDisposeScope();
+                        var sc = torch.matmul(q, q.transpose(-2, -1)).to(f32) * 0.125; sc = sc.masked_fill(causal.logical_not(), double.NegativeInfinity);
+                        var pr = torch.softmax(sc, -1).to(bf); torch.matmul(pr, q).sum().backward(); });
+                    Time("linear fwd+bwd bf16 4096x256->768", 6.0 * 4096 * 256 * 768, () => { using var s = torch.NewDisposeScope(); torch.nn.functional.linear(q.view(4096, 256), q.view(4096,256).narrow(0, 0, 768)).sum().backward(); });
+                }
+                return 0;
+            }
+            foreach (var dt in new[] { torch.ScalarType.Float32, torch.ScalarType.BFloat16 })
+            {
+                if (Environment.GetEnvironmentVariable("SKIP_BASIC") == "1") break;
+                var a = torch.randn(4096, 256).to(dt); var b = torch.randn(768, 256).to(dt);
+                Time($"linear 4096x256 -> 768 {dt}", 2.0 * 4096 * 256 * 768, () => { using var s = torch.NewDisposeScope(); torch.nn.functional.linear(a, b); });
+                var q = torch.randn(16, 4, 256, 64).to(dt);
+                Time($"sdpa causal fwd [16,4,256,64] {dt}", 4.0 * 16 * 4 * 256 * 256 * 64, () => { using var s = torch.NewDisposeScope(); torch.nn.functional.scaled_dot_product_attention(q, q, q, is_casual: true); });
+                var qg = torch.randn(16, 4, 256, 64).to(dt).requires_grad_(true);
+                Time($"sdpa causal fwd+bwd {dt}", 12.0 * 16 * 4 * 256 * 256 * 64, () => { using var s = torch.NewDisposeScope(); torch.nn.functional.scaled_dot_product_attention(qg, qg, qg, is_casual: true).sum().backward(); });
+                var x = torch.randn(4096, 768).to(dt);
+                Time($"silu*mul 4096x768 {dt}", 0, () => { using var s = torch.NewDisposeScope(); var y = torch.nn.functional.silu(x) * x; });
+                Time($"alloc+fill 4096x768 {dt}", 0, () => { using var s = torch.NewDisposeScope(); torch.ones(4096, 768, dt); });
+            }
+            {
+                var dt = torch.ScalarType.BFloat16;
+                var x3 = torch.randn(16, 256, 256).to(dt); var w = torch.randn(768, 256).to(dt); var wsq = torch.randn(256, 256).to(dt);
+                Time("linear 3D [16,256,256]->768 bf16", 2.0 * 4096 * 256 * 768, () => { using var s = torch.NewDisposeScope(); torch.nn.functional.linear(x3, w); });
+                Time("linear 3D [16,256,256]->256 bf16", 2.0 * 4096 * 256 * 256, () => { using var s = torch.NewDisposeScope(); torch.nn.functional.linear(x3, wsq); });
+                var h32 = torch.randn(16, 256, 256);
+                Time("mixed add fp32+bf16 [16,256,256]", 0, () => { using var s = torch.NewDisposeScope(); var y = h32 + x3; });
+                Time("rmsnorm-like fp32 [16,256,256]", 0, () => { using var s = torch.NewDisposeScope(); var y = (h32 * torch.rsqrt(h32.pow(2).mean(new long[] { -1 }, keepdim: true) + 1e-5)).to(dt); });
+                var q = torch.randn(16, 256, 4, 64).to(dt).transpose(1, 2);
+                Time("sdpa on transposed (non-contig) q bf16", 4.0 * 16 * 4 * 256 * 256 * 64, () => { using var s = torch.NewDisposeScope(); torch.nn.functional.scaled_dot_product_attention(q, q, q, is_casual: true); });
+                var cos = torch.randn(16, 1, 256, 64).to(dt);
+                Time("rope bf16", 0, () => { using var s = torch.NewDisposeScope(); var x1 = q.narrow(-1, 0, 32); var x2 = q.narrow(-1, 32, 32); var r = torch.cat(new[] { -x2, x1 }, -1); var y = q * cos + r * cos; });
+                var emb = torch.randn(4096, 256).to(dt); var hh = torch.randn(1024, 256).to(dt); var tgt = torch.randint(0, 4096, new long[] { 1024 });
+                Time("head chunk 1024 rows + CE", 2.0 * 1024 * 256 * 4096, () => { using var s = torch.NewDisposeScope(); var lg = torch.nn.functional.linear(hh, emb).to(torch.ScalarType.Float32); torch.nn.functional.cross_entropy(lg, tgt); });
+            }
+            var data = new ushort[300_000]; var rng = new Random(1); for (int i = 0; i < data.Length; i++) data[i] = (ushort)rng.Next(4096);
+            foreach (var compute in new[] { "fp32", "bf16" })
+            {
+                var o = new PretrainOptions { Shape = new LlamaShape { VocabSize = 4096 }, MicroBatch = 16, Accum = 1, Compute = compute };
+                using var t = new Pretrainer(o, data, data[..10000]);
+                var ids = torch.randint(0, 4096, new long[] { 16, 257 });
+                double f = o.Shape.TrainFlopsPerToken(256) * 4096;
+                var cfgm = o.Shape.ToModelConfig();
+                Time($"forward only {compute}", f / 3, () => { using var s = torch.NewDisposeScope(); using var _ = torch.no_grad();
+                    var w = compute == "fp32" ? t.Weights : t.Weights.ToDictionary(kv => kv.Key, kv => kv.Value.to(torch.ScalarType.BFloat16));
+                    using var m = SoftPrompt.Models.CausalLM.ForTraining(cfgm, w); m.Forward(new SoftPrompt.Models.ForwardArgs { InputIds = ids.narrow(1, 0, 256) }); }, 3);
+                Time($"forward+loss {compute}", f / 3, () => { using var s = torch.NewDisposeScope(); using var _ = torch.no_grad(); t.Loss(ids); }, 3);
+                Time($"forward+backward {compute}", f, () => { using var s = torch.NewDisposeScope(); t.Loss(ids).backward(); }, 3);
+                Time($"train step {compute}", f, () => t.TrainStep(), 3);
+            }
+            return 0;
+        });
+        return c;
+    }
+}
