@@ -64,7 +64,10 @@ public static class Evaluator
         // Data and every named file first: bad input must stop before the model is loaded.
         var read = DatasetReader.Read(o.Data!, dataOptions);
         if (read.Skipped > 0) log?.Invoke($"{o.Data}: skipped {read.Skipped} bad line(s) (--skip-bad-lines); first: {read.Problems[0]}");
-        var examples = o.MaxExamples > 0 ? read.Examples.Take(o.MaxExamples).ToList() : read.Examples.ToList();
+        // --max-examples takes a seeded sample (files are often sorted by label), kept in file order; the label set and
+        // the task kind are still decided on the whole file.
+        var all = read.Examples;
+        var examples = o.MaxExamples > 0 && o.MaxExamples < all.Count ? Sample(all, o.MaxExamples, o.Seed) : all.ToList();
         var instructions = o.Instruction.ToList();
         if (o.InstructionsFile is not null)
         {
@@ -80,7 +83,7 @@ public static class Evaluator
         if (o.Task == "auto")
         {
             var (isClass, why) = o.Labels is not null ? (true, "--labels given")
-                : ClassificationTask.Detect(examples.Select(e => ClassificationTask.LabelOf(e, labelField)).ToList());
+                : ClassificationTask.Detect(all.Select(e => ClassificationTask.LabelOf(e, labelField)).ToList());
             task = isClass ? "classification" : "generation";
             reason = $"auto: {why}";
         }
@@ -91,7 +94,9 @@ public static class Evaluator
         var tok = lm.RequireTokenizer();
         var model = lm.Model;
         var notes = new List<string>();
-        var ct = task == "classification" ? ClassificationTask.Create(examples, dataOptions, tok, o.Labels, o.Data!) : null;
+        var ct = task == "classification" ? ClassificationTask.Create(all, dataOptions, tok, o.Labels, o.Data!) : null;
+        if (ct is { Labels.Count: < 2 })
+            throw new SoftPromptException($"{o.Data}: classification needs at least two labels, found {ct.Labels.Count} ('{string.Join("', '", ct.Labels)}'); give --labels or use --task generation.");
 
         var conditions = new List<Condition>();
         var methods = new List<IPromptMethod>();
@@ -303,5 +308,13 @@ public static class Evaluator
             }
             else seen[n] = 1;
         }
+    }
+
+    /// <summary>A seeded sample of <paramref name="n"/> examples, in their original order.</summary>
+    static List<Example> Sample(IReadOnlyList<Example> all, int n, int seed)
+    {
+        var idx = Enumerable.Range(0, all.Count).ToList();
+        SplitMix64.For(seed, 0x5A4D).Shuffle(idx);
+        return idx.Take(n).OrderBy(i => i).Select(i => all[i]).ToList();
     }
 }
