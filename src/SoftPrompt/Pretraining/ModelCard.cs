@@ -125,6 +125,11 @@ public static class ModelCard
         L("It is tiny and trained on a few tens of millions of tokens of mostly 18th-20th century public-domain English, presidential addresses, the Bible,");
         L("dictionary glosses and food reviews: it writes locally plausible but unreliable text, knows few facts, and reflects the biases of those sources.");
         L("Do not use it for anything that matters.");
+        L();
+        L("## Licence");
+        L();
+        L("The weights are released under the same terms as the SoftPrompt repository. The training data's own terms travel with them:");
+        L("the WordNet 3.0 licence notice and the CC-BY-4.0 attribution of the opinion lexicon (Hu & Liu 2004) above; the rest is public domain or MIT-licensed.");
         return sb.ToString();
     }
 
