@@ -8,7 +8,7 @@ namespace SoftPrompt.Evaluation;
 /// CLI option (kebab-case, <c>--few-shot</c>): <c>softprompt eval</c> generates its options from this record
 /// (see <see cref="IO.OptionsRecord"/>), so the two cannot drift apart. Array properties are repeatable options.
 /// </summary>
-public sealed record EvalOptions
+public sealed record EvalOptions : Data.DataFields
 {
     [Description("Hugging Face model folder (with tokenizer files).")] public string? Model { get; init; }
     [Description("Test data (JSONL, TSV or CSV).")] public string? Data { get; init; }
@@ -26,14 +26,8 @@ public sealed record EvalOptions
     [Description("classification, generation or auto (classification when there are <= 20 distinct short outputs, one of them repeated).")] public string Task { get; init; } = "auto";
     [Description("Rank classification: divide each label's log-probability by its token count.")] public bool LengthNormalize { get; init; }
 
-    [Description("Field of each example holding the input.")] public string InputField { get; init; } = "input";
-    [Description("Field of each example holding the target.")] public string OutputField { get; init; } = "output";
-    [Description("Template of the prompt side, e.g. \"Review: {review}\\nSentiment:\" (default: the input field).")] public string? PromptTemplate { get; init; }
-    [Description("Template of the target side, e.g. \" {label}\" (default: the output field after one space).")] public string? TargetTemplate { get; init; }
-    [Description("Column names for headerless TSV/CSV files, comma-separated (default input,output).")] public string? Columns { get; init; }
-    [Description("Skip malformed lines (reported with a count) instead of refusing to start.")] public bool SkipBadLines { get; init; }
     [Description("Maximum tokens per example (prompts, hard prompt included, are truncated from the left).")] public int MaxLength { get; init; } = 256;
-    [Description("Evaluate only the first N examples (0 = all).")] public int MaxExamples { get; init; }
+    [Description("Evaluate a seeded sample of N examples (0 = all).")] public int MaxExamples { get; init; }
 
     [Description("Generation: tokens to generate at most.")] public int MaxNewTokens { get; init; } = 16;
     [Description("Generation: 0 = greedy; > 0 samples (seeded with --seed).")] public double Temperature { get; init; }
@@ -47,13 +41,6 @@ public sealed record EvalOptions
     [Description("Weights dtype: fp32, bf16, fp16 or auto.")] public string Dtype { get; init; } = "fp32";
     [Description("CPU threads for libtorch (0 = all cores).")] public int Threads { get; init; }
     [Description("Terminal output: text (a table) or json (metrics.json on one line).")] public string Format { get; init; } = "text";
-
-    public DataOptions DataOptions() => new()
-    {
-        InputField = InputField, OutputField = OutputField, PromptTemplate = PromptTemplate, TargetTemplate = TargetTemplate,
-        Columns = Columns?.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries),
-        SkipBadLines = SkipBadLines,
-    };
 
     /// <summary>Checks values, combinations and that every named file exists; errors name the option and the file.</summary>
     public void Validate()

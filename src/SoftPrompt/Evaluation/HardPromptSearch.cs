@@ -105,7 +105,7 @@ public sealed record HardPromptSearchResult
 /// Options of <c>softprompt search-hard-prompt</c>. Each property is a config-file key (snake_case) and a CLI option
 /// (kebab-case), see <see cref="IO.OptionsRecord"/>. The resolved values are written to the run folder.
 /// </summary>
-public sealed record HardPromptSearchOptions
+public sealed record HardPromptSearchOptions : Data.DataFields
 {
     [Description("Hugging Face model folder (with tokenizer files).")] public string? Model { get; init; }
     [Description("Search data (JSONL, TSV or CSV).")] public string? Train { get; init; }
@@ -127,12 +127,6 @@ public sealed record HardPromptSearchOptions
     [Description("Rows (candidates x examples) per forward pass when evaluating candidates.")] public int ForwardBatch { get; init; } = 64;
     [Description("Random seed: same seed, same data, same result.")] public int Seed { get; init; } = 42;
 
-    [Description("Field of each example holding the input.")] public string InputField { get; init; } = "input";
-    [Description("Field of each example holding the target.")] public string OutputField { get; init; } = "output";
-    [Description("Template of the prompt side, e.g. \"Review: {review}\\nSentiment:\" (default: the input field).")] public string? PromptTemplate { get; init; }
-    [Description("Template of the target side, e.g. \" {label}\" (default: the output field after one space).")] public string? TargetTemplate { get; init; }
-    [Description("Column names for headerless TSV/CSV files, comma-separated (default input,output).")] public string? Columns { get; init; }
-    [Description("Skip malformed lines (reported with a count) instead of refusing to start.")] public bool SkipBadLines { get; init; }
     [Description("Append the end-of-sequence token to each target.")] public bool AddEos { get; init; }
     [Description("Maximum tokens per example, hard prompt included (example text is truncated from the left).")] public int MaxLength { get; init; } = 256;
 

@@ -31,11 +31,7 @@ public static class HardPromptSearchJob
         torch.manual_seed(o.Seed);
 
         // Data first: a broken dataset stops the run before the model is loaded.
-        var dataOptions = new DataOptions
-        {
-            InputField = o.InputField, OutputField = o.OutputField, PromptTemplate = o.PromptTemplate, TargetTemplate = o.TargetTemplate,
-            Columns = o.Columns?.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries), SkipBadLines = o.SkipBadLines,
-        };
+        var dataOptions = o.DataOptions();
         var read = DatasetReader.Read(o.Train!, dataOptions);
         if (read.Skipped > 0) message?.Invoke($"{o.Train}: skipped {read.Skipped} bad line(s); first: {read.Problems[0]}");
         IReadOnlyList<Example> search = read.Examples, heldOut = Array.Empty<Example>();

@@ -8,7 +8,7 @@ namespace SoftPrompt.Training;
 /// <c>virtual_tokens</c>) and a CLI option (kebab-case, <c>--virtual-tokens</c>): the CLI generates its options from
 /// this record (<see cref="OptionsRecord"/>), so the two cannot drift apart. The resolved values are written to the run folder.
 /// </summary>
-public sealed record TrainOptions
+public sealed record TrainOptions : Data.DataFields
 {
     [Description("Hugging Face model folder.")] public string? Model { get; init; }
     [Description("Training data (JSONL, TSV or CSV).")] public string? Train { get; init; }
@@ -23,12 +23,6 @@ public sealed record TrainOptions
     [Description("Prefix tuning: reparameterise the prefix through an MLP (only its output is exported).")] public bool PrefixProjection { get; init; }
     [Description("Prefix tuning: hidden size of the projection MLP.")] public int EncoderHiddenSize { get; init; } = 512;
 
-    [Description("Field of each example holding the input.")] public string InputField { get; init; } = "input";
-    [Description("Field of each example holding the target.")] public string OutputField { get; init; } = "output";
-    [Description("Template of the prompt side, e.g. \"Review: {review}\\nSentiment:\" (default: the input field).")] public string? PromptTemplate { get; init; }
-    [Description("Template of the target side, e.g. \" {label}\" (default: the output field after one space).")] public string? TargetTemplate { get; init; }
-    [Description("Column names for headerless TSV/CSV files, comma-separated (default input,output).")] public string? Columns { get; init; }
-    [Description("Skip malformed lines (reported with a count) instead of refusing to start.")] public bool SkipBadLines { get; init; }
     [Description("Append the end-of-sequence token to each target.")] public bool AddEos { get; init; }
     [Description("Also compute the loss on prompt tokens.")] public bool LossOnPrompt { get; init; }
     [Description("Maximum tokens per example (prompts are truncated from the left).")] public int MaxLength { get; init; } = 256;

@@ -34,7 +34,7 @@ public static class TrainingJob
             throw new SoftPromptException($"{runDir} already holds a run (checkpoint/). Use --resume {runDir} to continue it, or another --output.");
 
         // Data first: a broken dataset must stop the run before the model is loaded.
-        var dataOptions = DataOptionsFrom(o);
+        var dataOptions = o.DataOptions();
         var trainRead = DatasetReader.Read(o.Train!, dataOptions);
         Report(reporter, o.Train!, trainRead);
         IReadOnlyList<Example> trainEx = trainRead.Examples, valEx;
@@ -101,13 +101,6 @@ public static class TrainingJob
                           $"on {Math.Min(valEx.Count, ClassificationValidationCap)} validation examples; the best checkpoint is the most accurate");
         return task.TrainerMetrics(lm.Model, lm.RequireTokenizer(), valEx, o.MaxLength, cap: ClassificationValidationCap);
     }
-
-    public static DataOptions DataOptionsFrom(TrainOptions o) => new()
-    {
-        InputField = o.InputField, OutputField = o.OutputField, PromptTemplate = o.PromptTemplate, TargetTemplate = o.TargetTemplate,
-        Columns = o.Columns?.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries),
-        SkipBadLines = o.SkipBadLines,
-    };
 
     static void Report(ITrainingReporter? r, string path, DatasetReadResult read)
     {
