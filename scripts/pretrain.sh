@@ -7,40 +7,52 @@
 #              NICE (default 19), THREADS (default 2).
 # Stop a run cleanly with Ctrl-C, `kill -TERM <pid>`, or `touch RUN_DIR/run/STOP`; it checkpoints and exits.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-REPO=$(pwd)
-RUN=${1:-../pretrain-run}
-CORPUS=${CORPUS:-../shared/data/corpus}
-TASKS_SRC=${TASKS_SRC:-../shared/data/tasks}
-MAX_MINUTES=${MAX_MINUTES:-0}
-NICE=${NICE:-19}
-THREADS=${THREADS:-2}
-NAME=sp-llama-6m
-mkdir -p "$RUN"
-RUN=$(cd "$RUN" && pwd)
 
-dotnet build src/SoftPrompt.Cli -c Release -v q -nologo
-# Run from a copy of the build so that rebuilding the repo does not disturb a long run.
-rm -rf "$RUN/bin" && cp -r src/SoftPrompt.Cli/bin/Release/net10.0 "$RUN/bin"
-SP=(nice -n "$NICE" dotnet "$RUN/bin/softprompt.dll" pretrain)
+# The body is a function, so bash reads the whole file before running: editing or checking out this script while a
+# long run started from it is still going cannot change what that run does next.
+main() {
+  cd "$(dirname "$0")/.."
+  REPO=$(pwd)
+  RUN=${1:-../pretrain-run}
+  CORPUS=${CORPUS:-../shared/data/corpus}
+  TASKS_SRC=${TASKS_SRC:-../shared/data/tasks}
+  MAX_MINUTES=${MAX_MINUTES:-0}
+  NICE=${NICE:-19}
+  THREADS=${THREADS:-2}
+  NAME=sp-llama-6m
+  mkdir -p "$RUN"
+  RUN=$(cd "$RUN" && pwd)
 
-# 1. Deterministic train/test split of the tasks (committed in data/tasks; recreated only if missing).
-[ -f data/tasks/fine_foods.train.tsv ] || "${SP[@]}" split-tasks --source "$TASKS_SRC" --out data/tasks
+  if [ -f "$RUN/run/LOCK" ] && kill -0 "$(cat "$RUN/run/LOCK")" 2>/dev/null; then
+    echo "a pretraining run is in progress in $RUN/run (pid $(cat "$RUN/run/LOCK")): touch $RUN/run/STOP to stop it first" >&2
+    exit 1
+  fi
 
-# 2. Byte-level BPE on the training documents (vocab 4096; 6144 and 8192 written for comparison).
-[ -f "$RUN/tokenizers/vocab-4096/tokenizer.json" ] || "${SP[@]}" tokenizer --corpus "$CORPUS" --tasks data/tasks --out "$RUN/tokenizers" --vocab 4096,6144,8192
+  dotnet build src/SoftPrompt.Cli -c Release -v q -nologo
+  # Run from a copy of the build so that rebuilding the repo does not disturb a long run.
+  rm -rf "$RUN/bin" && cp -r src/SoftPrompt.Cli/bin/Release/net10.0 "$RUN/bin"
+  SP=(nice -n "$NICE" dotnet "$RUN/bin/softprompt.dll" pretrain)
 
-# 3. Tokenize once: RUN/data/{train,val}.bin (uint16).
-[ -f "$RUN/data/train.bin" ] || "${SP[@]}" prepare --corpus "$CORPUS" --tasks data/tasks --tokenizer "$RUN/tokenizers/vocab-4096" --out "$RUN/data"
+  # 1. Deterministic train/test split of the tasks (committed in data/tasks; recreated only if missing).
+  [ -f data/tasks/fine_foods.train.tsv ] || "${SP[@]}" split-tasks --source "$TASKS_SRC" --out data/tasks
 
-# 4. Pretrain (resumes from RUN/run/checkpoint.safetensors when present; options then come from RUN/run/options.json).
-#    OMP_WAIT_POLICY=PASSIVE: on a shared machine, spinning OpenMP threads waste the CPU they wait for.
-OMP_WAIT_POLICY=PASSIVE "${SP[@]}" train --data "$RUN/data" --run "$RUN/run" \
-  --hidden 256 --layers 6 --heads 4 --intermediate 768 --seq-len 256 --micro-batch 16 --accum 2 --compute bf16 --threads "$THREADS" \
-  --total-tokens 50000000 --warmup-tokens 1000000 --lr 1.5e-3 --min-lr 1.5e-4 --eval-every 100 --checkpoint-minutes 4 \
-  --max-minutes "$MAX_MINUTES"
+  # 2. Byte-level BPE on the training documents (vocab 4096; 6144 and 8192 written for comparison).
+  [ -f "$RUN/tokenizers/vocab-4096/tokenizer.json" ] || "${SP[@]}" tokenizer --corpus "$CORPUS" --tasks data/tasks --out "$RUN/tokenizers" --vocab 4096,6144,8192
 
-# 5. Export the checkpoint as a Hugging Face folder with its card, evaluated in fp32.
-"${SP[@]}" export --run "$RUN/run" --data "$RUN/data" --tokenizer "$RUN/tokenizers/vocab-4096" --out "models/$NAME" \
-  --slice tests/SoftPrompt.Tests/fixtures/shipped-model/heldout_slice.txt --plot docs/pretraining-perplexity.png --notes docs/pretraining-notes.json
-echo "models/$NAME"
+  # 3. Tokenize once: RUN/data/{train,val}.bin (uint16).
+  [ -f "$RUN/data/train.bin" ] || "${SP[@]}" prepare --corpus "$CORPUS" --tasks data/tasks --tokenizer "$RUN/tokenizers/vocab-4096" --out "$RUN/data"
+
+  # 4. Pretrain (resumes from RUN/run/checkpoint.safetensors when present; options then come from RUN/run/options.json).
+  #    OMP_WAIT_POLICY=PASSIVE: on a shared machine, spinning OpenMP threads waste the CPU they wait for.
+  OMP_WAIT_POLICY=PASSIVE "${SP[@]}" train --data "$RUN/data" --run "$RUN/run" \
+    --hidden 256 --layers 6 --heads 4 --intermediate 768 --seq-len 256 --micro-batch 16 --accum 2 --compute bf16 --threads "$THREADS" \
+    --total-tokens 50000000 --warmup-tokens 1000000 --lr 1.5e-3 --min-lr 1.5e-4 --eval-every 100 --checkpoint-minutes 4 \
+    --max-minutes "$MAX_MINUTES"
+
+  # 5. Export the checkpoint as a Hugging Face folder with its card, evaluated in fp32.
+  "${SP[@]}" export --run "$RUN/run" --data "$RUN/data" --tokenizer "$RUN/tokenizers/vocab-4096" --out "models/$NAME" \
+    --slice tests/SoftPrompt.Tests/fixtures/shipped-model/heldout_slice.txt --plot docs/pretraining-perplexity.png --notes docs/pretraining-notes.json
+  echo "models/$NAME"
+}
+main "$@"
+exit
