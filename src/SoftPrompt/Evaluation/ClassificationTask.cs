@@ -115,12 +115,14 @@ public sealed class ClassificationTask
 
     /// <summary>
     /// Validation metrics for the trainer: accuracy and macro-F1 by rank classification with the current prompt, on
-    /// at most <paramref name="cap"/> examples (the first ones; the trainer's validation set is fixed). Keys in order:
+    /// at most <paramref name="cap"/> examples, evenly spaced over the validation set (files are often sorted by label,
+    /// so the first ones would be a biased sample; the selection is fixed for the whole run). Keys in order:
     /// accuracy first (the one "best checkpoint" is judged by), then macro_f1.
     /// </summary>
     public Func<IPromptMethod, IReadOnlyDictionary<string, double>> TrainerMetrics(CausalLM model, HfTokenizer tok, IReadOnlyList<Example> validation, int maxLength, bool lengthNormalize = false, int cap = 200)
     {
-        var used = validation.Take(cap).ToList();
+        var used = validation.Count <= cap ? validation.ToList()
+            : Enumerable.Range(0, cap).Select(i => validation[(int)((long)i * validation.Count / cap)]).ToList();
         var prompts = used.Select(e => PromptBuilder.Build(tok, Array.Empty<int>(), e.Prompt, maxLength - MaxLabelTokens)).ToList();
         var gold = used.Select(Gold).ToList();
         return method =>
