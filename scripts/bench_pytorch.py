@@ -115,6 +115,22 @@ def peak_memory(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS (ru_maxrss)"
 
 
+def blas_info():
+    """BLAS_INFO from the build; Debian's torch says 'generic' and then uses whatever libblas.so.3 the system points at
+    (the reference netlib BLAS by default: ~2 GFLOP/s, which makes any comparison meaningless)."""
+    cfg = torch.__config__.show()
+    info = next((part.split("=", 1)[1] for part in cfg.replace(",", " ").split() if part.startswith("BLAS_INFO=")), "unknown")
+    if info == "generic":
+        lib = "?"
+        try:
+            with open("/proc/self/maps") as f:
+                lib = next((l.split()[-1] for l in f if "libblas" in l or "openblas" in l), "?")
+        except OSError:
+            pass
+        info = f"generic ({lib})"
+    return info
+
+
 def run_torch(a):
     device = torch.device(a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     if a.threads > 0:
@@ -195,7 +211,7 @@ def run_torch(a):
                 evals.append((time.perf_counter() - t0) * 1000)
     med, emed = statistics.median(times), statistics.median(evals)
     peak, kind = peak_memory(device)
-    return dict(impl=impl, torch=torch.__version__, shape=a.shape, method=a.method, batch=B, seq=T, virtual_tokens=n, target_tokens=targets,
+    return dict(impl=impl, torch=torch.__version__, blas=blas_info(), shape=a.shape, method=a.method, batch=B, seq=T, virtual_tokens=n, target_tokens=targets,
                 dtype=a.dtype, device=str(device), threads=torch.get_num_threads(), steps=a.steps, warmup=a.warmup,
                 step_ms_median=round(med, 2), tokens_per_s=round(B * T / (med / 1000), 1), eval_ms_median=round(emed, 2),
                 eval_tokens_per_s=round(B * T / (emed / 1000), 1), peak_memory_bytes=peak, peak_memory_kind=kind)
@@ -227,6 +243,9 @@ def main():
         results["softprompt"] = json.loads(out)
         print(json.dumps({"side": "softprompt", **results["softprompt"]}))
     results["pytorch"] = run_torch(a)
+    if results["pytorch"]["blas"].startswith("generic") and "openblas" not in results["pytorch"]["blas"]:
+        print("warning: this torch uses the system's reference BLAS (a few GFLOP/s); for a fair comparison point it at OpenBLAS, e.g. "
+              "LD_LIBRARY_PATH=<dir of OpenBLAS's libblas.so.3> (Debian: libopenblas0-pthread)", file=sys.stderr)
     print(json.dumps({"side": "pytorch", **results["pytorch"]}))
     if a.softprompt:
         cs, py = results["softprompt"], results["pytorch"]

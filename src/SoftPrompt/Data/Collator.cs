@@ -23,6 +23,14 @@ public sealed class Batch : IDisposable
     public required int[] Lengths { get; init; }
     /// <summary>Per row: prompt length (the target starts at this position).</summary>
     public required int[] PromptLengths { get; init; }
+    /// <summary>[N] int64: which rows of the shifted, flattened [B * (T - 1)] predictions carry a loss (row
+    /// b * (T - 1) + t predicts the token at t + 1 of row b), found on the host at collate time so the loss
+    /// needs no device-to-host sync to find them.</summary>
+    public required Tensor LossRows { get; init; }
+    /// <summary>[N] int64: the token each of <see cref="LossRows"/> must predict.</summary>
+    public required Tensor LossLabels { get; init; }
+    /// <summary>N, the length of <see cref="LossRows"/> (labelled positions after the shift).</summary>
+    public required int LossCount { get; init; }
     public int Size => Lengths.Length;
     public int SeqLen => (int)InputIds.shape[1];
 
@@ -31,6 +39,8 @@ public sealed class Batch : IDisposable
         InputIds.Dispose();
         AttentionMask.Dispose();
         Labels.Dispose();
+        LossRows.Dispose();
+        LossLabels.Dispose();
     }
 }
 
@@ -76,12 +86,21 @@ public static class Collator
             real += x.Length;
             labelled += x.TargetIds.Length + (lossOnPrompt ? pl : 0);
         }
+        // The loss's rows: position j >= 1 of row i carries label labels[i, j], predicted by output j - 1.
+        var lossRows = new List<long>(labelled);
+        var lossLabels = new List<long>(labelled);
+        for (int i = 0; i < b; i++)
+            for (int j = 1; j < t; j++)
+                if (labels[i * t + j] != Batch.IgnoreIndex) { lossRows.Add((long)i * (t - 1) + j - 1); lossLabels.Add(labels[i * t + j]); }
         var shape = new long[] { b, t };
         return new Batch
         {
             InputIds = ToDevice(ids, shape, device),
             AttentionMask = ToDevice(mask, shape, device),
             Labels = ToDevice(labels, shape, device),
+            LossRows = ToDevice(lossRows.ToArray(), new long[] { lossRows.Count }, device),
+            LossLabels = ToDevice(lossLabels.ToArray(), new long[] { lossLabels.Count }, device),
+            LossCount = lossRows.Count,
             RealTokens = real,
             TargetTokens = labelled,
             Lengths = lengths,

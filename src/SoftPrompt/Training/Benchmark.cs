@@ -24,12 +24,21 @@ public sealed record BenchOptions
     public int TargetTokens { get; init; }
     public int Threads { get; init; }
     public int Seed { get; init; } = 0;
+    /// <summary>Also time the phases of a step (forward, head + loss, backward, optimizer) separately. On CUDA this
+    /// synchronises after each phase, so only the phase split is meaningful there, not the total.</summary>
+    public bool Profile { get; init; }
 }
 
 public sealed record BenchResult(
     string Model, string ModelType, int Layers, int Hidden, int Vocab, long Parameters, string Method, int Batch, int Seq, int VirtualTokens,
     int TargetTokens, string Dtype, string Device, int Threads, int Steps, int Warmup,
-    double StepMsMedian, double StepMsMin, double TokensPerS, double EvalMsMedian, double EvalTokensPerS, long? PeakMemoryBytes, string PeakMemoryKind);
+    double StepMsMedian, double StepMsMin, double TokensPerS, double EvalMsMedian, double EvalTokensPerS, long? PeakMemoryBytes, string PeakMemoryKind)
+{
+    /// <summary>With <see cref="BenchOptions.Profile"/>: median milliseconds of each phase of a training step.</summary>
+    public IReadOnlyDictionary<string, double>? PhaseMsMedian { get; init; }
+    /// <summary>How the process's CPU allocator was set up (<see cref="TorchRuntime.ConfigureAllocator"/>).</summary>
+    public string Allocator { get; init; } = TorchRuntime.AllocatorMode;
+}
 
 /// <summary>
 /// Times the training step of a prompt method on a frozen model (random weights for named shapes are fine):
@@ -95,11 +104,52 @@ public static class Benchmark
                 }
                 if (i >= o.Warmup) evalMs.Add(sw.Elapsed.TotalMilliseconds);
             }
+        Dictionary<string, double>? phases = null;
+        if (o.Profile)
+        {
+            // The head's backward and the transformer's backward are timed apart by cutting the graph at the
+            // hidden states: the loss's backward stops at a detached copy, whose gradient is then pushed through
+            // the transformer. Same arithmetic as one backward call.
+            var names = new[] { "forward", "head_loss", "head_backward", "body_backward", "optimizer" };
+            var samples = names.ToDictionary(n => n, _ => new List<double>());
+            var cpuSamples = names.ToDictionary(n => n, _ => new List<double>());
+            var proc = Process.GetCurrentProcess();
+            void Sync() { if (device.type == DeviceType.CUDA) torch.cuda.synchronize(device); }
+            for (int i = 0; i < o.Warmup + o.Steps; i++)
+            {
+                using var scope = torch.NewDisposeScope();
+                var t = new double[names.Length + 1];
+                var c = new double[names.Length + 1];
+                var sw = Stopwatch.StartNew();
+                int k = 0;
+                void Mark() { Sync(); proc.Refresh(); k++; t[k] = sw.Elapsed.TotalMilliseconds; c[k] = proc.TotalProcessorTime.TotalMilliseconds; }
+                proc.Refresh(); c[0] = proc.TotalProcessorTime.TotalMilliseconds;
+                optimizer.ZeroGrad();
+                var hidden = PromptLoss.Hidden(model, method, batch);
+                Mark();
+                var cut = hidden.detach().requires_grad_(true);
+                var (nll, count) = PromptLoss.Loss(model, batch, cut);
+                var loss = nll / count;
+                Mark();
+                loss.backward();
+                Mark();
+                hidden.backward(new[] { cut.grad! });
+                Mark();
+                optimizer.Step(1e-3);
+                nll.item<float>();
+                Mark();
+                if (i < o.Warmup) continue;
+                for (int j = 0; j < names.Length; j++) { samples[names[j]].Add(t[j + 1] - t[j]); cpuSamples[names[j]].Add(c[j + 1] - c[j]); }
+            }
+            phases = names.ToDictionary(n => n, n => Math.Round(Median(samples[n]), 2));
+            foreach (var n in names) phases[n + "_cpu"] = Math.Round(Median(cpuSamples[n]), 2);
+        }
         double med = Median(stepMs), evalMed = Median(evalMs);
         var (peak, kind) = PeakMemory(device);
         return new BenchResult(o.Model ?? "shape:" + o.Shape, cfg.ModelType, cfg.NumLayers, cfg.HiddenSize, cfg.VocabSize, model.ParameterCount,
             o.Method, o.Batch, o.Seq, o.VirtualTokens, targets, TorchRuntime.DTypeName(dtype), device.ToString(), torch.get_num_threads(), o.Steps, o.Warmup,
-            Math.Round(med, 2), Math.Round(stepMs.Min(), 2), Math.Round(realTokens / (med / 1000), 1), Math.Round(evalMed, 2), Math.Round(realTokens / (evalMed / 1000), 1), peak, kind);
+            Math.Round(med, 2), Math.Round(stepMs.Min(), 2), Math.Round(realTokens / (med / 1000), 1), Math.Round(evalMed, 2), Math.Round(realTokens / (evalMed / 1000), 1), peak, kind)
+            { PhaseMsMedian = phases };
     }
 
     static double Median(List<double> xs)

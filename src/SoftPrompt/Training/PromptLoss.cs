@@ -17,6 +17,10 @@ public static class PromptLoss
 {
     /// <summary>Sum of target-token negative log-likelihoods (fp32 scalar) and the number of target tokens.</summary>
     public static (Tensor NllSum, long Count) Compute(CausalLM model, IPromptMethod? method, Batch batch)
+        => Loss(model, batch, Hidden(model, method, batch));
+
+    /// <summary>The transformer part: final hidden states [B, T, hidden] of the batch's real tokens (virtual rows dropped).</summary>
+    public static Tensor Hidden(CausalLM model, IPromptMethod? method, Batch batch)
     {
         var ids = batch.InputIds;
         long B = ids.shape[0], T = ids.shape[1];
@@ -27,15 +31,20 @@ public static class PromptLoss
         // only follow it), and positions are those of an unpadded row. The pads' own outputs carry no label. This
         // keeps the fused causal attention path and builds no [B, 1, T, S] mask per step.
         var res = model.Forward(new ForwardArgs { InputIds = ids, PrefixEmbeds = inj.PrefixEmbeds, Cache = cache });
-        var hidden = res.Hidden.narrow(1, inj.HiddenOffset, T);                 // rows of the real tokens
+        return inj.HiddenOffset == 0 ? res.Hidden : res.Hidden.narrow(1, inj.HiddenOffset, T);
+    }
+
+    /// <summary>The head and the loss: the LM head runs only on rows that carry a label. The rows were found on the
+    /// host by the collator, so nothing here waits on the device.</summary>
+    public static (Tensor NllSum, long Count) Loss(CausalLM model, Batch batch, Tensor hidden)
+    {
+        long T = batch.InputIds.shape[1];
+        long count = batch.LossCount;
+        if (count == 0) return (torch.zeros(1, ScalarType.Float32, hidden.device).sum(), 0);
         // Row t predicts the token at t+1 (labels are aligned with inputs; the shift happens here).
-        var labels = batch.Labels.narrow(1, 1, T - 1).reshape(-1);
         var rows = hidden.narrow(1, 0, T - 1).reshape(-1, hidden.shape[2]);
-        var sel = (labels != -100).nonzero().squeeze(1);
-        long count = sel.shape[0];
-        if (count == 0) return (torch.zeros(1, ScalarType.Float32, ids.device).sum(), 0);
-        var logits = model.Logits(rows.index_select(0, sel));
-        var nll = F.cross_entropy(logits, labels.index_select(0, sel), reduction: nn.Reduction.Sum);
+        var logits = model.Logits(rows.index_select(0, batch.LossRows));
+        var nll = F.cross_entropy(logits, batch.LossLabels, reduction: nn.Reduction.Sum);
         return (nll, count);
     }
 }

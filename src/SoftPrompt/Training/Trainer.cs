@@ -114,7 +114,7 @@ public sealed class Trainer
                     var (idx, ep, bi) = batches.Next();
                     micro.Add((Collator.Collate(idx.Select(i => _train[i]).ToList(), _padId, _model.Device, _o.LossOnPrompt), ep, bi));
                 }
-                long totalTargets = micro.Sum(x => (long)x.Batch.TargetTokens);
+                long totalTargets = micro.Sum(x => (long)x.Batch.LossCount); // the positions the loss actually counts
                 var nllAcc = torch.zeros(1, ScalarType.Float32, _model.Device).sum();
                 long counted = 0;
                 foreach (var (batch, _, _) in micro)

@@ -65,11 +65,19 @@ public class BatchingTests
         Assert.Equal((8, 3), (batch.RealTokens, batch.TargetTokens));
         Assert.Equal(new[] { 5, 3 }, batch.Lengths);
         Assert.Equal(new[] { 3, 2 }, batch.PromptLengths);
+        // Loss rows of the shifted [B * (T - 1)] predictions, found on the host: row 0 predicts 30 at output 2 and 2 at
+        // output 3; row 1 (offset 4) predicts 31 at output 1.
+        Assert.Equal(new long[] { 2, 3, 5 }, batch.LossRows.data<long>().ToArray());
+        Assert.Equal(new long[] { 30, 2, 31 }, batch.LossLabels.data<long>().ToArray());
+        Assert.Equal(3, batch.LossCount);
 
         using var withPrompt = Collator.Collate([a, b], 99, CPU, lossOnPrompt: true);
         Assert.Equal(new long[] { 1, 20, 21, 30, 2, 1, 22, 31, -100, -100 }, withPrompt.Labels.data<long>().ToArray());
         Assert.Equal(99, withPrompt.InputIds[1, 4].item<long>());
         Assert.Equal(8, withPrompt.TargetTokens);
+        Assert.Equal(6, withPrompt.LossCount); // position 0 of each row has a label but nothing predicts it
+        var shifted = withPrompt.Labels.narrow(1, 1, 4).reshape(-1);
+        Assert.Equal((shifted != -100).nonzero().squeeze(1).data<long>().ToArray(), withPrompt.LossRows.data<long>().ToArray());
         Assert.Throws<SoftPromptException>(() => Collator.Collate([], Pad, CPU));
     }
 
