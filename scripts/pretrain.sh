@@ -44,7 +44,10 @@ main() {
 
   # 4. Pretrain (resumes from RUN/run/checkpoint.safetensors when present; options then come from RUN/run/options.json).
   #    OMP_WAIT_POLICY=PASSIVE: on a shared machine, spinning OpenMP threads waste the CPU they wait for.
-  OMP_WAIT_POLICY=PASSIVE "${SP[@]}" train --data "$RUN/data" --run "$RUN/run" \
+  #    INIT_FROM=models/NAME continues from an exported model when the run folder has no checkpoint (a new session).
+INIT=()
+if [ -n "${INIT_FROM:-}" ]; then INIT=(--init-from "$INIT_FROM"); fi
+OMP_WAIT_POLICY=PASSIVE "${SP[@]}" train --data "$RUN/data" --run "$RUN/run" "${INIT[@]}" \
     --hidden 256 --layers 6 --heads 4 --intermediate 768 --seq-len 256 --micro-batch 16 --accum 2 --compute bf16 --threads "$THREADS" \
     --total-tokens 50000000 --warmup-tokens 1000000 --lr 1.5e-3 --min-lr 1.5e-4 --eval-every 100 --checkpoint-minutes 4 \
     --max-minutes "$MAX_MINUTES"

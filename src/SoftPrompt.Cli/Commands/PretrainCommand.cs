@@ -180,9 +180,11 @@ public static class PretrainCommand
         var minLr = new Option<double>("--min-lr") { DefaultValueFactory = _ => 2e-4 };
         var evalEvery = new Option<int>("--eval-every") { DefaultValueFactory = _ => 100, Description = "Steps between held-out evaluations." };
         var ckpt = new Option<double>("--checkpoint-minutes") { DefaultValueFactory = _ => 5 };
+        var initFrom = new Option<string?>("--init-from") { Description = "Without a checkpoint in --run: start from this exported model folder (its weights, step and token count; fresh AdamW moments), e.g. models/sp-llama-6m." };
+        var rewarm = new Option<long>("--rewarm-tokens") { DefaultValueFactory = _ => 500_000, Description = "With --init-from: ramp the learning rate up again over this many tokens (fresh optimizer moments)." };
         var maxMin = new Option<double>("--max-minutes") { DefaultValueFactory = _ => 0, Description = "Stop (with a checkpoint) after this many minutes; 0 = run to the budget." };
         var c = new Command("train", "Pretrain (or resume) a Llama-shaped model. Stops cleanly on Ctrl-C / SIGTERM, on a file RUN/STOP, or after --max-minutes.")
-            { data, run, total, warmup, lr, minLr, evalEvery, ckpt, maxMin };
+            { data, run, total, warmup, lr, minLr, evalEvery, ckpt, maxMin, initFrom, rewarm };
         so.AddTo(c);
         c.SetAction(pr =>
         {
@@ -213,6 +215,11 @@ public static class PretrainCommand
             using var sigterm = System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGTERM, ctx => { ctx.Cancel = true; cts.Cancel(); });
             using var t = new Pretrainer(o, train, val);
             if (t.TryLoadCheckpoint(runDir)) Console.WriteLine($"resumed at step {t.State.Step}, {t.State.TokensSeen / 1e6:F2} M tokens, epoch {t.State.Epoch} window {t.State.Cursor}");
+            else if (pr.GetValue(initFrom) is { } from)
+            {
+                t.InitFrom(from, pr.GetValue(rewarm) / o.TokensPerStep);
+                Console.WriteLine($"initialised from {from} at step {t.State.Step}, {t.State.TokensSeen / 1e6:F2} M tokens (fresh AdamW moments, learning rate re-warmed)");
+            }
             t.Run(runDir, pr.GetValue(maxMin), cts.Token);
             return 0;
         });

@@ -86,8 +86,10 @@ public sealed class TokenWindows
     {
         var p = new long[Count];
         for (long i = 0; i < Count; i++) p[i] = i;
-        var rng = new Random(HashCode.Combine(seed, epoch, 0x5eed));
-        for (long i = Count - 1; i > 0; i--) { long j = rng.NextInt64(i + 1); (p[i], p[j]) = (p[j], p[i]); }
+        // SplitMix64, not System.Random(HashCode.Combine(...)): HashCode is randomised per process, which made the
+        // order (and so a resumed run) differ from process to process.
+        var rng = Data.SplitMix64.For(seed, 0x5eed0000L + epoch);
+        for (long i = Count - 1; i > 0; i--) { long j = (long)(rng.Next() % (ulong)(i + 1)); (p[i], p[j]) = (p[j], p[i]); }
         return p;
     }
 }
@@ -192,7 +194,7 @@ public sealed class Pretrainer : IDisposable
             (loss / o.Accum).backward();
             lossSum += loss.item<float>();
         }
-        double lr = o.LearningRate(State.Step);
+        double lr = CurrentLr();
         double norm = _opt.ClipGradNorm(o.GradClip);
         _opt.Update(lr);
         _opt.ZeroGrad();
@@ -249,6 +251,50 @@ public sealed class Pretrainer : IDisposable
         _opt.Step = long.Parse(header.Metadata["adam_step"]);
         _perm = _train.Permutation(Options.Seed, State.Epoch);
         return true;
+    }
+
+    /// <summary>
+    /// Starts from an exported model folder instead of a checkpoint (a later session continuing a run whose checkpoint
+    /// is gone): its fp32 weights, the step and token count of its eval_results.json (so the LR schedule and the data
+    /// position continue), and fresh AdamW moments, with the learning rate re-warmed over <paramref name="rewarmSteps"/>.
+    /// </summary>
+    public void InitFrom(string modelDir, long rewarmSteps)
+    {
+        var file = Path.Combine(modelDir, "model.safetensors");
+        var results = Path.Combine(modelDir, "eval_results.json");
+        if (!File.Exists(file) || !File.Exists(results)) throw new SoftPromptException($"--init-from {modelDir}: needs model.safetensors and eval_results.json (an export of this program).");
+        var loaded = SafeTensors.Load(file);
+        try
+        {
+            using var _ = torch.no_grad();
+            foreach (var (k, v) in Weights)
+            {
+                if (!loaded.TryGetValue(k, out var t) || !t.shape.SequenceEqual(v.shape))
+                    throw new SoftPromptException($"--init-from {file}: no tensor '{k}' of shape [{string.Join(", ", v.shape)}]; was it exported with other shape options?");
+                v.copy_(t);
+            }
+        }
+        finally { foreach (var v in loaded.Values) v.Dispose(); }
+        var r = JsonNode.Parse(File.ReadAllText(results))!;
+        State.Step = r["steps"]!.GetValue<long>();
+        State.TokensSeen = r["tokens_seen"]!.GetValue<long>();
+        State.TrainSeconds = r["train_seconds"]?.GetValue<double>() ?? 0;
+        long windows = State.TokensSeen / Options.SeqLen;
+        State.Epoch = (int)(windows / _train.Count);
+        State.Cursor = windows % _train.Count;
+        _perm = _train.Permutation(Options.Seed, State.Epoch);
+        _rewarmFrom = State.Step;
+        _rewarmSteps = Math.Max(0, rewarmSteps);
+    }
+
+    long _rewarmFrom, _rewarmSteps;
+
+    /// <summary>The schedule's learning rate, scaled down linearly for the first steps after <see cref="InitFrom"/>.</summary>
+    double CurrentLr()
+    {
+        double lr = Options.LearningRate(State.Step);
+        long since = State.Step - _rewarmFrom;
+        return _rewarmSteps > 0 && since < _rewarmSteps ? lr * (since + 1) / _rewarmSteps : lr;
     }
 
     /// <summary>Reads the fp32 model weights (HF names) of a checkpoint, and its config.json object.</summary>

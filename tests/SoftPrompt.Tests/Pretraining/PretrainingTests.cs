@@ -148,5 +148,22 @@ public class ModelExportTests
         Assert.True(s.Perplexity < 100);
         var (ppl, _) = Perplexity.OfText(lm.Model, lm.Tokenizer!, File.ReadAllText(dir["slice.txt"]), o.SeqLen);
         Assert.Equal(r.SlicePerplexity, ppl, 6);
+
+        // A later session without the checkpoint continues from the export: same weights, step, tokens and data
+        // position, fresh optimizer moments.
+        var o2 = o with { TotalTokens = 128 * 30 };
+        var (ckptWeights, _, ckptState) = Pretrainer.ReadCheckpointWeights(runDir);
+        using (var t2 = new Pretrainer(o2, PretrainCorpus.ReadIds(Path.Combine(dataDir, "train.bin")), PretrainCorpus.ReadIds(Path.Combine(dataDir, "val.bin"))))
+        {
+            t2.InitFrom(outDir, rewarmSteps: 3);
+            Assert.Equal(ckptState.Step, t2.State.Step);
+            Assert.Equal(ckptState.TokensSeen, t2.State.TokensSeen);
+            Assert.Equal(ckptState.Epoch, t2.State.Epoch);
+            Assert.Equal(ckptState.Cursor, t2.State.Cursor);
+            foreach (var (k, w) in t2.Weights) Assert.True(w.equal(ckptWeights[k]).all().item<bool>(), k);
+            var (loss, _, lr) = t2.TrainStep();
+            Assert.True(double.IsFinite(loss));
+            Assert.InRange(lr, 0, o2.LearningRate(20) / 3 + 1e-12); // re-warm-up: a third of the schedule's rate on the first step
+        }
     }
 }
