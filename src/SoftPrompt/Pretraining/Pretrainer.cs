@@ -105,7 +105,7 @@ public sealed class Pretrainer : IDisposable
     public PretrainOptions Options { get; }
     public TrainerState State { get; private set; } = new();
     public Dictionary<string, Tensor> Weights { get; }
-    readonly AdamW _opt;
+    readonly Training.AdamW _opt;
     readonly ModelConfig _cfg;
     readonly ScalarType _compute;
     readonly TokenWindows _train, _val;
@@ -121,7 +121,8 @@ public sealed class Pretrainer : IDisposable
         _compute = o.Compute switch { "bf16" => ScalarType.BFloat16, "fp32" => ScalarType.Float32, _ => throw new SoftPromptException($"compute '{o.Compute}': expected bf16 or fp32.") };
         if (o.SeqLen > o.Shape.MaxPositions) throw new SoftPromptException($"seq len {o.SeqLen} exceeds max positions {o.Shape.MaxPositions}.");
         Weights = o.Shape.InitWeights(o.Seed);
-        _opt = new AdamW(Weights, n => !LlamaShape.IsNormWeight(n)) { Beta1 = o.Beta1, Beta2 = o.Beta2, WeightDecay = o.WeightDecay };
+        _opt = new Training.AdamW(Weights.OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => (kv.Key, kv.Value)).ToList(),
+            o.Beta1, o.Beta2, weightDecay: o.WeightDecay, decay: n => !LlamaShape.IsNormWeight(n));
         _train = new TokenWindows(train, o.SeqLen);
         _val = new TokenWindows(val, o.SeqLen);
         if (_train.Count < o.MicroBatch) throw new SoftPromptException("training data is smaller than one batch.");
@@ -195,8 +196,11 @@ public sealed class Pretrainer : IDisposable
             lossSum += loss.item<float>();
         }
         double lr = CurrentLr();
-        double norm = _opt.ClipGradNorm(o.GradClip);
-        _opt.Update(lr);
+        double norm = double.NaN; // logged; only known when clipping is on
+        if (o.GradClip > 0)
+            using (var clip = torch.NewDisposeScope())
+                norm = Training.GradientClipping.ClipGradNorm(Weights.Values, o.GradClip).item<float>();
+        _opt.Step(lr);
         _opt.ZeroGrad();
         State.Step++;
         State.TokensSeen += o.TokensPerStep;
@@ -220,16 +224,16 @@ public sealed class Pretrainer : IDisposable
     {
         var t = new Dictionary<string, Tensor>();
         foreach (var (k, v) in Weights) t["param/" + k] = v;
-        foreach (var (k, v) in _opt.M) t["adam_m/" + k] = v;
-        foreach (var (k, v) in _opt.V) t["adam_v/" + k] = v;
+        var optState = _opt.StateDict();
+        foreach (var (k, v) in optState) t["optim/" + k] = v;
         var meta = new Dictionary<string, string>
         {
             ["format"] = "pt",
             ["trainer_state"] = JsonSerializer.Serialize(State),
-            ["adam_step"] = _opt.Step.ToString(),
             ["config"] = Options.Shape.ToHfConfig().ToJsonString(),
         };
-        SafeTensors.Save(Path.Combine(runDir, CheckpointFile), t, meta);
+        try { SafeTensors.Save(Path.Combine(runDir, CheckpointFile), t, meta); }
+        finally { foreach (var v in optState.Values) v.Dispose(); }
     }
 
     /// <summary>Restores weights, AdamW moments, step and data position; false when the run has no checkpoint yet.</summary>
@@ -243,12 +247,10 @@ public sealed class Pretrainer : IDisposable
         {
             using var _ = torch.no_grad();
             foreach (var (k, v) in Weights) v.copy_(loaded["param/" + k]);
-            foreach (var (k, v) in _opt.M) v.copy_(loaded["adam_m/" + k]);
-            foreach (var (k, v) in _opt.V) v.copy_(loaded["adam_v/" + k]);
+            _opt.LoadStateDict(loaded.Where(kv => kv.Key.StartsWith("optim/", StringComparison.Ordinal)).ToDictionary(kv => kv.Key["optim/".Length..], kv => kv.Value));
         }
         finally { foreach (var v in loaded.Values) v.Dispose(); }
         State = JsonSerializer.Deserialize<TrainerState>(header.Metadata["trainer_state"])!;
-        _opt.Step = long.Parse(header.Metadata["adam_step"]);
         _perm = _train.Permutation(Options.Seed, State.Epoch);
         return true;
     }

@@ -15,9 +15,14 @@ public sealed class AdamW : PromptOptimizerBase
     public double Eps { get; }
     public double WeightDecay { get; }
 
-    public AdamW(IReadOnlyList<(string Name, Tensor Param)> parameters, double beta1 = 0.9, double beta2 = 0.999, double eps = 1e-8, double weightDecay = 0.0)
+    readonly bool[] _decay;
+
+    /// <param name="decay">Which parameters get weight decay (default: all); pretraining exempts norm weights.</param>
+    public AdamW(IReadOnlyList<(string Name, Tensor Param)> parameters, double beta1 = 0.9, double beta2 = 0.999, double eps = 1e-8, double weightDecay = 0.0,
+        Func<string, bool>? decay = null)
         : base(parameters)
     {
+        _decay = parameters.Select(p => decay?.Invoke(p.Name) ?? true).ToArray();
         if (!(beta1 >= 0 && beta1 < 1)) throw new SoftPromptException($"AdamW beta1 must be in [0, 1) (got {beta1}).");
         if (!(beta2 >= 0 && beta2 < 1)) throw new SoftPromptException($"AdamW beta2 must be in [0, 1) (got {beta2}).");
         if (!(eps > 0)) throw new SoftPromptException($"AdamW eps must be > 0 (got {eps}).");
@@ -36,7 +41,7 @@ public sealed class AdamW : PromptOptimizerBase
         var m = State($"{name}.exp_avg");
         var v = State($"{name}.exp_avg_sq");
         long t = ParamSteps[i];
-        if (WeightDecay != 0) p.mul_(1 - lr * WeightDecay);
+        if (WeightDecay != 0 && _decay[i]) p.mul_(1 - lr * WeightDecay);
         m.mul_(Beta1).add_(g, alpha: 1 - Beta1);
         v.mul_(Beta2).addcmul_(g, g, value: 1 - Beta2);
         double bc1 = 1 - Math.Pow(Beta1, t), bc2 = 1 - Math.Pow(Beta2, t);
