@@ -1,4 +1,3 @@
-using System.CommandLine;
 using System.Diagnostics;
 using System.Text.Json;
 using System.Text.Json.Nodes;
@@ -21,15 +20,7 @@ public class CliTests
 {
     static string Fx(string m) => Fixtures.HfReference(m);
 
-    static (int Rc, string Out, string Err) Run(params string[] args)
-    {
-        var root = new RootCommand("softprompt") { InspectCommand.Create(), ScoreCommand.Create(), GenerateCommand.Create() };
-        var (o, e) = (Console.Out, Console.Error);
-        var so = new StringWriter(); var se = new StringWriter();
-        Console.SetOut(so); Console.SetError(se);
-        try { return (SoftPrompt.Cli.Cli.Invoke(root, args), so.ToString(), se.ToString()); }
-        finally { Console.SetOut(o); Console.SetError(e); }
-    }
+    static (int Rc, string Out, string Err) Run(params string[] args) => CliRunner.Run(args);
 
     static JsonObject Json(string stdout) => JsonNode.Parse(stdout.Trim())!.AsObject();
 

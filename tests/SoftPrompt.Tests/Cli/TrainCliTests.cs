@@ -8,14 +8,7 @@ namespace SoftPrompt.Tests.Cli;
 [Collection("Console")]
 public class TrainCliTests
 {
-    static (int Rc, string Out, string Err) Run(params string[] args)
-    {
-        var (o, e) = (Console.Out, Console.Error);
-        var so = new StringWriter(); var se = new StringWriter();
-        Console.SetOut(so); Console.SetError(se);
-        try { return (SoftPrompt.Cli.Cli.Invoke(SoftPrompt.Cli.Cli.BuildRoot(), args), so.ToString(), se.ToString()); }
-        finally { Console.SetOut(o); Console.SetError(e); }
-    }
+    static (int Rc, string Out, string Err) Run(params string[] args) => CliRunner.Run(args);
 
     [Fact]
     public void TrainFromConfigWithOverridesWritesARunFolderAndAnAdapterThatScoreLoads()

@@ -1,3 +1,4 @@
+using SoftPrompt.Tests.Cli;
 using System.Text.Json.Nodes;
 
 namespace SoftPrompt.Tests.Demo;
@@ -20,16 +21,7 @@ public class DemoPipelineTests
         }
     }
 
-    static (int Rc, string Out, string Err) Run(params string[] args)
-    {
-        var (o, e) = (Console.Out, Console.Error);
-        var so = new StringWriter(); var se = new StringWriter();
-        Console.SetOut(so); Console.SetError(se);
-        var cwd = Directory.GetCurrentDirectory();
-        Directory.SetCurrentDirectory(RepoRoot); // the configs name repository-relative paths, as the demo runs them
-        try { return (SoftPrompt.Cli.Cli.Invoke(SoftPrompt.Cli.Cli.BuildRoot(), args), so.ToString(), se.ToString()); }
-        finally { Directory.SetCurrentDirectory(cwd); Console.SetOut(o); Console.SetError(e); }
-    }
+    static (int Rc, string Out, string Err) Run(params string[] args) => CliRunner.RunIn(RepoRoot, args); // configs name repository-relative paths
 
     [Fact]
     public void QuickDemoRunWritesAWellFormedReport()

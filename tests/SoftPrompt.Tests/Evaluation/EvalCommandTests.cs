@@ -1,4 +1,4 @@
-using System.CommandLine;
+using SoftPrompt.Tests.Cli;
 using System.Text.Json.Nodes;
 using SoftPrompt.Cli.Commands;
 using SoftPrompt.Evaluation;
@@ -14,15 +14,7 @@ public class EvalCommandTests : IClassFixture<EvalWorld>
     readonly EvalWorld _w;
     public EvalCommandTests(EvalWorld w) => _w = w;
 
-    static (int Rc, string Out, string Err) Run(params string[] args)
-    {
-        var root = new RootCommand("softprompt") { EvalCommand.Create() };
-        var (o, e) = (Console.Out, Console.Error);
-        var so = new StringWriter(); var se = new StringWriter();
-        Console.SetOut(so); Console.SetError(se);
-        try { return (SoftPrompt.Cli.Cli.Invoke(root, args), so.ToString(), se.ToString()); }
-        finally { Console.SetOut(o); Console.SetError(e); }
-    }
+    static (int Rc, string Out, string Err) Run(params string[] args) => CliRunner.Run(args);
 
     string NewOut() => Path.Combine(_w.Root, "report-" + Guid.NewGuid().ToString("N")[..6]);
 

@@ -1,4 +1,4 @@
-using System.CommandLine;
+using SoftPrompt.Tests.Cli;
 using System.Text.Json.Nodes;
 using SoftPrompt.Cli.Commands;
 using SoftPrompt.Inference;
@@ -11,15 +11,7 @@ namespace SoftPrompt.Tests.Evaluation;
 [Collection("Console")]
 public class InspectPromptTests
 {
-    static (int Rc, string Out, string Err) Run(params string[] args)
-    {
-        var root = new RootCommand("softprompt") { InspectPromptCommand.Create(), SearchCommand.Create() };
-        var (o, e) = (Console.Out, Console.Error);
-        var so = new StringWriter(); var se = new StringWriter();
-        Console.SetOut(so); Console.SetError(se);
-        try { return (SoftPrompt.Cli.Cli.Invoke(root, args), so.ToString(), se.ToString()); }
-        finally { Console.SetOut(o); Console.SetError(e); }
-    }
+    static (int Rc, string Out, string Err) Run(params string[] args) => CliRunner.Run(args);
 
     [Fact]
     public void PromptTuningAdapterListsNearestTokensAndTheProjectedPrompt()
