@@ -27,4 +27,14 @@ public static class DatasetSplit
         for (int i = 0; i < n; i++) (isVal[i] ? val : train).Add(examples[i]);
         return (train, val);
     }
+
+    /// <summary>A seeded sample of <paramref name="n"/> of <paramref name="count"/> indices, in ascending (file) order;
+    /// all indices when n is 0 or not smaller than count. <paramref name="stream"/> separates independent draws.</summary>
+    public static int[] SampleIndices(int count, int n, int seed, long stream)
+    {
+        var order = Enumerable.Range(0, count).ToArray();
+        if (n <= 0 || n >= count) return order;
+        SplitMix64.For(seed, stream).Shuffle(order);
+        return order.Take(n).OrderBy(i => i).ToArray();
+    }
 }

@@ -44,12 +44,21 @@ public static class ExampleTokenizer
         {
             var special = encode("", true) ?? Array.Empty<int>();
             int keepFront = special.Length <= room && prompt.AsSpan().StartsWith(special) ? special.Length : 0;
-            var cut = new int[room];
-            prompt.AsSpan(0, keepFront).CopyTo(cut);
-            prompt.AsSpan(prompt.Length - (room - keepFront)).CopyTo(cut.AsSpan(keepFront));
-            prompt = cut;
+            prompt = TruncateLeft(prompt, keepFront, room);
         }
         return new TokenizedExample(prompt, target);
+    }
+
+    /// <summary>Cuts <paramref name="ids"/> to <paramref name="budget"/> tokens by dropping tokens after the first
+    /// <paramref name="keepFront"/> (the tokenizer's leading special tokens), i.e. from the left of the text, so the end
+    /// nearest the target survives. Shared by training (here) and evaluation (<c>PromptBuilder</c>).</summary>
+    public static int[] TruncateLeft(int[] ids, int keepFront, int budget)
+    {
+        if (ids.Length <= budget) return ids;
+        var cut = new int[budget];
+        ids.AsSpan(0, keepFront).CopyTo(cut);
+        ids.AsSpan(ids.Length - (budget - keepFront)).CopyTo(cut.AsSpan(keepFront));
+        return cut;
     }
 
     /// <summary>Tokenizes every example (see <see cref="TokenizeExample"/>).</summary>

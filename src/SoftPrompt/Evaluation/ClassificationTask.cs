@@ -152,7 +152,6 @@ public static class PromptBuilder
         budget = Math.Max(1, budget);
         if (ids.Length <= budget) return ids;
         truncated = true;
-        keepFront = Math.Min(keepFront, budget - 1);
-        return ids.Take(keepFront).Concat(ids.Skip(ids.Length - (budget - keepFront))).ToArray();
+        return ExampleTokenizer.TruncateLeft(ids, Math.Min(keepFront, budget - 1), budget);
     }
 }

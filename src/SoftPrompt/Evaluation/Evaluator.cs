@@ -67,7 +67,7 @@ public static class Evaluator
         // --max-examples takes a seeded sample (files are often sorted by label), kept in file order; the label set and
         // the task kind are still decided on the whole file.
         var all = read.Examples;
-        var examples = o.MaxExamples > 0 && o.MaxExamples < all.Count ? Sample(all, o.MaxExamples, o.Seed) : all.ToList();
+        var examples = DatasetSplit.SampleIndices(all.Count, o.MaxExamples, o.Seed, stream: 0x5A4D).Select(i => all[i]).ToList();
         var instructions = o.Instruction.ToList();
         if (o.InstructionsFile is not null)
         {
@@ -308,13 +308,5 @@ public static class Evaluator
             }
             else seen[n] = 1;
         }
-    }
-
-    /// <summary>A seeded sample of <paramref name="n"/> examples, in their original order.</summary>
-    static List<Example> Sample(IReadOnlyList<Example> all, int n, int seed)
-    {
-        var idx = Enumerable.Range(0, all.Count).ToList();
-        SplitMix64.For(seed, 0x5A4D).Shuffle(idx);
-        return idx.Take(n).OrderBy(i => i).Select(i => all[i]).ToList();
     }
 }

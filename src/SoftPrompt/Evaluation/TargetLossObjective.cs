@@ -60,14 +60,7 @@ public sealed class TargetLossObjective : IGradientPromptObjective
         _heldOut = (heldOut ?? Array.Empty<Example>()).Select(Tokenize).ToList();
 
         // Score set: every search example, or a seeded sample of ScoreExamples of them (kept in file order).
-        var order = Enumerable.Range(0, _search.Count).ToArray();
-        if (o.ScoreExamples > 0 && o.ScoreExamples < order.Length)
-        {
-            var rng = SplitMix64.For(o.Seed, stream: 0x5C0BE);
-            rng.Shuffle(order);
-            order = order.Take(o.ScoreExamples).OrderBy(i => i).ToArray();
-        }
-        _scoreSet = order;
+        _scoreSet = DatasetSplit.SampleIndices(_search.Count, o.ScoreExamples, o.Seed, stream: 0x5C0BE);
 
         _allowed = AllowedTokens(tok, model.Config.VocabSize, readableOnly: !o.AllTokens);
         if (!_allowed.Any(a => a)) throw new SoftPromptException("no vocabulary token passes the token filter; try --all-tokens.");

@@ -37,21 +37,32 @@ public static class ModelFactory
         Shapes.TryGetValue(name, out var f) ? ModelConfig.Parse(f(), $"shape '{name}'") with { NameOrPath = "random:" + name }
         : throw new SoftPromptException($"unknown shape '{name}' (known: {string.Join(", ", Shapes.Keys)}).");
 
+    /// <summary>
+    /// Random weights as Hugging Face's <c>_init_weights</c> makes them: matrices N(0, <paramref name="std"/>) drawn in
+    /// the order given, biases 0, other vectors (norm weights) 1. fp32 CPU tensors in the caller's dispose scope.
+    /// </summary>
+    public static Dictionary<string, Tensor> RandomWeights(IEnumerable<(string Name, long[] Shape)> shapes, long seed, double std = 0.02)
+    {
+        var gen = new torch.Generator((ulong)seed);
+        var weights = new Dictionary<string, Tensor>();
+        foreach (var (name, shape) in shapes)
+            weights[name] = name.EndsWith(".bias") ? torch.zeros(shape)
+                : shape.Length == 1 ? torch.ones(shape)
+                : torch.empty(shape).normal_(0, std, gen);
+        return weights;
+    }
+
     /// <summary>A frozen model of <paramref name="cfg"/>'s shape with random weights.</summary>
     public static CausalLM Random(ModelConfig cfg, long seed = 0, ScalarType dtype = ScalarType.Float32, Device? device = null)
     {
         device ??= torch.CPU;
-        var gen = new torch.Generator((ulong)seed);
         var weights = new Dictionary<string, Tensor>();
-        foreach (var (name, shape) in ModelLoader.ExpectedShapes(cfg))
-        {
-            using var scope = torch.NewDisposeScope();
-            Tensor t = name.EndsWith(".bias") ? torch.zeros(shape)
-                : shape.Length == 1 ? torch.ones(shape)
-                : torch.empty(shape).normal_(0, 0.02, gen);
-            if (cfg.Family == ArchFamily.Gpt2 && shape.Length == 2 && (name.Contains(".attn.") || name.Contains(".mlp."))) t = t.t(); // Conv1D [in,out] -> [out,in]
-            weights[name] = t.to(dtype).to(device).contiguous().MoveToOuterDisposeScope();
-        }
+        using (var scope = torch.NewDisposeScope())
+            foreach (var (name, t0) in RandomWeights(ModelLoader.ExpectedShapes(cfg).Select(kv => (kv.Key, kv.Value)), seed))
+            {
+                var t = cfg.Family == ArchFamily.Gpt2 && t0.dim() == 2 && (name.Contains(".attn.") || name.Contains(".mlp.")) ? t0.t() : t0; // Conv1D [in,out] -> [out,in]
+                weights[name] = t.to(dtype).to(device).contiguous().MoveToOuterDisposeScope();
+            }
         return new CausalLM(cfg, weights, device, dtype);
     }
 }

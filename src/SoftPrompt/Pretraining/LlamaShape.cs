@@ -85,13 +85,8 @@ public sealed record LlamaShape
     /// embedding) ~ N(0, initializer_range = 0.02), norm weights 1 (there are no biases). fp32, CPU, requires_grad.</summary>
     public Dictionary<string, Tensor> InitWeights(long seed, double std = 0.02)
     {
-        var gen = new torch.Generator((ulong)seed);
-        var w = new Dictionary<string, Tensor>();
-        foreach (var (name, shape) in WeightShapes())
-        {
-            var t = shape.Length == 1 ? torch.ones(shape) : torch.empty(shape).normal_(0, std, gen);
-            w[name] = t.requires_grad_(true).DetachFromDisposeScope();
-        }
+        var w = Models.ModelFactory.RandomWeights(WeightShapes(), seed, std);
+        foreach (var t in w.Values) t.requires_grad_(true).DetachFromDisposeScope();
         return w;
     }
 
