@@ -14,6 +14,7 @@ public static class PretrainCommand
     {
         var cmd = new Command("pretrain", "Make the project's small causal LM from scratch: split tasks, train a tokenizer, prepare data, benchmark, train, export.");
         cmd.Subcommands.Add(SplitTasks());
+        cmd.Subcommands.Add(SeenWords());
         cmd.Subcommands.Add(Tokenizer());
         cmd.Subcommands.Add(Prepare());
         cmd.Subcommands.Add(Bench());
@@ -34,6 +35,24 @@ public static class PretrainCommand
         {
             foreach (var (name, train, test) in TaskSplits.Split(pr.GetValue(source)!, pr.GetValue(output)!))
                 Console.WriteLine($"{name}: {train} train, {test} test");
+            return 0;
+        });
+        return c;
+    }
+
+    static Command SeenWords()
+    {
+        var corpus = Req("--corpus", "Folder of corpus *.txt files (the pretraining text).");
+        var tasks = Req("--tasks", "Folder with the split task files (data/tasks); the new task is written there too.");
+        var task = Req("--task", "Word task to filter, e.g. word_sentiment_bing_liu.");
+        var name = Req("--name", "Name of the derived task, e.g. word_sentiment_seen.");
+        var min = new Option<int>("--min-count") { Description = "Keep words that occur at least this often in the pretraining text.", DefaultValueFactory = _ => 30 };
+        var c = new Command("seen-words", "Derive a word task holding only the words the pretraining text uses often enough (the split is kept).") { corpus, tasks, task, name, min };
+        c.SetAction(pr =>
+        {
+            var counts = TaskSplits.CorpusWordCounts(PretrainCorpus.Build(pr.GetValue(corpus)!, pr.GetValue(tasks)!));
+            var (train, test) = TaskSplits.WriteSeenWords(pr.GetValue(tasks)!, pr.GetValue(task)!, pr.GetValue(name)!, counts, pr.GetValue(min));
+            Console.WriteLine($"{pr.GetValue(name)}: {train} train, {test} test (words with >= {pr.GetValue(min)} occurrences in the pretraining text)");
             return 0;
         });
         return c;

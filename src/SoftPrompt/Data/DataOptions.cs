@@ -45,6 +45,32 @@ public sealed record DataOptions
     /// <summary>false: any bad line throws <see cref="DatasetException"/>. true: bad lines are skipped and reported.</summary>
     public bool SkipBadLines { get; init; }
 
+    /// <summary>
+    /// Verbalizer: label value (of the label field: the output field, or the one field of the target template) ->
+    /// the word the model is trained and scored on in its place. null = labels are used as written. When given,
+    /// every example's label must have a word; <see cref="Example.Fields"/> keeps the original label, so metrics and
+    /// reports speak of the data's labels.
+    /// </summary>
+    public IReadOnlyDictionary<string, string>? LabelWords { get; init; }
+
+    /// <summary>The field that holds the label: the output field, or the one field the target template uses.</summary>
+    public string LabelField()
+    {
+        if (TargetTemplate is null) return OutputField;
+        var fields = new Template(TargetTemplate).Fields;
+        if (fields.Count != 1)
+            throw new SoftPromptException($"classification needs a target template with exactly one field (the label), but \"{TargetTemplate}\" uses {fields.Count}: {string.Join(", ", fields)}.");
+        return fields[0];
+    }
+
+    /// <summary>The text the model sees for a label: its label word when <see cref="LabelWords"/> is set, else the label.</summary>
+    public string Verbalize(string label)
+    {
+        if (LabelWords is null) return label;
+        return LabelWords.TryGetValue(label, out var w) ? w
+            : throw new SoftPromptException($"label \"{label}\" has no label word (--label-words gives {string.Join(", ", LabelWords.Keys.Select(k => $"\"{k}\""))}).");
+    }
+
     /// <summary>How many problems an error message lists (the total is always given).</summary>
     public int MaxBadLinesReported { get; init; } = 20;
 }

@@ -38,6 +38,7 @@ public static class DatasetReader
         var promptFields = prompt?.Fields ?? new[] { o.InputField };
         var targetFields = target?.Fields ?? new[] { o.OutputField };
         var referenced = promptFields.Concat(targetFields).Distinct().ToList();
+        var labelField = o.LabelWords is null ? null : o.LabelField();
 
         var text = ReadUtf8(path);
         IEnumerable<RawRecord> records = format switch
@@ -63,8 +64,19 @@ public static class DatasetReader
             if (error == null)
             {
                 p = prompt != null ? prompt.Render(r.Fields!, out _) : r.Fields![o.InputField];
-                t = target != null ? target.Render(r.Fields!, out _) : DefaultTarget(r.Fields![o.OutputField]);
-                if (string.IsNullOrWhiteSpace(t)) error = "empty target";
+                var rendered = r.Fields!;
+                if (labelField is not null)
+                {
+                    // Verbalizer: the target is rendered with the label word; the example keeps the data's label.
+                    if (o.LabelWords!.TryGetValue(rendered[labelField], out var word))
+                        rendered = new Dictionary<string, string>(rendered) { [labelField] = word };
+                    else error = $"label \"{rendered[labelField]}\" has no label word (--label-words gives {string.Join(", ", o.LabelWords.Keys.Select(k => $"\"{k}\""))})";
+                }
+                if (error == null)
+                {
+                    t = target != null ? target.Render(rendered, out _) : DefaultTarget(rendered[o.OutputField]);
+                    if (string.IsNullOrWhiteSpace(t)) error = "empty target";
+                }
             }
             if (error != null) { problems.Add($"{path}:{r.Line}: {error}"); continue; }
             examples.Add(new Example(p!, t!, path, r.Line, r.Fields!));

@@ -24,18 +24,13 @@ public sealed class ClassificationTask
     public const int MaxAutoLabels = 20;
 
     /// <summary>The field that holds the label: the output field, or the one field the target template uses.</summary>
-    public static string LabelField(DataOptions o)
-    {
-        if (o.TargetTemplate is null) return o.OutputField;
-        var fields = new Template(o.TargetTemplate).Fields;
-        if (fields.Count != 1)
-            throw new SoftPromptException($"classification needs a target template with exactly one field (the label), but \"{o.TargetTemplate}\" uses {fields.Count}: {string.Join(", ", fields)}.");
-        return fields[0];
-    }
+    public static string LabelField(DataOptions o) => o.LabelField();
 
-    /// <summary>The target-side text of a label: the target template with the label in its field, or the default target (one leading space).</summary>
+    /// <summary>The target-side text of a label (its label word when the options have them): the target template
+    /// with the label in its field, or the default target (one leading space).</summary>
     public static string RenderTarget(DataOptions o, string label)
     {
+        label = o.Verbalize(label);
         if (o.TargetTemplate is null) return DatasetReader.DefaultTarget(label);
         var t = new Template(o.TargetTemplate);
         return t.Render(new Dictionary<string, string> { [t.Fields[0]] = label }, out _)!;

@@ -95,6 +95,8 @@ public static class Evaluator
         var model = lm.Model;
         var notes = new List<string>();
         var ct = task == "classification" ? ClassificationTask.Create(all, dataOptions, tok, o.Labels, o.Data!) : null;
+        if (ct is not null && dataOptions.LabelWords is not null)
+            notes.Add("label words: " + string.Join(", ", ct.Labels.Select(l => $"{l} → \"{dataOptions.Verbalize(l).Trim()}\"")) + " (the model is scored on the words; metrics use the labels).");
         if (ct is { Labels.Count: < 2 })
             throw new SoftPromptException($"{o.Data}: classification needs at least two labels, found {ct.Labels.Count} ('{string.Join("', '", ct.Labels)}'); give --labels or use --task generation.");
 

@@ -77,4 +77,55 @@ public static class TaskSplits
         }
         return list;
     }
+
+    static readonly Regex WordPattern = new(@"[\p{L}\p{N}]+(?:['’-][\p{L}\p{N}]+)*", RegexOptions.Compiled);
+
+    /// <summary>
+    /// How often each word (lower-cased; letters and digits, with inner apostrophes or hyphens) occurs in the
+    /// pretraining TRAINING documents that are running text: the corpus files and the review texts, not the bare
+    /// word lists of the word tasks (a word listed there says nothing about its use). Validation documents are left out.
+    /// </summary>
+    public static Dictionary<string, int> CorpusWordCounts(IEnumerable<CorpusDoc> docs)
+    {
+        var counts = new Dictionary<string, int>(StringComparer.Ordinal);
+        foreach (var d in docs)
+        {
+            if (d.Validation || (d.Source.StartsWith("task:", StringComparison.Ordinal) && d.Source != "task:fine_foods")) continue;
+            foreach (Match m in WordPattern.Matches(d.Text))
+            {
+                var w = m.Value.ToLowerInvariant();
+                counts[w] = counts.GetValueOrDefault(w) + 1;
+            }
+        }
+        return counts;
+    }
+
+    /// <summary>
+    /// A derived word task: the rows of <paramref name="task"/> (both sides, the split unchanged) whose input word occurs
+    /// at least <paramref name="minCount"/> times in the pretraining text (<see cref="CorpusWordCounts"/>), written as
+    /// <c>NAME.train.tsv</c> / <c>NAME.test.tsv</c>. A small model cannot know what a word it has (almost) never read
+    /// means; this keeps the words it could. Returns the row counts.
+    /// </summary>
+    public static (int Train, int Test) WriteSeenWords(string tasksDir, string task, string name, IReadOnlyDictionary<string, int> counts, int minCount)
+    {
+        var spec = Tasks.FirstOrDefault(t => t.Name == task) ?? throw new SoftPromptException($"--task {task}: unknown task (known: {string.Join(", ", Tasks.Select(t => t.Name))}).");
+        if (spec.Name == "fine_foods") throw new SoftPromptException("--task fine_foods: not a word task.");
+        if (minCount < 1) throw new SoftPromptException($"--min-count must be at least 1 (got {minCount}).");
+        var result = new int[2];
+        string[] sides = ["train", "test"];
+        for (int k = 0; k < 2; k++)
+        {
+            var src = Path.Combine(tasksDir, $"{task}.{sides[k]}.tsv");
+            if (!File.Exists(src)) throw new SoftPromptException($"{src}: not found (run `softprompt pretrain split-tasks` first).");
+            var kept = File.ReadLines(src).Where(l =>
+            {
+                var cols = l.Split('\t');
+                return cols.Length == 2 && counts.GetValueOrDefault(cols[spec.TextColumn].Trim().ToLowerInvariant()) >= minCount;
+            }).ToList();
+            if (kept.Count == 0) throw new SoftPromptException($"{src}: no word occurs {minCount} times in the corpus; lower --min-count.");
+            IO.AtomicFile.WriteAllText(Path.Combine(tasksDir, $"{name}.{sides[k]}.tsv"), string.Join("\n", kept) + "\n");
+            result[k] = kept.Count;
+        }
+        return (result[0], result[1]);
+    }
 }

@@ -117,8 +117,10 @@ public static class TrainingJob
         if (init == PromptInit.Text) ids = new[] { tok.Encode(o.InitText!, false) };
         if (init == PromptInit.ClassLabels)
         {
+            // Targets are already verbalized (label words); labels given with --labels are mapped the same way.
+            var data = o.DataOptions();
             var labels = o.Labels is not null
-                ? o.Labels.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).ToList()
+                ? o.Labels.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Select(l => data.Verbalize(l).Trim()).ToList()
                 : trainExamples.Select(e => e.Target.Trim()).Distinct().OrderBy(s => s, StringComparer.Ordinal).ToList();
             ids = labels.Select(l => tok.Encode(" " + l, false)).ToList();
         }

@@ -1,4 +1,5 @@
 using System.Text;
+using SoftPrompt;
 using SoftPrompt.Data;
 
 namespace SoftPrompt.Tests.Data;
@@ -183,5 +184,48 @@ public class DatasetReaderTests
         var r = DatasetReader.Read(path, Defaults);
         Assert.True(r.Examples.Count > 6000);
         Assert.All(r.Examples.Take(50), e => Assert.True(e.Target is " positive" or " negative"));
+    }
+
+    [Fact]
+    public void Label_words_verbalize_the_target_and_keep_the_label()
+    {
+        using var d = new Fixtures.TempDir();
+        var p = Write(d, "w.tsv", "abound\tpositive\nabuse\tnegative\n");
+        var o = new DataSettings { LabelWords = ["positive=good", "negative= bad"] }.DataOptions();
+        var ex = DatasetReader.Read(p, o).Examples;
+        Assert.Equal(new[] { " good", " bad" }, ex.Select(e => e.Target));
+        Assert.Equal(new[] { "positive", "negative" }, ex.Select(e => e.Fields["output"]));
+        // With a target template the template's one field is the label.
+        var t = DatasetReader.Read(p, o with { TargetTemplate = " it is {output}." }).Examples;
+        Assert.Equal(" it is good.", t[0].Target);
+    }
+
+    [Fact]
+    public void Label_words_missing_a_label_name_the_line()
+    {
+        using var d = new Fixtures.TempDir();
+        var p = Write(d, "w.tsv", "abound\tpositive\nmeh\tneutral\n");
+        var o = new DataSettings { LabelWords = ["positive=good", "negative=bad"] }.DataOptions();
+        var ex = Assert.Throws<DatasetException>(() => DatasetReader.Read(p, o));
+        Assert.Contains("w.tsv:2", ex.Message);
+        Assert.Contains("\"neutral\" has no label word", ex.Message);
+    }
+
+    [Theory]
+    [InlineData("positive", "expected LABEL=WORD")]
+    [InlineData("=good", "expected LABEL=WORD")]
+    [InlineData("positive=", "expected LABEL=WORD")]
+    public void Label_words_malformed_pair_is_an_error(string pair, string message)
+    {
+        var ex = Assert.Throws<SoftPromptException>(() => DataFields.ParseLabelWords([pair]));
+        Assert.Contains(message, ex.Message);
+    }
+
+    [Fact]
+    public void Label_words_duplicates_are_errors()
+    {
+        Assert.Contains("given twice", Assert.Throws<SoftPromptException>(() => DataFields.ParseLabelWords(["a=x", "a=y"])).Message);
+        Assert.Contains("both map to", Assert.Throws<SoftPromptException>(() => DataFields.ParseLabelWords(["a=x", "b= x"])).Message);
+        Assert.Null(DataFields.ParseLabelWords([]));
     }
 }

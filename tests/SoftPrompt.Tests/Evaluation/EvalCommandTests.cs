@@ -126,6 +126,36 @@ public class EvalCommandTests : IClassFixture<EvalWorld>
     }
 
     [Fact]
+    public void LabelWordsAreScoredInPlaceOfTheLabelsAndReportsKeepTheLabels()
+    {
+        string[] Scores(string output) => File.ReadAllLines(Path.Combine(output, "predictions.jsonl"))
+            .Select(l => JsonNode.Parse(l)!["scores"]!.ToJsonString()).ToArray();
+        var plain = NewOut();
+        var (rc0, _, err0) = Run("eval", "--model", _w.ModelDir, "--data", _w.TestFile, "--output", plain);
+        Assert.True(rc0 == 0, err0);
+        var worded = NewOut();
+        var (rc, stdout, stderr) = Run("eval", "--model", _w.ModelDir, "--data", _w.TestFile, "--output", worded,
+            "--label-words", "warm=hot", "--label-words", "cold=icy");
+        Assert.True(rc == 0, stderr);
+        var m = JsonNode.Parse(File.ReadAllText(Path.Combine(worded, "metrics.json")))!.AsObject();
+        Assert.Equal(new[] { "cold", "warm" }, m["labels"]!.AsArray().Select(x => x!.GetValue<string>()).ToArray());
+        var p0 = JsonNode.Parse(File.ReadAllLines(Path.Combine(worded, "predictions.jsonl"))[0])!.AsObject();
+        Assert.Contains(p0["gold"]!.GetValue<string>(), new[] { "cold", "warm" });
+        Assert.Contains(p0["prediction"]!.GetValue<string>(), new[] { "cold", "warm" });
+        Assert.Contains("label words: cold → \"icy\", warm → \"hot\"", File.ReadAllText(Path.Combine(worded, "report.md")));
+        // The model scored other tokens: the label scores differ from the plain run's.
+        Assert.NotEqual(Scores(plain), Scores(worded));
+
+        // A label the words do not cover is an error naming the file and line; no report is written.
+        var bad = NewOut();
+        var (rc2, _, err2) = Run("eval", "--model", _w.ModelDir, "--data", _w.TestFile, "--output", bad, "--label-words", "warm=hot");
+        Assert.Equal(2, rc2);
+        Assert.Contains("test.jsonl:", err2);
+        Assert.Contains("has no label word", err2);
+        Assert.False(Directory.Exists(bad));
+    }
+
+    [Fact]
     public void GenerationTaskScoresAnswersAgainstEveryGoldAnswer()
     {
         var output = NewOut();

@@ -95,6 +95,33 @@ public class PretrainingTests
     }
 
     [Fact]
+    public void SeenWordsKeepsTheWordsTheRunningTextUsesOften()
+    {
+        var docs = new List<CorpusDoc>
+        {
+            new("austen", 0, "Good, good; GOOD! A well-known bad day. Bad.", false),
+            new("austen", 37, "dreadful dreadful dreadful", true),                 // validation: not counted
+            new("task:word_sentiment_bing_liu", 0, "dreadful\ndreadful\ndreadful", false), // a word list: not counted
+            new("task:fine_foods", 0, "dreadful taste, well-known brand", false),
+        };
+        var counts = TaskSplits.CorpusWordCounts(docs);
+        Assert.Equal(3, counts["good"]);
+        Assert.Equal(2, counts["bad"]);
+        Assert.Equal(2, counts["well-known"]);
+        Assert.Equal(1, counts["dreadful"]);
+
+        using var dir = new Fixtures.TempDir();
+        File.WriteAllLines(dir["word_sentiment_bing_liu.train.tsv"], ["good\tpositive", "dreadful\tnegative", "Bad\tnegative"]);
+        File.WriteAllLines(dir["word_sentiment_bing_liu.test.tsv"], ["well-known\tpositive", "zany\tpositive"]);
+        var (train, test) = TaskSplits.WriteSeenWords(dir.Path, "word_sentiment_bing_liu", "seen", counts, minCount: 2);
+        Assert.Equal((2, 1), (train, test));
+        Assert.Equal(["good\tpositive", "Bad\tnegative"], File.ReadAllLines(dir["seen.train.tsv"]));
+        Assert.Equal(["well-known\tpositive"], File.ReadAllLines(dir["seen.test.tsv"]));
+        Assert.Contains("lower --min-count", Assert.Throws<SoftPromptException>(() => TaskSplits.WriteSeenWords(dir.Path, "word_sentiment_bing_liu", "none", counts, 100)).Message);
+        Assert.Contains("unknown task", Assert.Throws<SoftPromptException>(() => TaskSplits.WriteSeenWords(dir.Path, "nope", "x", counts, 2)).Message);
+    }
+
+    [Fact]
     public void TaskSplitIsDeterministicAndKeepsGroupsTogether()
     {
         Assert.Equal(TaskSplits.IsTest("Great coffee!", 250), TaskSplits.IsTest("  great   COFFEE! ", 250));
