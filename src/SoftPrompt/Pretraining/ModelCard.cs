@@ -108,6 +108,7 @@ public static class ModelCard
         L($"- Next-token cross-entropy on windows of {o.SeqLen} tokens drawn without replacement from a shuffled order each epoch; {o.MicroBatch} x {o.Accum} sequences = {o.TokensPerStep} tokens per step.");
         L($"- AdamW (beta1 {o.Beta1}, beta2 {o.Beta2}, eps 1e-8, weight decay {o.WeightDecay} on matrices, none on norm weights), gradient clipping at {o.GradClip}.");
         L($"- Learning rate: linear warm-up over {o.WarmupTokens / 1e6:F1} M tokens to {o.LrMax:E1}, cosine decay to {o.LrMin:E1} at {o.TotalTokens / 1e6:F0} M tokens.");
+        if (notes?["history"] is JsonNode hist) L($"- Across sessions: {hist.GetValue<string>()}");
         L($"- Initialisation as Hugging Face's Llama: N(0, 0.02) for all matrices, ones for norm weights; seed {o.Seed}.");
         L($"- Precision: fp32 master weights and AdamW moments; matmuls in {o.Compute} (weights cast inside each step), fp32 residual stream, RMSNorm statistics and loss;");
         L("  the loss is computed over row chunks so no full [tokens x vocabulary] fp32 logits tensor is allocated.");

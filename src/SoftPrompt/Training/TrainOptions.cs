@@ -21,7 +21,8 @@ public sealed record TrainOptions : Data.DataFields
     [Description("Prompt-tuning init: random, sample_vocab, text or class_labels.")] public string Init { get; init; } = "sample_vocab";
     [Description("Text for init=text.")] public string? InitText { get; init; }
     [Description("Prefix tuning: reparameterise the prefix through an MLP (only its output is exported).")] public bool PrefixProjection { get; init; }
-    [Description("Prefix tuning: hidden size of the projection MLP.")] public int EncoderHiddenSize { get; init; } = 512;
+    [Description("Prompt tuning: train the virtual tokens through a residual MLP (Residual Prompt Tuning; only its output is exported).")] public bool PromptProjection { get; init; }
+    [Description("Hidden size of the projection MLP (prefix_projection or prompt_projection).")] public int EncoderHiddenSize { get; init; } = 512;
 
     [Description("Append the end-of-sequence token to each target.")] public bool AddEos { get; init; }
     [Description("Also compute the loss on prompt tokens.")] public bool LossOnPrompt { get; init; }
@@ -75,5 +76,7 @@ public sealed record TrainOptions : Data.DataFields
         Req(MaxLength >= 2, "--max-length must be at least 2.");
         Req(WarmupSteps >= 0 && EvalEvery >= 0 && EarlyStoppingPatience >= 0 && CheckpointEvery >= 0 && LogEvery >= 1, "step counts must be non-negative.");
         Req(EncoderHiddenSize >= 1, "--encoder-hidden-size must be at least 1.");
+        Req(!PrefixProjection || Method == "prefix", "--prefix-projection applies to --method prefix (use --prompt-projection for prompt tuning).");
+        Req(!PromptProjection || Method == "prompt", "--prompt-projection applies to --method prompt (use --prefix-projection for prefix tuning).");
     }
 }

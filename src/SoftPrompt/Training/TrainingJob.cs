@@ -124,6 +124,6 @@ public static class TrainingJob
                 : trainExamples.Select(e => e.Target.Trim()).Distinct().OrderBy(s => s, StringComparer.Ordinal).ToList();
             ids = labels.Select(l => tok.Encode(" " + l, false)).ToList();
         }
-        return PromptTuning.Create(lm.Model, o.VirtualTokens, init, o.Seed, ids, o.InitText);
+        return PromptTuning.Create(lm.Model, o.VirtualTokens, init, o.Seed, ids, o.InitText, o.PromptProjection ? o.EncoderHiddenSize : 0);
     }
 }

@@ -11,31 +11,61 @@ public enum PromptInit { Random, SampleVocab, Text, ClassLabels }
 /// Prompt tuning (Lester et al. 2021): <c>n</c> trainable embedding rows prepended to the input embeddings.
 /// Virtual tokens take positions 0..n-1 and real tokens follow, as in PEFT. The trainable copy is fp32; the model
 /// casts it to its own dtype in the forward.
+/// Optional residual reparameterisation (Razdaibiedina et al. 2023, "Residual Prompt Tuning"): the prompt is
+/// <c>P + W2·relu(W1·P + b1) + b2</c>, a bottleneck MLP shared by the virtual tokens, with W2 and b2 starting at zero so
+/// training starts exactly at the initial prompt. Small models are hard to prompt-tune (Lester et al.), and the shared
+/// MLP conditions the optimisation better, like prefix tuning's projection. Only the MLP's output is exported, as a
+/// plain PEFT PROMPT_TUNING adapter.
 /// </summary>
 public sealed class PromptTuning : IPromptMethod
 {
-    readonly Tensor _embedding; // [n, hidden] fp32
+    readonly Tensor _embedding;            // [n, hidden] fp32
+    readonly Tensor? _w1, _b1, _w2, _b2;   // residual reparameterisation
     public string PeftType => "PROMPT_TUNING";
     public int NumVirtualTokens { get; }
     public PromptInit Init { get; }
     public string? InitText { get; }
+    public bool Projection => _w1 is not null;
     public IReadOnlyList<(string Name, Tensor Param)> Parameters { get; }
 
     public PromptTuning(Tensor embedding, PromptInit init = PromptInit.Random, string? initText = null)
+        : this(embedding, init, initText, 0, 0) { }
+
+    PromptTuning(Tensor embedding, PromptInit init, string? initText, int encoderHidden, long seed)
     {
         if (embedding.dim() != 2) throw new ArgumentException("prompt embeddings must be [n, hidden].");
-        _embedding = embedding.detach().to(ScalarType.Float32).clone().requires_grad_(true).DetachFromDisposeScope();
+        Tensor P(Tensor t) => t.detach().to(ScalarType.Float32).clone().requires_grad_(true).DetachFromDisposeScope();
+        _embedding = P(embedding);
         NumVirtualTokens = (int)embedding.shape[0];
         Init = init; InitText = initText;
-        Parameters = new[] { ("prompt_embeddings", _embedding) };
+        var ps = new List<(string, Tensor)> { ("prompt_embeddings", _embedding) };
+        if (encoderHidden > 0)
+        {
+            using var scope = torch.NewDisposeScope();
+            var gen = new torch.Generator((ulong)seed ^ 0x5EED_2E5Dul);
+            long d = embedding.shape[1];
+            double bound = 1 / Math.Sqrt(d); // nn.Linear's default (Kaiming-uniform) bound for the first layer
+            var dev = embedding.device;
+            _w1 = P(((torch.rand(new long[] { encoderHidden, d }, generator: gen) * 2 - 1) * bound).to(dev));
+            _b1 = P(((torch.rand(new long[] { encoderHidden }, generator: gen) * 2 - 1) * bound).to(dev));
+            _w2 = P(torch.zeros(d, encoderHidden, device: dev));
+            _b2 = P(torch.zeros(d, device: dev));
+            ps.Add(("reparam.0.weight", _w1)); ps.Add(("reparam.0.bias", _b1)); ps.Add(("reparam.2.weight", _w2)); ps.Add(("reparam.2.bias", _b2));
+        }
+        Parameters = ps;
     }
+
+    /// <summary>[n, hidden]: the prompt the model sees.</summary>
+    Tensor Table() => _w1 is null ? _embedding : _embedding + nn.functional.linear(nn.functional.linear(_embedding, _w1, _b1).relu(), _w2!, _b2);
 
     /// <summary>
     /// Creates the initial prompt. <paramref name="tokenIds"/> supplies ids for <see cref="PromptInit.Text"/> (the
     /// tokenized init text) and, per label, for <see cref="PromptInit.ClassLabels"/> (each label's tokens).
     /// </summary>
-    public static PromptTuning Create(CausalLM model, int n, PromptInit init, long seed, IReadOnlyList<int[]>? tokenIds = null, string? initText = null)
+    public static PromptTuning Create(CausalLM model, int n, PromptInit init, long seed, IReadOnlyList<int[]>? tokenIds = null, string? initText = null,
+        int projectionHidden = 0)
     {
+        if (projectionHidden < 0) throw new SoftPromptException("the projection's hidden size must be >= 0 (0 = no projection).");
         if (n < 1) throw new SoftPromptException("num_virtual_tokens must be at least 1.");
         using var scope = torch.NewDisposeScope();
         using var noGrad = torch.no_grad();
@@ -76,17 +106,20 @@ public sealed class PromptTuning : IPromptMethod
             }
             default: throw new ArgumentOutOfRangeException(nameof(init));
         }
-        var result = new PromptTuning(init0.to(model.Device), init, initText);
-        return result;
+        return new PromptTuning(init0.to(model.Device), init, initText, projectionHidden, seed);
     }
 
     public PromptInjection Inject(int batchSize) => new()
     {
         VirtualTokens = NumVirtualTokens,
-        PrefixEmbeds = _embedding.unsqueeze(0).expand(batchSize, -1, -1),
+        PrefixEmbeds = Table().unsqueeze(0).expand(batchSize, -1, -1),
     };
 
-    public Tensor ExportEmbeddings() => _embedding.detach().to(ScalarType.Float32).cpu().clone();
+    public Tensor ExportEmbeddings()
+    {
+        using var noGrad = torch.no_grad();
+        return Table().detach().to(ScalarType.Float32).cpu().clone();
+    }
 
     public AdapterConfig AdapterConfig(ModelConfig model) => new()
     {
@@ -97,7 +130,13 @@ public sealed class PromptTuning : IPromptMethod
         BaseModelNameOrPath = model.NameOrPath,
     };
 
-    public void SetTrainable(bool trainable) => _embedding.requires_grad = trainable;
+    public void SetTrainable(bool trainable)
+    {
+        foreach (var (_, p) in Parameters) p.requires_grad = trainable;
+    }
 
-    public void Dispose() => _embedding.Dispose();
+    public void Dispose()
+    {
+        foreach (var (_, p) in Parameters) p.Dispose();
+    }
 }

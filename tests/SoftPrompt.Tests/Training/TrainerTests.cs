@@ -29,15 +29,21 @@ public class TrainerTests
     [InlineData("llama", "prefix")]
     [InlineData("gpt2", "prompt")]
     [InlineData("qwen2", "prefix")]
+    [InlineData("llama", "prompt-projection")]
     public void TrainingLowersValidationLossAndLeavesTheBaseModelBitIdentical(string modelName, string method)
     {
         using var tmp = new Fixtures.TempDir();
         using var model = ModelLoader.Load(Fixtures.HfReference(modelName));
         var before = model.Weights.ToDictionary(kv => kv.Key, kv => kv.Value.clone());
         var train = Task(32, 1); var val = Task(8, 2);
-        using IPromptMethod m = method == "prompt" ? PromptTuning.Create(model, 4, PromptInit.SampleVocab, 5) : PrefixTuning.Create(model.Config, 4, false, 0, 5, model.Device);
+        using IPromptMethod m = method switch
+        {
+            "prompt" => PromptTuning.Create(model, 4, PromptInit.SampleVocab, 5),
+            "prompt-projection" => PromptTuning.Create(model, 4, PromptInit.SampleVocab, 5, projectionHidden: 16),
+            _ => PrefixTuning.Create(model.Config, 4, false, 0, 5, model.Device),
+        };
         double initial = Trainer.ValidationLoss(model, m, val, 8, 0);
-        var o = Options(method, 30, tmp.Path);
+        var o = Options(method == "prefix" ? "prefix" : "prompt", 30, tmp.Path) with { Lr = method == "prompt-projection" ? 0.03 : 0.3 };
         var result = new Trainer(model, m, train, val, o, 0, tmp.Path).Run();
         double final = Trainer.ValidationLoss(model, m, val, 8, 0);
         // The near-random reference models give ~ln(1000) = 6.9 to everything, and a prompt has little leverage
@@ -97,13 +103,19 @@ public class TrainerTests
     [Theory]
     [InlineData("prompt", "adamw")]
     [InlineData("prefix", "adafactor")]
+    [InlineData("prompt-projection", "adamw")]
     public void ResumedRunEndsAtTheSamePromptAsAnUninterruptedOne(string method, string optimizer)
     {
         using var tmp = new Fixtures.TempDir();
         using var model = ModelLoader.Load(Fixtures.HfReference("llama"));
         var train = Task(20, 1); var val = Task(6, 2);
-        IPromptMethod Make() => method == "prompt" ? PromptTuning.Create(model, 4, PromptInit.SampleVocab, 5) : PrefixTuning.Create(model.Config, 4, true, 16, 5, model.Device);
-        var o = Options(method, 24, tmp["a"]) with { Optimizer = optimizer, Lr = optimizer == "adafactor" ? 0.1 : 0.05, Schedule = "linear", WarmupSteps = 3, GradAccum = 2, BatchSize = 3 };
+        IPromptMethod Make() => method switch
+        {
+            "prompt" => PromptTuning.Create(model, 4, PromptInit.SampleVocab, 5),
+            "prompt-projection" => PromptTuning.Create(model, 4, PromptInit.SampleVocab, 5, projectionHidden: 8),
+            _ => PrefixTuning.Create(model.Config, 4, true, 16, 5, model.Device),
+        };
+        var o = Options(method == "prefix" ? "prefix" : "prompt", 24, tmp["a"]) with { Optimizer = optimizer, Lr = optimizer == "adafactor" ? 0.1 : 0.05, Schedule = "linear", WarmupSteps = 3, GradAccum = 2, BatchSize = 3 };
 
         using var straight = Make();
         new Trainer(model, straight, train, val, o, 0, tmp["a"]).Run();

@@ -103,6 +103,35 @@ public class AdapterTests
     }
 
     [Fact]
+    public void PromptProjectionStartsAtTheInitialPromptAndExportsItsOutput()
+    {
+        using var tmp = new Fixtures.TempDir();
+        using var model = ModelLoader.Load(Fixtures.HfReference("llama"));
+        using var plain = PromptTuning.Create(model, 5, PromptInit.SampleVocab, 7);
+        using var projected = PromptTuning.Create(model, 5, PromptInit.SampleVocab, 7, projectionHidden: 12);
+        Assert.True(projected.Projection);
+        Assert.Equal(new[] { "prompt_embeddings", "reparam.0.weight", "reparam.0.bias", "reparam.2.weight", "reparam.2.bias" }, projected.Parameters.Select(p => p.Name));
+        // The residual branch starts at zero: the same prompt as without the projection.
+        Assert.InRange(Fixtures.MaxAbsDiff(plain.ExportEmbeddings(), projected.ExportEmbeddings()), 0, 0);
+
+        // Move the MLP's output layer: the exported prompt is P + MLP(P), and a loaded adapter (no MLP) gives the same logits.
+        using (torch.no_grad())
+        {
+            var w2 = projected.Parameters.Single(p => p.Name == "reparam.2.weight").Param;
+            w2.copy_(torch.randn(w2.shape, generator: new torch.Generator(3)) * 0.5);
+        }
+        var exported = projected.ExportEmbeddings();
+        Assert.True(Fixtures.MaxAbsDiff(plain.ExportEmbeddings(), exported) > 1e-3);
+        Adapter.Save(tmp.Path, projected, model);
+        using var loaded = Adapter.Load(tmp.Path, model);
+        Assert.False(((PromptTuning)loaded).Projection);
+        var ids = torch.tensor(new long[] { 5, 17, 300, 42, 9 }).unsqueeze(0);
+        using var _ = torch.no_grad();
+        Tensor Run(IPromptMethod m) => model.Logits(model.Forward(new ForwardArgs { InputIds = ids, PrefixEmbeds = m.Inject(1).PrefixEmbeds }).Hidden);
+        Assert.InRange(Fixtures.MaxAbsDiff(Run(projected), Run(loaded)), 0, 1e-5);
+    }
+
+    [Fact]
     public void LoadingOntoAnotherModelIsAClearError()
     {
         using var tmp = new Fixtures.TempDir();
