@@ -42,7 +42,24 @@ public sealed class RecordOptions<T> where T : class, new()
         if (pr.GetValue(Config) is { } cfgPath) o = OptionsRecord.FromFile(cfgPath, o);
         var given = new Dictionary<string, object?>();
         foreach (var (p, opt) in _options)
-            if (pr.GetResult(opt) is { Implicit: false } r) given[p.Name] = r.GetValueOrDefault<object?>();
+            if (pr.GetResult(opt) is { Implicit: false } r)
+            {
+                given[p.Name] = r.GetValueOrDefault<object?>();
+                WarnOnLiteralEscapes(opt.Name, given[p.Name]);
+            }
         return OptionsRecord.With(o, given);
+    }
+
+    /// <summary>A shell passes "\n" in double quotes as two characters, not a newline; templates and instructions given
+    /// that way are almost always meant to hold a newline. The value is kept as given; the user is told how to get one.</summary>
+    static void WarnOnLiteralEscapes(string option, object? value)
+    {
+        foreach (var v in value switch { string s => new[] { s }, string[] a => a, _ => Array.Empty<string>() })
+            if (v.Contains("\\n", StringComparison.Ordinal) && !v.Contains('\n'))
+            {
+                Console.Error.WriteLine($"warning: {option} \"{v}\" holds a backslash followed by 'n' (two characters), not a newline; " +
+                    "in bash write $'...\\n...', or put the value in a --config file, where \"\\n\" is a JSON newline.");
+                return;
+            }
     }
 }

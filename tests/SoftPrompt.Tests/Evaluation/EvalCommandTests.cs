@@ -156,6 +156,20 @@ public class EvalCommandTests : IClassFixture<EvalWorld>
     }
 
     [Fact]
+    public void ABackslashNTemplateFromTheShellGetsAWarningAndIsKeptAsGiven()
+    {
+        var output = NewOut();
+        var (rc, _, stderr) = Run("eval", "--model", _w.ModelDir, "--data", _w.TestFile, "--output", output, "--prompt-template", "Q: {input}\\nA:");
+        Assert.True(rc == 0, stderr);
+        Assert.Contains("warning: --prompt-template", stderr);
+        Assert.Contains("Q: ", File.ReadAllLines(Path.Combine(output, "predictions.jsonl"))[0]);
+        Assert.Contains("\\\\nA:", File.ReadAllLines(Path.Combine(output, "predictions.jsonl"))[0]); // JSON of the two characters
+        var (rc2, _, stderr2) = Run("eval", "--model", _w.ModelDir, "--data", _w.TestFile, "--output", NewOut(), "--prompt-template", "Q: {input}\nA:");
+        Assert.True(rc2 == 0, stderr2);
+        Assert.DoesNotContain("warning:", stderr2);
+    }
+
+    [Fact]
     public void GenerationTaskScoresAnswersAgainstEveryGoldAnswer()
     {
         var output = NewOut();
