@@ -63,5 +63,4 @@ OMP_WAIT_POLICY=PASSIVE "${SP[@]}" train --data "$RUN/data" --run "$RUN/run" "${
     --slice tests/SoftPrompt.Tests/fixtures/shipped-model/heldout_slice.txt --plot docs/pretraining-perplexity.png --notes docs/pretraining-notes.json
   echo "models/$NAME"
 }
-main "$@"
-exit
+main "$@"; exit  # one line: bash has read the exit before main runs, so editing this file mid-run is harmless
