@@ -118,6 +118,11 @@ public static class Evaluator
             {
                 var m = Adapter.Load(dir, model);
                 methods.Add(m);
+                foreach (var mismatch in Adapter.DataSettingMismatches(dir, dataOptions))
+                {
+                    notes.Add("warning: " + mismatch + "; the prompt is scored on text it was not trained on.");
+                    log?.Invoke("warning: " + mismatch);
+                }
                 var label = AdapterLabel(dir);
                 var kind = m.PeftType == "PREFIX_TUNING" ? "prefix" : "soft-prompt";
                 conditions.Add(new Condition { Name = $"{kind} {label}", Kind = kind, Method = m });

@@ -190,11 +190,17 @@ public sealed class Trainer
         return new TrainResult(st.Step, double.IsNaN(best) ? null : best, null, AdapterDir, stopReason);
     }
 
-    Dictionary<string, string> Provenance(State st) => new()
+    Dictionary<string, string> Provenance(State st)
     {
-        ["softprompt.step"] = st.Step.ToString(CultureInfo.InvariantCulture),
-        ["softprompt.method"] = _o.Method,
-    };
+        var meta = new Dictionary<string, string>
+        {
+            ["softprompt.step"] = st.Step.ToString(CultureInfo.InvariantCulture),
+            ["softprompt.method"] = _o.Method,
+        };
+        // The data settings the prompt was trained under, so that eval can say when it scores it under others.
+        foreach (var (k, v) in Adapter.DataSettings(_o.DataOptions())) meta[k] = v;
+        return meta;
+    }
 
     (Dictionary<string, double> Metrics, bool IsBest) Evaluate(State st)
     {

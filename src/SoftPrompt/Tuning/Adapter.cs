@@ -88,6 +88,40 @@ public static class Adapter
     }
 
     /// <summary>Shape facts and embedding statistics of the base model (robust to loading it in bf16/fp16).</summary>
+    /// <summary>Metadata keys recording the data settings a prompt was trained with (prompt template, target template,
+    /// label words); absent settings are absent keys. PEFT ignores them.</summary>
+    public static Dictionary<string, string> DataSettings(Data.DataOptions d)
+    {
+        var m = new Dictionary<string, string>();
+        if (d.PromptTemplate is not null) m["softprompt.prompt_template"] = d.PromptTemplate;
+        if (d.TargetTemplate is not null) m["softprompt.target_template"] = d.TargetTemplate;
+        if (d.LabelWords is not null) m["softprompt.label_words"] = string.Join("\n", d.LabelWords.OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => kv.Key + "=" + kv.Value));
+        return m;
+    }
+
+    /// <summary>
+    /// Where the data settings recorded in an adapter differ from <paramref name="d"/>: one sentence each (empty when they
+    /// agree, or when the adapter records none, e.g. one made by PEFT).
+    /// </summary>
+    public static List<string> DataSettingMismatches(string dir, Data.DataOptions d)
+    {
+        var path = Path.Combine(dir, WeightsFile);
+        var recorded = SafeTensors.ReadHeader(path).Metadata;
+        if (!recorded.Keys.Any(k => k.StartsWith("softprompt.", StringComparison.Ordinal)) || !recorded.ContainsKey("softprompt.method")) return new();
+        var now = DataSettings(d);
+        var names = new[] { ("softprompt.prompt_template", "prompt template"), ("softprompt.target_template", "target template"), ("softprompt.label_words", "label words") };
+        var result = new List<string>();
+        foreach (var (key, name) in names)
+        {
+            recorded.TryGetValue(key, out var was);
+            now.TryGetValue(key, out var isNow);
+            if (was != isNow)
+                result.Add($"{dir}: trained with {name} {Show(was)}, evaluated with {Show(isNow)}");
+        }
+        return result;
+        static string Show(string? v) => v is null ? "(none)" : "\"" + v.Replace("\n", "\\n") + "\"";
+    }
+
     public static Dictionary<string, string> Fingerprint(CausalLM model)
     {
         var c = model.Config;

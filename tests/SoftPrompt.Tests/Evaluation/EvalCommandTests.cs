@@ -170,6 +170,25 @@ public class EvalCommandTests : IClassFixture<EvalWorld>
     }
 
     [Fact]
+    public void EvaluatingAPromptUnderOtherDataSettingsThanItWasTrainedWithIsReported()
+    {
+        var same = NewOut();
+        var (rc, stdout, stderr) = Run("eval", "--model", _w.ModelDir, "--data", _w.TestFile, "--output", same, "--prompt", _w.AdapterDir);
+        Assert.True(rc == 0, stderr);
+        Assert.DoesNotContain("warning:", stdout + stderr);
+        Assert.DoesNotContain("trained with", File.ReadAllText(Path.Combine(same, "report.md")));
+
+        var other = NewOut();
+        (rc, stdout, stderr) = Run("eval", "--model", _w.ModelDir, "--data", _w.TestFile, "--output", other, "--prompt", _w.AdapterDir,
+            "--prompt-template", "Colour of {input}:", "--label-words", "warm=hot", "--label-words", "cold=icy");
+        Assert.True(rc == 0, stderr);
+        var report = File.ReadAllText(Path.Combine(other, "report.md"));
+        Assert.Contains("trained with prompt template (none), evaluated with \"Colour of {input}:\"", report);
+        Assert.Contains("trained with label words (none), evaluated with \"cold=icy\\nwarm=hot\"", report);
+        Assert.Contains("warning:", stdout + stderr);
+    }
+
+    [Fact]
     public void GenerationTaskScoresAnswersAgainstEveryGoldAnswer()
     {
         var output = NewOut();
