@@ -64,12 +64,12 @@ public sealed record DataOptions
     }
 
     /// <summary>The text the model sees for a label: its label word when <see cref="LabelWords"/> is set, else the label.</summary>
-    public string Verbalize(string label)
-    {
-        if (LabelWords is null) return label;
-        return LabelWords.TryGetValue(label, out var w) ? w
-            : throw new SoftPromptException($"label \"{label}\" has no label word (--label-words gives {string.Join(", ", LabelWords.Keys.Select(k => $"\"{k}\""))}).");
-    }
+    public string Verbalize(string label) =>
+        LabelWords is null ? label : LabelWords.TryGetValue(label, out var w) ? w : throw new SoftPromptException(NoLabelWord(label) + ".");
+
+    /// <summary>The error for a label that <see cref="LabelWords"/> does not cover.</summary>
+    public string NoLabelWord(string label) =>
+        $"label \"{label}\" has no label word (--label-words gives {string.Join(", ", (LabelWords?.Keys ?? Enumerable.Empty<string>()).Select(k => $"\"{k}\""))})";
 
     /// <summary>How many problems an error message lists (the total is always given).</summary>
     public int MaxBadLinesReported { get; init; } = 20;

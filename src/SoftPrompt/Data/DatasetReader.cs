@@ -70,7 +70,7 @@ public static class DatasetReader
                     // Verbalizer: the target is rendered with the label word; the example keeps the data's label.
                     if (o.LabelWords!.TryGetValue(rendered[labelField], out var word))
                         rendered = new Dictionary<string, string>(rendered) { [labelField] = word };
-                    else error = $"label \"{rendered[labelField]}\" has no label word (--label-words gives {string.Join(", ", o.LabelWords.Keys.Select(k => $"\"{k}\""))})";
+                    else error = o.NoLabelWord(rendered[labelField]);
                 }
                 if (error == null)
                 {

@@ -23,8 +23,6 @@ public sealed class ClassificationTask
 
     public const int MaxAutoLabels = 20;
 
-    /// <summary>The field that holds the label: the output field, or the one field the target template uses.</summary>
-    public static string LabelField(DataOptions o) => o.LabelField();
 
     /// <summary>The target-side text of a label (its label word when the options have them): the target template
     /// with the label in its field, or the default target (one leading space).</summary>
@@ -63,7 +61,7 @@ public sealed class ClassificationTask
     /// </summary>
     public static ClassificationTask Create(IReadOnlyList<Example> examples, DataOptions o, HfTokenizer tok, string? labelsOption, string dataName)
     {
-        var field = LabelField(o);
+        var field = o.LabelField();
         var values = examples.Select(e => LabelOf(e, field)).ToList();
         List<string> labels;
         if (labelsOption is not null)

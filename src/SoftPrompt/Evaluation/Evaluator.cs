@@ -159,7 +159,7 @@ public static class Evaluator
 
     static string SafeLabelField(DataOptions d, string task)
     {
-        try { return ClassificationTask.LabelField(d); }
+        try { return d.LabelField(); }
         catch (SoftPromptException) when (task == "auto") { return d.OutputField; }
     }
 

@@ -37,6 +37,9 @@ public sealed class Trainer
     readonly TrainOptions _o;
     readonly int _padId;
     readonly string _runDir;
+    /// <summary>The data settings the prompt is trained under, written into every saved adapter so that eval can say
+    /// when it scores the prompt under others.</summary>
+    readonly Dictionary<string, string> _dataSettings;
     readonly ITrainingReporter? _reporter;
 
     /// <summary>Extra validation metrics (e.g. accuracy from rank classification), computed with the current prompt.
@@ -55,6 +58,7 @@ public sealed class Trainer
         if (train.Count == 0) throw new SoftPromptException("The training set is empty.");
         _model = model; _method = method; _train = train; _val = validation is { Count: > 0 } ? validation : null;
         _o = options; _padId = padId; _runDir = runDir; _reporter = reporter;
+        _dataSettings = Adapter.DataSettings(options.DataOptions());
     }
 
     sealed class State
@@ -197,8 +201,7 @@ public sealed class Trainer
             ["softprompt.step"] = st.Step.ToString(CultureInfo.InvariantCulture),
             ["softprompt.method"] = _o.Method,
         };
-        // The data settings the prompt was trained under, so that eval can say when it scores it under others.
-        foreach (var (k, v) in Adapter.DataSettings(_o.DataOptions())) meta[k] = v;
+        foreach (var (k, v) in _dataSettings) meta[k] = v;
         return meta;
     }
 

@@ -90,7 +90,7 @@ public static class TrainingJob
         else
         {
             string field;
-            try { field = ClassificationTask.LabelField(d); }
+            try { field = d.LabelField(); }
             catch (SoftPromptException) { return null; }
             var (isClass, reason) = ClassificationTask.Detect(trainEx.Concat(valEx).Select(e => ClassificationTask.LabelOf(e, field)).ToList());
             if (!isClass) return null;

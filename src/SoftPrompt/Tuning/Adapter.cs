@@ -107,7 +107,7 @@ public static class Adapter
     {
         var path = Path.Combine(dir, WeightsFile);
         var recorded = SafeTensors.ReadHeader(path).Metadata;
-        if (!recorded.Keys.Any(k => k.StartsWith("softprompt.", StringComparison.Ordinal)) || !recorded.ContainsKey("softprompt.method")) return new();
+        if (!recorded.ContainsKey("softprompt.method")) return new(); // not trained by SoftPrompt: nothing recorded
         var now = DataSettings(d);
         var names = new[] { ("softprompt.prompt_template", "prompt template"), ("softprompt.target_template", "target template"), ("softprompt.label_words", "label words") };
         var result = new List<string>();

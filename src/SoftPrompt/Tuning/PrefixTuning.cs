@@ -26,7 +26,7 @@ public sealed class PrefixTuning : IPromptMethod
     PrefixTuning(ModelConfig cfg, Tensor embedding, Tensor? w1, Tensor? b1, Tensor? w2, Tensor? b2, int encoderHidden)
     {
         _cfg = cfg;
-        Tensor P(Tensor t) => t.detach().to(ScalarType.Float32).clone().requires_grad_(true).DetachFromDisposeScope();
+        var P = TrainableTensors.Parameter;
         _embedding = P(embedding);
         NumVirtualTokens = (int)embedding.shape[0];
         EncoderHiddenSize = encoderHidden;
@@ -52,7 +52,7 @@ public sealed class PrefixTuning : IPromptMethod
         if (!projection)
             return new PrefixTuning(cfg, (torch.randn(new long[] { n, width }, generator: gen) * initScale).to(device), null, null, null, null, 0);
         if (encoderHiddenSize < 1) throw new SoftPromptException("encoder_hidden_size must be at least 1 with prefix_projection.");
-        Tensor Uniform(long[] shape, double bound) => ((torch.rand(shape, generator: gen) * 2 - 1) * bound).to(device);
+        Tensor Uniform(long[] shape, double bound) => TrainableTensors.Uniform(shape, bound, gen, device);
         int d = cfg.KvDim, h = encoderHiddenSize;
         return new PrefixTuning(cfg, (torch.randn(new long[] { n, d }, generator: gen) * initScale).to(device),
             Uniform(new long[] { h, d }, 1 / Math.Sqrt(d)), Uniform(new long[] { h }, 1 / Math.Sqrt(d)),

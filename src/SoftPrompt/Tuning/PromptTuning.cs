@@ -34,7 +34,7 @@ public sealed class PromptTuning : IPromptMethod
     PromptTuning(Tensor embedding, PromptInit init, string? initText, int encoderHidden, long seed)
     {
         if (embedding.dim() != 2) throw new ArgumentException("prompt embeddings must be [n, hidden].");
-        Tensor P(Tensor t) => t.detach().to(ScalarType.Float32).clone().requires_grad_(true).DetachFromDisposeScope();
+        var P = TrainableTensors.Parameter;
         _embedding = P(embedding);
         NumVirtualTokens = (int)embedding.shape[0];
         Init = init; InitText = initText;
@@ -46,8 +46,8 @@ public sealed class PromptTuning : IPromptMethod
             long d = embedding.shape[1];
             double bound = 1 / Math.Sqrt(d); // nn.Linear's default (Kaiming-uniform) bound for the first layer
             var dev = embedding.device;
-            _w1 = P(((torch.rand(new long[] { encoderHidden, d }, generator: gen) * 2 - 1) * bound).to(dev));
-            _b1 = P(((torch.rand(new long[] { encoderHidden }, generator: gen) * 2 - 1) * bound).to(dev));
+            _w1 = P(TrainableTensors.Uniform(new long[] { encoderHidden, d }, bound, gen, dev));
+            _b1 = P(TrainableTensors.Uniform(new long[] { encoderHidden }, bound, gen, dev));
             _w2 = P(torch.zeros(d, encoderHidden, device: dev));
             _b2 = P(torch.zeros(d, device: dev));
             ps.Add(("reparam.0.weight", _w1)); ps.Add(("reparam.0.bias", _b1)); ps.Add(("reparam.2.weight", _w2)); ps.Add(("reparam.2.bias", _b2));
