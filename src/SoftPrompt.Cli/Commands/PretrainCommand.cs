@@ -50,6 +50,7 @@ public static class PretrainCommand
         var c = new Command("seen-words", "Derive a word task holding only the words the pretraining text uses often enough (the split is kept).") { corpus, tasks, task, name, min };
         c.SetAction(pr =>
         {
+            TaskSplits.WordTask(pr.GetValue(task)!); // a wrong --task fails before the corpus is read
             var counts = TaskSplits.CorpusWordCounts(PretrainCorpus.Build(pr.GetValue(corpus)!, pr.GetValue(tasks)!));
             var (train, test) = TaskSplits.WriteSeenWords(pr.GetValue(tasks)!, pr.GetValue(task)!, pr.GetValue(name)!, counts, pr.GetValue(min));
             Console.WriteLine($"{pr.GetValue(name)}: {train} train, {test} test (words with >= {pr.GetValue(min)} occurrences in the pretraining text)");

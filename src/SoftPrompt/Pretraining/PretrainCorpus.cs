@@ -24,6 +24,7 @@ public static class PretrainCorpus
     public static List<CorpusDoc> Build(string corpusDir, string tasksDir)
     {
         var docs = new List<CorpusDoc>();
+        if (!Directory.Exists(corpusDir)) throw new SoftPromptException($"{corpusDir}: corpus folder not found.");
         var files = Directory.GetFiles(corpusDir, "*.txt").OrderBy(f => Path.GetFileName(f), StringComparer.Ordinal).ToList();
         if (files.Count == 0) throw new SoftPromptException($"{corpusDir}: no *.txt files.");
         foreach (var f in files)

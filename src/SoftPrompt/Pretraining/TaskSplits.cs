@@ -106,10 +106,16 @@ public static class TaskSplits
     /// <c>NAME.train.tsv</c> / <c>NAME.test.tsv</c>. A small model cannot know what a word it has (almost) never read
     /// means; this keeps the words it could. Returns the row counts.
     /// </summary>
-    public static (int Train, int Test) WriteSeenWords(string tasksDir, string task, string name, IReadOnlyDictionary<string, int> counts, int minCount)
+    /// <summary>The spec of a word task (input = one word), or a clear error naming the known ones.</summary>
+    public static TaskSpec WordTask(string task)
     {
         var spec = Tasks.FirstOrDefault(t => t.Name == task) ?? throw new SoftPromptException($"--task {task}: unknown task (known: {string.Join(", ", Tasks.Select(t => t.Name))}).");
-        if (spec.Name == "fine_foods") throw new SoftPromptException("--task fine_foods: not a word task.");
+        return spec.Name == "fine_foods" ? throw new SoftPromptException("--task fine_foods: not a word task.") : spec;
+    }
+
+    public static (int Train, int Test) WriteSeenWords(string tasksDir, string task, string name, IReadOnlyDictionary<string, int> counts, int minCount)
+    {
+        var spec = WordTask(task);
         if (minCount < 1) throw new SoftPromptException($"--min-count must be at least 1 (got {minCount}).");
         var result = new int[2];
         string[] sides = ["train", "test"];
