@@ -110,7 +110,7 @@ public static class Collator
 
     static Tensor ToDevice(long[] data, long[] shape, Device device)
     {
-        var cpu = torch.tensor(data, shape, dtype: ScalarType.Int64);
+        var cpu = torch.tensor(data, shape, dtype: ScalarType.Int64, device: torch.CPU);
         if (device.type == DeviceType.CPU) return cpu.DetachFromDisposeScope();
         var moved = cpu.to(device).DetachFromDisposeScope();
         cpu.Dispose();

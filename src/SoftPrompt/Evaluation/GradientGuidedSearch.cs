@@ -40,7 +40,7 @@ public sealed class GradientGuidedSearch : IHardPromptOptimizer
         }
 
         // Additive mask over the vocabulary: 0 for allowed tokens, -inf for the rest.
-        using var vocabMask = torch.tensor(objective.Allowed.Select(a => a ? 0f : float.NegativeInfinity).ToArray()).to(g.EmbeddingMatrix.device);
+        using var vocabMask = torch.tensor(objective.Allowed.Select(a => a ? 0f : float.NegativeInfinity).ToArray(), device: g.EmbeddingMatrix.device);
         int allowedCount = objective.Allowed.Count(a => a);
 
         var current = initialIds.ToArray();

@@ -33,7 +33,7 @@ public static class PromptProjection
             if (allowed.Count != sim.shape[1]) throw new SoftPromptException($"the token filter covers {allowed.Count} ids, the model's vocabulary has {sim.shape[1]}.");
             candidates = allowed.Count(a => a);
             if (candidates == 0) throw new SoftPromptException("no vocabulary token is allowed for the projection.");
-            sim = sim + torch.tensor(allowed.Select(a => a ? 0f : float.NegativeInfinity).ToArray()).to(sim.device);
+            sim = sim + torch.tensor(allowed.Select(a => a ? 0f : float.NegativeInfinity).ToArray(), device: sim.device);
         }
         var (vals, idx) = sim.topk(Math.Min(k, candidates), dim: 1);
         var ids = idx.cpu().data<long>().ToArray();

@@ -151,7 +151,7 @@ public static class SafeTensors
     /// <summary>Reads one tensor described by <paramref name="info"/> from an open file.</summary>
     public static Tensor ReadTensor(FileStream fs, Header header, SafeTensorInfo info)
     {
-        var t = torch.empty(info.Shape, DTypes[info.DType].Type);
+        var t = torch.empty(info.Shape, DTypes[info.DType].Type, device: torch.CPU); // read into host memory; callers move it
         if (info.End > info.Begin)
         {
             fs.Seek(header.DataStart + info.Begin, SeekOrigin.Begin);

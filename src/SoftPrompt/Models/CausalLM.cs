@@ -302,7 +302,7 @@ public sealed partial class CausalLM : IDisposable
                 invF[j] = scaled;
             }
         }
-        return torch.tensor(invF);
+        return torch.tensor(invF, device: torch.CPU);
     }
 
     (Tensor cos, Tensor sin) RopeCosSin(Tensor pos)

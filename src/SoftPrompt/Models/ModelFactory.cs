@@ -46,9 +46,9 @@ public static class ModelFactory
         var gen = new torch.Generator((ulong)seed);
         var weights = new Dictionary<string, Tensor>();
         foreach (var (name, shape) in shapes)
-            weights[name] = name.EndsWith(".bias") ? torch.zeros(shape)
-                : shape.Length == 1 ? torch.ones(shape)
-                : torch.empty(shape).normal_(0, std, gen);
+            weights[name] = name.EndsWith(".bias") ? torch.zeros(shape, device: torch.CPU)
+                : shape.Length == 1 ? torch.ones(shape, device: torch.CPU)
+                : torch.empty(shape, device: torch.CPU).normal_(0, std, gen);
         return weights;
     }
 

@@ -19,8 +19,9 @@ public static class GradientClipping
         if (!(maxNorm > 0)) throw new SoftPromptException($"max grad norm must be > 0 (got {maxNorm}).");
         using var scope = torch.NewDisposeScope();
         using var noGrad = torch.no_grad();
-        var grads = parameters.Select(p => p.grad).Where(g => g is not null).Select(g => g!).ToList();
-        if (grads.Count == 0) return torch.zeros(Array.Empty<long>(), ScalarType.Float32).MoveToOuterDisposeScope();
+        var ps = parameters.ToList();
+        var grads = ps.Select(p => p.grad).Where(g => g is not null).Select(g => g!).ToList();
+        if (grads.Count == 0) return torch.zeros(Array.Empty<long>(), ScalarType.Float32, ps.Count > 0 ? ps[0].device : torch.CPU).MoveToOuterDisposeScope();
         var norms = grads.Select(g => g.to(ScalarType.Float32).norm()).ToArray();
         var total = norms.Length == 1 ? norms[0] : torch.stack(norms).norm();
         var coef = total.add(1e-6).reciprocal_().mul_(maxNorm).clamp_max_(1.0);

@@ -103,9 +103,9 @@ public abstract class PromptOptimizerBase : IPromptOptimizer
         using var scope = torch.NewDisposeScope();
         var d = new Dictionary<string, Tensor>();
         foreach (var (k, t) in _state) d[k] = t.detach().cpu().clone().MoveToOuterDisposeScope();
-        d[StepKey] = torch.tensor(new long[] { StepCount }, ScalarType.Int64).MoveToOuterDisposeScope();
+        d[StepKey] = torch.tensor(new long[] { StepCount }, ScalarType.Int64, torch.CPU).MoveToOuterDisposeScope();
         for (int i = 0; i < Params.Length; i++)
-            d[$"{Params[i].Name}.step"] = torch.tensor(new long[] { ParamSteps[i] }, ScalarType.Int64).MoveToOuterDisposeScope();
+            d[$"{Params[i].Name}.step"] = torch.tensor(new long[] { ParamSteps[i] }, ScalarType.Int64, torch.CPU).MoveToOuterDisposeScope();
         return d;
     }
 

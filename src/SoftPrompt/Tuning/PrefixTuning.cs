@@ -50,11 +50,11 @@ public sealed class PrefixTuning : IPromptMethod
         var gen = new torch.Generator((ulong)seed);
         int width = 2 * cfg.NumLayers * cfg.KvDim;
         if (!projection)
-            return new PrefixTuning(cfg, (torch.randn(new long[] { n, width }, generator: gen) * initScale).to(device), null, null, null, null, 0);
+            return new PrefixTuning(cfg, (torch.randn(new long[] { n, width }, generator: gen, device: torch.CPU) * initScale).to(device), null, null, null, null, 0);
         if (encoderHiddenSize < 1) throw new SoftPromptException("encoder_hidden_size must be at least 1 with prefix_projection.");
         Tensor Uniform(long[] shape, double bound) => TrainableTensors.Uniform(shape, bound, gen, device);
         int d = cfg.KvDim, h = encoderHiddenSize;
-        return new PrefixTuning(cfg, (torch.randn(new long[] { n, d }, generator: gen) * initScale).to(device),
+        return new PrefixTuning(cfg, (torch.randn(new long[] { n, d }, generator: gen, device: torch.CPU) * initScale).to(device),
             Uniform(new long[] { h, d }, 1 / Math.Sqrt(d)), Uniform(new long[] { h }, 1 / Math.Sqrt(d)),
             Uniform(new long[] { width, h }, 1 / Math.Sqrt(h)), Uniform(new long[] { width }, 1 / Math.Sqrt(h)), h);
     }

@@ -72,12 +72,12 @@ public sealed class PromptTuning : IPromptMethod
         var gen = new torch.Generator((ulong)seed);
         var emb = model.EmbeddingMatrix;
         long vocab = emb.shape[0], hidden = emb.shape[1];
-        Tensor SampleRows(int count) => emb.index_select(0, torch.randint(0, vocab, new long[] { count }, generator: gen).to(emb.device)).to(ScalarType.Float32).cpu();
+        Tensor SampleRows(int count) => emb.index_select(0, torch.randint(0, vocab, new long[] { count }, generator: gen, device: torch.CPU).to(emb.device)).to(ScalarType.Float32).cpu();
         Tensor init0;
         switch (init)
         {
             case PromptInit.Random:
-                init0 = torch.randn(new long[] { n, hidden }, generator: gen); // PEFT's RANDOM: nn.Embedding's N(0, 1)
+                init0 = torch.randn(new long[] { n, hidden }, generator: gen, device: torch.CPU); // PEFT's RANDOM: nn.Embedding's N(0, 1)
                 break;
             case PromptInit.SampleVocab:
                 init0 = SampleRows(n);
@@ -87,7 +87,7 @@ public sealed class PromptTuning : IPromptMethod
                 var ids = tokenIds is { Count: 1 } t && t[0].Length > 0 ? t[0] : throw new SoftPromptException("init 'text' needs a non-empty --init-text.");
                 // PEFT: repeat the text's tokens to fill n, then truncate.
                 var rep = Enumerable.Range(0, n).Select(i => (long)ids[i % ids.Length]).ToArray();
-                init0 = emb.index_select(0, torch.tensor(rep).to(emb.device)).to(ScalarType.Float32).cpu();
+                init0 = emb.index_select(0, torch.tensor(rep, device: emb.device)).to(ScalarType.Float32).cpu();
                 break;
             }
             case PromptInit.ClassLabels:
@@ -98,7 +98,7 @@ public sealed class PromptTuning : IPromptMethod
                 foreach (var ids in tokenIds.Take(n))
                 {
                     if (ids.Length == 0) continue;
-                    rows.Add(emb.index_select(0, torch.tensor(ids.Select(i => (long)i).ToArray()).to(emb.device)).to(ScalarType.Float32).mean(new long[] { 0 }).cpu());
+                    rows.Add(emb.index_select(0, torch.tensor(ids.Select(i => (long)i).ToArray(), device: emb.device)).to(ScalarType.Float32).mean(new long[] { 0 }).cpu());
                 }
                 if (rows.Count < n) rows.Add(SampleRows(n - rows.Count));
                 init0 = torch.cat(rows.Select(r => r.dim() == 1 ? r.unsqueeze(0) : r).ToArray(), 0);

@@ -11,5 +11,5 @@ internal static class TrainableTensors
 
     /// <summary>U(-bound, bound), as nn.Linear initialises weights and biases (bound = 1/sqrt(fan_in)).</summary>
     public static Tensor Uniform(long[] shape, double bound, torch.Generator gen, Device device) =>
-        ((torch.rand(shape, generator: gen) * 2 - 1) * bound).to(device);
+        ((torch.rand(shape, generator: gen, device: torch.CPU) * 2 - 1) * bound).to(device);
 }
