@@ -80,6 +80,9 @@ public sealed class KvCache : IDisposable
         else
         {
             var kb = _k[layer]!; var vb = _v[layer]!;
+            // An fp32 trainable prefix on bf16/fp16 weights: attend in the model's dtype (PEFT casts past_key_values
+            // the same way); the cast is differentiable, so the prefix's gradient stays fp32.
+            if (kb.dtype != k.dtype) { kb = kb.to(k.dtype); vb = vb.to(v.dtype); }
             if (kb.shape[0] != k.shape[0]) { kb = kb.expand(k.shape[0], -1, -1, -1); vb = vb.expand(k.shape[0], -1, -1, -1); }
             _k[layer] = torch.cat(new[] { kb, k }, 2);
             _v[layer] = torch.cat(new[] { vb, v }, 2);
