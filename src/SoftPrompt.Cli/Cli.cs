@@ -39,6 +39,7 @@ public static class Cli
         Commands.EvalCommand.Create(),
         Commands.BenchRankCommand.Create(),
         Commands.PretrainCommand.Create(),
+        Commands.GoldenCommand.Create(), // hidden: fidelity check for the GPU kit (scripts/gpu/run.sh)
     };
 
     public static int Invoke(RootCommand root, string[] args)
