@@ -10,7 +10,7 @@ minimal GPT-2 / Llama written below (Debian's python3-torch has neither library)
 
 prints both results as JSON lines, then the ratios (C# / PyTorch tokens per second, and peak memory).
 """
-import argparse, json, math, os, resource, statistics, subprocess, sys, time
+import argparse, contextlib, json, math, os, resource, statistics, subprocess, sys, time
 
 import torch
 import torch.nn as nn
@@ -155,13 +155,16 @@ def run_torch(a):
     if impl == "transformers+peft":
         from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
         from peft import PromptTuningConfig, PrefixTuningConfig, get_peft_model, TaskType
-        if s["kind"] == "gpt2":
-            cfg = GPT2Config(n_embd=s["hidden"], n_layer=s["layers"], n_head=s["heads"], vocab_size=s["vocab"])
-            base = GPT2LMHeadModel(cfg)
-        else:
-            cfg = LlamaConfig(hidden_size=s["hidden"], num_hidden_layers=s["layers"], num_attention_heads=s["heads"], num_key_value_heads=s["kv"],
-                              intermediate_size=s["inter"], vocab_size=s["vocab"], rope_theta=s["theta"], tie_word_embeddings=True)
-            base = LlamaForCausalLM(cfg)
+        # Random weights are made on the target device (a 1B model's init on the CPU takes longer than its benchmark);
+        # torch < 2.0 has no device context: build on the CPU and move.
+        with (device if hasattr(device, "__enter__") else contextlib.nullcontext()):
+            if s["kind"] == "gpt2":
+                cfg = GPT2Config(n_embd=s["hidden"], n_layer=s["layers"], n_head=s["heads"], vocab_size=s["vocab"])
+                base = GPT2LMHeadModel(cfg)
+            else:
+                cfg = LlamaConfig(hidden_size=s["hidden"], num_hidden_layers=s["layers"], num_attention_heads=s["heads"], num_key_value_heads=s["kv"],
+                                  intermediate_size=s["inter"], vocab_size=s["vocab"], rope_theta=s["theta"], tie_word_embeddings=True)
+                base = LlamaForCausalLM(cfg)
         base = base.to(device=device, dtype=dtype).eval()
         pcfg = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=n) if a.method == "prompt" else PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=n)
         model = get_peft_model(base, pcfg)

@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# The GPU kit's entry point, run on the device from the checkout's root after unpacking the archive that
+# scripts/gpu/pack.sh made:
+#
+#   tar -xJf runs/gpu-kit/softprompt-gpu-kit-*.tar.xz -C /tmp && /tmp/kit/run.sh
+#
+# In one pass (about 8 minutes on an H200; every step's output and log go under $OUT, and $OUT/gpu-report.json
+# gathers them):
+#   0. builds TorchSharp's native binding (the kit's LibTorchSharp sources) against the machine's libtorch
+#      (PyTorch's, found with python3 -c 'import torch; print(torch.utils.cmake_prefix_path)'), and points TorchSharp
+#      at that libtorch (LD_LIBRARY_PATH);
+#   a. golden fidelity on CUDA for every architecture fixture (plain, soft-prompt and prefix forwards, the prompt's loss
+#      and gradient, greedy generation): fp32 within 1e-4, bf16 within 5e-2 (softprompt golden);
+#   b. trains the demo task (prompt and prefix tuning of models/sp-llama-6m) on CUDA and on the CPU of the same machine,
+#      and evaluates both on the held-out test words: accuracies side by side;
+#   c. softprompt bench --device cuda and the same workloads through transformers + PEFT (get_peft_model with
+#      PromptTuningConfig / PrefixTuningConfig), prompt and prefix, bf16, GPT-2-small and Llama-3.2-1B shapes with random
+#      weights: tokens/s, step time, peak GPU memory (bench_peft.py);
+#   d. writes everything to $OUT/gpu-report.json.
+# Options: --cpu-rehearsal (no GPU: the CPU libtorch of a local build stands in for the device's, SOFTPROMPT_CPU_NATIVES
+# = the folder holding libtorch_cpu.so and a libLibTorchSharp.so built for it; every step runs on the CPU, smaller),
+# --skip-build (reuse $BUILD_DIR's binding), --skip-bench, --skip-demo.
+set -uo pipefail
+KIT=$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)
+REPO=${SOFTPROMPT_REPO:-$PWD}
+OUT=${OUT:-$PWD/gpu-out}
+BUILD_DIR=${BUILD_DIR:-/tmp/libtorchsharp-build}
+REHEARSAL=0; SKIP_BUILD=0; SKIP_BENCH=0; SKIP_DEMO=0
+for a in "$@"; do
+  case $a in
+    --cpu-rehearsal) REHEARSAL=1 ;; --skip-build) SKIP_BUILD=1 ;; --skip-bench) SKIP_BENCH=1 ;; --skip-demo) SKIP_DEMO=1 ;;
+    *) echo "run.sh: unknown option $a" >&2; exit 2 ;;
+  esac
+done
+mkdir -p "$OUT"
+WORK=$(mktemp -d)
+START=$(date +%s)
+log() { echo "[$(( $(date +%s) - START ))s] $*" | tee -a "$OUT/run.log" >&2; }
+step_rc() { echo "{\"step\": \"$1\", \"rc\": $2, \"seconds\": $3}" >> "$OUT/steps.jsonl"; }
+run_step() { # name, command...: runs it, logs to $OUT/NAME.log, records rc and time
+  local name=$1; shift; local t0=$(date +%s)
+  log "step $name: $*"
+  "$@" > "$OUT/$name.out" 2> "$OUT/$name.log"; local rc=$?
+  step_rc "$name" "$rc" "$(( $(date +%s) - t0 ))"
+  [ $rc -eq 0 ] || log "step $name FAILED (rc $rc): $(tail -3 "$OUT/$name.log" | tr '\n' ' ')"
+  return $rc
+}
+: > "$OUT/steps.jsonl"
+
+export DOTNET_ROOT=$KIT/dotnet DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
+# .NET needs ICU for culture data; without it, run culture-invariant (the app formats numbers invariantly anyway).
+if ! ldconfig -p 2>/dev/null | grep -q 'libicuuc\.so'; then export DOTNET_SYSTEM_GLOBALIZATION_INVARIANT=1; log "no ICU: DOTNET_SYSTEM_GLOBALIZATION_INVARIANT=1"; fi
+SP=$KIT/app/softprompt
+FIXTURES=$KIT/fixtures/hf-reference; [ -d "$FIXTURES" ] || FIXTURES=$REPO/tests/SoftPrompt.Tests/fixtures/hf-reference
+DEMO=$KIT/demo; [ -d "$DEMO/models/sp-llama-6m" ] || DEMO=$REPO
+cp "$KIT/MANIFEST.json" "$OUT/manifest.json" 2>/dev/null
+
+# 0. The native binding.
+if [ $REHEARSAL = 1 ]; then
+  DEV=cpu
+  NATIVES=${SOFTPROMPT_CPU_NATIVES:-$REPO/src/SoftPrompt.Cli/bin/Release/net10.0/runtimes/linux-x64/native}
+  [ -f "$NATIVES/libtorch_cpu.so" ] || { log "rehearsal: no libtorch_cpu.so in $NATIVES (set SOFTPROMPT_CPU_NATIVES)"; exit 2; }
+  cp "$NATIVES/libLibTorchSharp.so" "$KIT/app/libLibTorchSharp.so"
+  export LD_LIBRARY_PATH=$NATIVES${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  log "rehearsal on the CPU: libtorch from $NATIVES (the native build step is not rehearsed)"
+else
+  DEV=cuda
+  TORCH_CMAKE=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)') || { log "python3 cannot import torch"; exit 2; }
+  TORCH_LIB=$(python3 -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+  python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0))' > "$OUT/torch.txt" 2>&1
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/gpu.txt" 2>&1
+  log "$(cat "$OUT/torch.txt") | $(cat "$OUT/gpu.txt")"
+  if [ $SKIP_BUILD = 0 ] || [ ! -f "$BUILD_DIR/LibTorchSharp/libLibTorchSharp.so" ]; then
+    SRC=$WORK/native; cp -a "$KIT/torchsharp-native/src/Native" "$SRC"
+    # TorchSharp builds with -Werror; a newer libtorch's headers may warn (deprecations), which must not stop this build.
+    sed -i 's/^\(\s*add_definitions(-Werror)\)/# \1/' "$SRC/CMakeLists.txt"
+    export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+    run_step native_configure cmake -S "$SRC" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$TORCH_CMAKE" \
+      -DLIBTORCH_PATH="$TORCH_CMAKE/Torch" -DCMAKE_CXX_FLAGS="-Wno-error -w" || { python3 "$KIT/scripts/bench_peft.py" --report "$OUT"; exit 1; }
+    run_step native_build cmake --build "$BUILD_DIR" -j "$(nproc)" || { python3 "$KIT/scripts/bench_peft.py" --report "$OUT"; exit 1; }
+  fi
+  cp "$BUILD_DIR/LibTorchSharp/libLibTorchSharp.so" "$KIT/app/libLibTorchSharp.so"
+  export LD_LIBRARY_PATH=$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+fi
+THREADS=$(nproc)
+
+# a. Golden fidelity.
+run_step golden_fp32 "$SP" golden --fixtures "$FIXTURES" --device $DEV --dtype fp32 --format json --threads "$THREADS"
+run_step golden_bf16 "$SP" golden --fixtures "$FIXTURES" --device $DEV --dtype bf16 --format json --threads "$THREADS"
+
+# b. The demo task on the GPU and on the CPU (the CPU run in the background while the GPU one runs; it uses half the
+#    cores, so the GPU process keeps the rest for launching kernels).
+QUICK=(); EVAL_QUICK=()
+[ $REHEARSAL = 1 ] && { QUICK=(--steps 4 --eval-every 2); EVAL_QUICK=(--max-examples 40); }  # the rehearsal checks the plumbing only
+demo_run() { # device threads
+  local d=$1 t=$2 dir=$WORK/demo-$1
+  (cd "$DEMO" && "$SP" train --config configs/demo-prompt.json --device "$d" --threads "$t" --output "$dir/prompt" "${QUICK[@]}" \
+    && "$SP" train --config configs/demo-prefix.json --device "$d" --threads "$t" --output "$dir/prefix" "${QUICK[@]}" \
+    && "$SP" eval --model models/sp-llama-6m --data data/tasks/word_sentiment_seen.test.tsv --columns input,output \
+       --prompt-template $'Word: {input}\nSentiment:' --label-words positive=good --label-words negative=bad \
+       --prompt "$dir/prompt/adapter" --prompt "$dir/prefix/adapter" --device "$d" --threads "$t" --output "$dir/report" --format json "${EVAL_QUICK[@]}") \
+  && cp "$dir/prompt/summary.json" "$OUT/demo_${d}_prompt_summary.json" && cp "$dir/prefix/summary.json" "$OUT/demo_${d}_prefix_summary.json" \
+  && cp "$dir/report/metrics.json" "$OUT/demo_${d}_metrics.json"
+}
+if [ $SKIP_DEMO = 0 ]; then
+  if [ $DEV = cuda ]; then
+    ( run_step demo_cpu demo_run cpu $(( THREADS / 2 )) ) &
+    CPU_PID=$!
+    run_step demo_cuda demo_run cuda 2
+    wait $CPU_PID
+  else
+    run_step demo_cpu demo_run cpu "$THREADS"
+  fi
+fi
+
+# c. bench: softprompt and transformers + PEFT on the same workloads, one after the other.
+if [ $SKIP_BENCH = 0 ]; then
+  if [ $DEV = cuda ]; then
+    run_step bench python3 "$KIT/scripts/bench_peft.py" --softprompt "$SP" --device cuda --dtype bf16 --out "$OUT/bench.jsonl"
+  else
+    run_step bench python3 "$KIT/scripts/bench_peft.py" --softprompt "$SP" --device cpu --dtype bf16 --rehearsal --out "$OUT/bench.jsonl"
+  fi
+fi
+
+# d. One JSON.
+python3 "$KIT/scripts/bench_peft.py" --report "$OUT"
+log "done in $(( $(date +%s) - START ))s: $OUT/gpu-report.json"
+rm -rf "$WORK"
