@@ -13,7 +13,7 @@ context and the allocator's cache, on both sides alike), and on the PyTorch side
     bench_peft.py --softprompt KIT/app/softprompt --device cuda --dtype bf16 --out OUT/bench.jsonl
     bench_peft.py --report OUT        # gathers OUT's step outputs into OUT/gpu-report.json
 """
-import argparse, glob, json, os, subprocess, sys, threading, time
+import argparse, json, os, shutil, subprocess, sys, threading, time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKLOADS = [  # shape, batch, seq, steps, warmup
@@ -125,6 +125,10 @@ def bench(a):
             print(json.dumps(row), flush=True)
             with open(a.out, "a") as f:
                 f.write(json.dumps(row) + "\n")
+            if a.publish:  # keep the device's $OUT current, in case the run is cut short
+                state = os.path.dirname(os.path.abspath(a.out))
+                report(state, quiet=True)
+                shutil.copy(os.path.join(state, "gpu-report.json"), a.publish)
 
 
 def read_json(path):
@@ -139,7 +143,7 @@ def read_json(path):
         return {"missing": os.path.basename(path), "error": str(e)}
 
 
-def report(out):
+def report(out, quiet=False):
     r = {"generated_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     for name in ("manifest.json",):
         r["kit"] = read_json(os.path.join(out, name))
@@ -179,7 +183,8 @@ def report(out):
     r["goals"] = goals
     with open(os.path.join(out, "gpu-report.json"), "w") as f:
         json.dump(r, f, indent=1)
-    print(json.dumps(goals))
+    if not quiet:
+        print(json.dumps(goals))
 
 
 def main():
@@ -188,6 +193,7 @@ def main():
     p.add_argument("--device", default="cuda")
     p.add_argument("--dtype", default="bf16")
     p.add_argument("--out", default="bench.jsonl")
+    p.add_argument("--publish", metavar="DIR", help="after each workload, also write the report of --out's folder to DIR")
     p.add_argument("--rehearsal", action="store_true", help="one tiny workload (CPU rehearsal of the kit)")
     p.add_argument("--report", metavar="OUT_DIR", help="gather OUT_DIR's step outputs into OUT_DIR/gpu-report.json and stop")
     a = p.parse_args()

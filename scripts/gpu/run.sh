@@ -4,8 +4,7 @@
 #
 #   tar -xJf runs/gpu-kit/softprompt-gpu-kit-*.tar.xz -C /tmp && /tmp/kit/run.sh
 #
-# In one pass (about 8 minutes on an H200; every step's output and log go under $OUT, and $OUT/gpu-report.json
-# gathers them):
+# In one pass (planned for under 10 minutes on an H200):
 #   0. builds TorchSharp's native binding (the kit's LibTorchSharp sources) against the machine's libtorch
 #      (PyTorch's, found with python3 -c 'import torch; print(torch.utils.cmake_prefix_path)'), and points TorchSharp
 #      at that libtorch (LD_LIBRARY_PATH);
@@ -16,7 +15,9 @@
 #   c. softprompt bench --device cuda and the same workloads through transformers + PEFT (get_peft_model with
 #      PromptTuningConfig / PrefixTuningConfig), prompt and prefix, bf16, GPT-2-small and Llama-3.2-1B shapes with random
 #      weights: tokens/s, step time, peak GPU memory (bench_peft.py);
-#   d. writes everything to $OUT/gpu-report.json.
+#   d. writes everything to $OUT/gpu-report.json (rewritten after every step, so a run cut short still reports what
+#      it did), with every step's output and log in $OUT/logs.tar.gz and the progress in $OUT/run.log: three files, as
+#      the device tool brings back at most eight.
 # Options: --cpu-rehearsal (no GPU: the CPU libtorch of a local build stands in for the device's, SOFTPROMPT_CPU_NATIVES
 # = the folder holding libtorch_cpu.so and a libLibTorchSharp.so built for it; every step runs on the CPU, smaller),
 # --skip-build (reuse $BUILD_DIR's binding), --skip-bench, --skip-demo.
@@ -34,26 +35,30 @@ for a in "$@"; do
 done
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
+S=$WORK/state  # every step's output and log; $OUT gets the report and a tarball of this
+mkdir -p "$S"
 START=$(date +%s)
 log() { echo "[$(( $(date +%s) - START ))s] $*" | tee -a "$OUT/run.log" >&2; }
-step_rc() { echo "{\"step\": \"$1\", \"rc\": $2, \"seconds\": $3}" >> "$OUT/steps.jsonl"; }
-run_step() { # name, command...: runs it, logs to $OUT/NAME.log, records rc and time
+step_rc() { echo "{\"step\": \"$1\", \"rc\": $2, \"seconds\": $3}" >> "$S/steps.jsonl"; }
+publish() { python3 "$KIT/scripts/bench_peft.py" --report "$S" > /dev/null 2>&1; cp "$S/gpu-report.json" "$OUT/" 2>/dev/null; tar -czf "$OUT/logs.tar.gz" -C "$S" . 2>/dev/null; }
+run_step() { # name, command...: runs it, output and log to $S/NAME.out|log, records rc and time, publishes
   local name=$1; shift; local t0=$(date +%s)
   log "step $name: $*"
-  "$@" > "$OUT/$name.out" 2> "$OUT/$name.log"; local rc=$?
+  "$@" > "$S/$name.out" 2> "$S/$name.log"; local rc=$?
   step_rc "$name" "$rc" "$(( $(date +%s) - t0 ))"
-  [ $rc -eq 0 ] || log "step $name FAILED (rc $rc): $(tail -3 "$OUT/$name.log" | tr '\n' ' ')"
+  [ $rc -eq 0 ] || log "step $name FAILED (rc $rc): $(tail -3 "$S/$name.log" | tr '\n' ' ')"
+  publish
   return $rc
 }
-: > "$OUT/steps.jsonl"
+: > "$S/steps.jsonl"
 
 export DOTNET_ROOT=$KIT/dotnet DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
 # .NET needs ICU for culture data; without it, run culture-invariant (the app formats numbers invariantly anyway).
-if ! ldconfig -p 2>/dev/null | grep -q 'libicuuc\.so'; then export DOTNET_SYSTEM_GLOBALIZATION_INVARIANT=1; log "no ICU: DOTNET_SYSTEM_GLOBALIZATION_INVARIANT=1"; fi
+if ! ldconfig -p 2>/dev/null | grep 'libicuuc\.so' > /dev/null; then export DOTNET_SYSTEM_GLOBALIZATION_INVARIANT=1; log "no ICU: DOTNET_SYSTEM_GLOBALIZATION_INVARIANT=1"; fi
 SP=$KIT/app/softprompt
 FIXTURES=$KIT/fixtures/hf-reference; [ -d "$FIXTURES" ] || FIXTURES=$REPO/tests/SoftPrompt.Tests/fixtures/hf-reference
 DEMO=$KIT/demo; [ -d "$DEMO/models/sp-llama-6m" ] || DEMO=$REPO
-cp "$KIT/MANIFEST.json" "$OUT/manifest.json" 2>/dev/null
+cp "$KIT/MANIFEST.json" "$S/manifest.json" 2>/dev/null
 
 # 0. The native binding.
 if [ $REHEARSAL = 1 ]; then
@@ -67,17 +72,17 @@ else
   DEV=cuda
   TORCH_CMAKE=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)') || { log "python3 cannot import torch"; exit 2; }
   TORCH_LIB=$(python3 -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
-  python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0))' > "$OUT/torch.txt" 2>&1
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/gpu.txt" 2>&1
-  log "$(cat "$OUT/torch.txt") | $(cat "$OUT/gpu.txt")"
+  python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0))' > "$S/torch.txt" 2>&1
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$S/gpu.txt" 2>&1
+  log "$(cat "$S/torch.txt") | $(cat "$S/gpu.txt")"
   if [ $SKIP_BUILD = 0 ] || [ ! -f "$BUILD_DIR/LibTorchSharp/libLibTorchSharp.so" ]; then
     SRC=$WORK/native; cp -a "$KIT/torchsharp-native/src/Native" "$SRC"
     # TorchSharp builds with -Werror; a newer libtorch's headers may warn (deprecations), which must not stop this build.
     sed -i 's/^\(\s*add_definitions(-Werror)\)/# \1/' "$SRC/CMakeLists.txt"
     export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
     run_step native_configure cmake -S "$SRC" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$TORCH_CMAKE" \
-      -DLIBTORCH_PATH="$TORCH_CMAKE/Torch" -DCMAKE_CXX_FLAGS="-Wno-error -w" || { python3 "$KIT/scripts/bench_peft.py" --report "$OUT"; exit 1; }
-    run_step native_build cmake --build "$BUILD_DIR" -j "$(nproc)" || { python3 "$KIT/scripts/bench_peft.py" --report "$OUT"; exit 1; }
+      -DLIBTORCH_PATH="$TORCH_CMAKE/Torch" -DCMAKE_CXX_FLAGS="-Wno-error -w" || exit 1
+    run_step native_build cmake --build "$BUILD_DIR" -j "$(nproc)" || exit 1
   fi
   cp "$BUILD_DIR/LibTorchSharp/libLibTorchSharp.so" "$KIT/app/libLibTorchSharp.so"
   export LD_LIBRARY_PATH=$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
@@ -99,8 +104,8 @@ demo_run() { # device threads
     && "$SP" eval --model models/sp-llama-6m --data data/tasks/word_sentiment_seen.test.tsv --columns input,output \
        --prompt-template $'Word: {input}\nSentiment:' --label-words positive=good --label-words negative=bad \
        --prompt "$dir/prompt/adapter" --prompt "$dir/prefix/adapter" --device "$d" --threads "$t" --output "$dir/report" --format json "${EVAL_QUICK[@]}") \
-  && cp "$dir/prompt/summary.json" "$OUT/demo_${d}_prompt_summary.json" && cp "$dir/prefix/summary.json" "$OUT/demo_${d}_prefix_summary.json" \
-  && cp "$dir/report/metrics.json" "$OUT/demo_${d}_metrics.json"
+  && cp "$dir/prompt/summary.json" "$S/demo_${d}_prompt_summary.json" && cp "$dir/prefix/summary.json" "$S/demo_${d}_prefix_summary.json" \
+  && cp "$dir/report/metrics.json" "$S/demo_${d}_metrics.json"
 }
 if [ $SKIP_DEMO = 0 ]; then
   if [ $DEV = cuda ]; then
@@ -116,13 +121,14 @@ fi
 # c. bench: softprompt and transformers + PEFT on the same workloads, one after the other.
 if [ $SKIP_BENCH = 0 ]; then
   if [ $DEV = cuda ]; then
-    run_step bench python3 "$KIT/scripts/bench_peft.py" --softprompt "$SP" --device cuda --dtype bf16 --out "$OUT/bench.jsonl"
+    run_step bench python3 "$KIT/scripts/bench_peft.py" --softprompt "$SP" --device cuda --dtype bf16 --out "$S/bench.jsonl" --publish "$OUT"
   else
-    run_step bench python3 "$KIT/scripts/bench_peft.py" --softprompt "$SP" --device cpu --dtype bf16 --rehearsal --out "$OUT/bench.jsonl"
+    run_step bench python3 "$KIT/scripts/bench_peft.py" --softprompt "$SP" --device cpu --dtype bf16 --rehearsal --out "$S/bench.jsonl" --publish "$OUT"
   fi
 fi
 
-# d. One JSON.
-python3 "$KIT/scripts/bench_peft.py" --report "$OUT"
+# d. One JSON (published after every step; once more with the last lines of the log).
 log "done in $(( $(date +%s) - START ))s: $OUT/gpu-report.json"
+publish
+python3 -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))["goals"]))' "$OUT/gpu-report.json"
 rm -rf "$WORK"

@@ -16,12 +16,8 @@ namespace SoftPrompt.Tests.Device;
 /// </summary>
 public class DeviceDtypeTests
 {
-    static List<TokenizedExample> Task(int count, int seed)
-    {
-        var rng = new Random(seed);
-        return Enumerable.Range(0, count).Select(_ =>
-            new TokenizedExample(Enumerable.Range(0, rng.Next(3, 7)).Select(_ => rng.Next(20, 900)).ToArray(), new[] { 7, 11 })).ToList();
-    }
+    /// <summary>The trainer tests' learnable task (after 3-6 random tokens, answer 7 then 11).</summary>
+    static List<TokenizedExample> Task(int count, int seed) => Training.TrainerTests.Task(count, seed);
 
     public static IEnumerable<object[]> Cases() =>
         from method in new[] { "prompt", "prompt-projection", "prefix", "prefix-projection" }
