@@ -1,0 +1,72 @@
+using System.Globalization;
+
+namespace SoftPrompt.IO;
+
+/// <summary>
+/// One writer per output folder (a training or search run, an eval report, a pretraining run), held for the whole run.
+/// The lock is the operating system's: <c>FOLDER/LOCK</c> is opened with <see cref="FileShare.None"/>, which .NET
+/// maps to <c>flock(LOCK_EX | LOCK_NB)</c> on Unix and to a sharing lock on Windows, so it is released when the process
+/// ends, kill -9 included, and a stale file never blocks anyone. The file's text names the holder (pid, host, start
+/// time, command) for the message a second writer gets at once. The file itself stays behind (deleting it would race
+/// with a writer that has just opened it); its presence means nothing.
+/// </summary>
+public sealed class RunLock : IDisposable
+{
+    public const string FileName = "LOCK";
+    readonly FileStream _stream;
+    public string Path { get; }
+
+    RunLock(FileStream stream, string path) { _stream = stream; Path = path; }
+
+    /// <summary>Takes the lock on <paramref name="folder"/> (created if missing) or throws naming the holder.
+    /// <paramref name="option"/> names the option that chose the folder, for the message.</summary>
+    public static RunLock Acquire(string folder, string option = "--output")
+    {
+        try { Directory.CreateDirectory(folder); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new SoftPromptException($"{option} {folder}: cannot create the folder ({InputFile.OneLine(e.Message)}).");
+        }
+        var path = System.IO.Path.Combine(folder, FileName);
+        FileStream fs;
+        try { fs = new FileStream(path, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None); }
+        catch (UnauthorizedAccessException) { throw new SoftPromptException($"{option} {folder}: not writable (permission denied)."); }
+        catch (IOException e) when (File.Exists(path))
+        {
+            string holder;
+            try
+            {
+                using var r = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
+                holder = new StreamReader(r).ReadToEnd().Trim();
+            }
+            catch (Exception) { holder = ""; }
+            throw new SoftPromptException($"{option} {folder} is in use by another run ({(holder.Length > 0 ? holder.Replace('\n', ' ') : InputFile.OneLine(e.Message))}); " +
+                "wait for it to finish or choose another folder.");
+        }
+        catch (IOException e) { throw new SoftPromptException($"{option} {folder}: cannot write there ({InputFile.OneLine(e.Message)})."); }
+        try
+        {
+            var text = string.Create(CultureInfo.InvariantCulture,
+                $"pid {Environment.ProcessId} on {Environment.MachineName} since {DateTimeOffset.Now:yyyy-MM-dd HH:mm:ss zzz}: {Command()}\n");
+            fs.SetLength(0);
+            var bytes = System.Text.Encoding.UTF8.GetBytes(text);
+            fs.Write(bytes);
+            fs.Flush(flushToDisk: true);
+        }
+        catch (IOException e)
+        {
+            fs.Dispose();
+            throw new SoftPromptException($"{option} {folder}: cannot write there ({InputFile.OneLine(e.Message)}).");
+        }
+        return new RunLock(fs, path);
+    }
+
+    static string Command()
+    {
+        var args = Environment.GetCommandLineArgs();
+        var cmd = string.Join(" ", args.Skip(1).Take(6));
+        return cmd.Length > 200 ? cmd[..200] + "..." : cmd;
+    }
+
+    public void Dispose() => _stream.Dispose();
+}
