@@ -19,15 +19,27 @@ public static class Cli
     public static Option<string> PromptOption() => new("--prompt", "-p") { Description = "Prompt adapter folder (PEFT adapter_config.json + adapter_model.safetensors) to attach." };
     public static Option<int> ThreadsOption() => new("--threads") { Description = "CPU threads for libtorch (0 = all cores).", DefaultValueFactory = _ => 0 };
 
-    public static readonly JsonSerializerOptions Json = new()
+    /// <summary>Options of every --format json output; a non-finite number (a NaN score) is written as null.</summary>
+    public static readonly JsonSerializerOptions Json = SoftPrompt.IO.JsonFile.WithNonFiniteAsNull(new()
     {
         WriteIndented = false,
         Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
         DefaultIgnoreCondition = System.Text.Json.Serialization.JsonIgnoreCondition.Never,
-    };
+    });
 
     /// <summary>The root command with every subcommand (Program.cs and the tests use the same tree).</summary>
-    public static RootCommand BuildRoot() => new("softprompt: tune soft prompts (prompt tuning, prefix tuning) for frozen Hugging Face causal LMs on TorchSharp.")
+    public static RootCommand BuildRoot()
+    {
+        var root = BuildCommands();
+        // On every command: weights and adapters are checked for NaN/infinity at load (one reduction per tensor);
+        // --no-check skips that on models too large to spend the time.
+        root.Options.Add(new Option<bool>(NoCheck) { Description = "Skip the NaN/infinity check of weights and adapters at load.", Recursive = true });
+        return root;
+    }
+
+    public const string NoCheck = "--no-check";
+
+    static RootCommand BuildCommands() => new("softprompt: tune soft prompts (prompt tuning, prefix tuning) for frozen Hugging Face causal LMs on TorchSharp.")
     {
         Commands.InspectCommand.Create(),
         Commands.ScoreCommand.Create(),
@@ -54,6 +66,7 @@ public static class Cli
         }
         try
         {
+            SoftPrompt.Models.ModelLoader.CheckFiniteByDefault = !parse.GetValue<bool>(NoCheck);
             return parse.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
         }
         catch (Exception e) { return Fail(e); }

@@ -58,7 +58,6 @@ public static class Evaluator
     public static EvalResult Run(EvalOptions o, Action<string>? log = null)
     {
         o.Validate();
-        TorchRuntime.SetThreads(o.Threads);
         var dataOptions = o.DataOptions();
 
         // Data and every named file first: bad input must stop before the model is loaded.
@@ -90,6 +89,8 @@ public static class Evaluator
         else { task = o.Task; reason = "--task"; }
         if (task == "generation" && o.Labels is not null) throw new SoftPromptException("--labels applies to classification; this evaluation is a generation task (--task).");
 
+        if (task == "classification" && o.Labels is not null) ClassificationTask.CheckLabels(all, dataOptions, o.Labels, o.Data!); // before the model load
+        TorchRuntime.SetThreads(o.Threads); // warnings only: the report's stderr stays for the evaluation's own notes
         using var lm = LanguageModel.Load(o.Model!, o.Device, o.Dtype);
         var tok = lm.RequireTokenizer();
         var model = lm.Model;

@@ -14,15 +14,16 @@ public static class InputFile
     {
         var label = what is null ? path : $"{what} {path}";
         if (Directory.Exists(path)) throw new SoftPromptException($"{label}: is a folder, expected a file.");
-        if (!File.Exists(path))
+        // File.Exists is true for a dangling symbolic link (.NET falls back to lstat), so links are resolved first.
+        if (new FileInfo(path).LinkTarget is { } target)
         {
-            FileSystemInfo? link = null;
-            try { link = new FileInfo(path).LinkTarget is not null ? new FileInfo(path).ResolveLinkTarget(returnFinalTarget: true) : null; }
-            catch (IOException) { /* a link loop: reported as not found below */ }
-            if (new FileInfo(path).LinkTarget is { } target)
-                throw new SoftPromptException($"{label}: is a dangling symbolic link (to '{link?.FullName ?? target}', which does not exist).");
-            throw new SoftPromptException($"{label}: file not found.");
+            FileSystemInfo? final;
+            try { final = new FileInfo(path).ResolveLinkTarget(returnFinalTarget: true); }
+            catch (IOException) { throw new SoftPromptException($"{label}: is a symbolic link that loops (or chains too deep)."); }
+            if (final is null || !final.Exists)
+                throw new SoftPromptException($"{label}: is a dangling symbolic link (to '{final?.FullName ?? target}', which does not exist).");
         }
+        if (!File.Exists(path)) throw new SoftPromptException($"{label}: file not found.");
         if (FileType(path) is { } type && type != RegularType)
             throw new SoftPromptException($"{label}: is a {TypeName(type)}, not a regular file; only regular files are read.");
     }

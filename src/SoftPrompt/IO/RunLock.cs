@@ -14,20 +14,45 @@ public sealed class RunLock : IDisposable
 {
     public const string FileName = "LOCK";
     readonly FileStream _stream;
+    readonly bool _deleteOnDispose;
     public string Path { get; }
+    /// <summary>True when <see cref="Acquire"/> created the folder (a failed run then removes it).</summary>
+    public bool CreatedFolder { get; private init; }
 
-    RunLock(FileStream stream, string path) { _stream = stream; Path = path; }
+    RunLock(FileStream stream, string path, bool deleteOnDispose) { _stream = stream; Path = path; _deleteOnDispose = deleteOnDispose; }
 
     /// <summary>Takes the lock on <paramref name="folder"/> (created if missing) or throws naming the holder.
     /// <paramref name="option"/> names the option that chose the folder, for the message.</summary>
     public static RunLock Acquire(string folder, string option = "--output")
     {
+        bool existed = Directory.Exists(folder);
         try { Directory.CreateDirectory(folder); }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             throw new SoftPromptException($"{option} {folder}: cannot create the folder ({InputFile.OneLine(e.Message)}).");
         }
-        var path = System.IO.Path.Combine(folder, FileName);
+        var l = AcquireFile(System.IO.Path.Combine(folder, FileName), folder, option, deleteOnDispose: false);
+        return new RunLock(l._stream, l.Path, false) { CreatedFolder = !existed };
+    }
+
+    /// <summary>
+    /// Locks a folder that is replaced as a whole when its writer succeeds (an eval report): the lock file is a hidden
+    /// sibling, <c>.NAME.lock</c>, which a folder swap does not move; it is removed again on release.
+    /// </summary>
+    public static RunLock AcquireSibling(string folder, string option = "--output")
+    {
+        var full = System.IO.Path.GetFullPath(folder).TrimEnd(System.IO.Path.DirectorySeparatorChar);
+        var parent = System.IO.Path.GetDirectoryName(full)!;
+        try { Directory.CreateDirectory(parent); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new SoftPromptException($"{option} {folder}: cannot create its parent folder ({InputFile.OneLine(e.Message)}).");
+        }
+        return AcquireFile(System.IO.Path.Combine(parent, $".{System.IO.Path.GetFileName(full)}.lock"), folder, option, deleteOnDispose: true);
+    }
+
+    static RunLock AcquireFile(string path, string folder, string option, bool deleteOnDispose)
+    {
         FileStream fs;
         try { fs = new FileStream(path, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None); }
         catch (UnauthorizedAccessException) { throw new SoftPromptException($"{option} {folder}: not writable (permission denied)."); }
@@ -58,7 +83,7 @@ public sealed class RunLock : IDisposable
             fs.Dispose();
             throw new SoftPromptException($"{option} {folder}: cannot write there ({InputFile.OneLine(e.Message)}).");
         }
-        return new RunLock(fs, path);
+        return new RunLock(fs, path, deleteOnDispose);
     }
 
     static string Command()
@@ -68,5 +93,9 @@ public sealed class RunLock : IDisposable
         return cmd.Length > 200 ? cmd[..200] + "..." : cmd;
     }
 
-    public void Dispose() => _stream.Dispose();
+    public void Dispose()
+    {
+        if (_deleteOnDispose) try { File.Delete(Path); } catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
+        _stream.Dispose();
+    }
 }

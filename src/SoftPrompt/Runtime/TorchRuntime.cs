@@ -54,12 +54,14 @@ public static class TorchRuntime
     /// on 2 cores). Rules (<see cref="ChooseThreads"/>): more than the cores is clamped to the cores; 0 (the default)
     /// takes the cores the 1-minute load average leaves free (at least 1); an explicit count is kept (results do not
     /// depend on the machine's load) but a warning names the oversubscription. Returns the count set.
+    /// Messages go to <paramref name="log"/>; without one, warnings go to stderr and the automatic choice's note is
+    /// not shown (short commands such as score and generate stay quiet).
     /// </summary>
-    public static int SetThreads(int threads, Action<string>? warn = null)
+    public static int SetThreads(int threads, Action<string>? log = null)
     {
         if (threads < 0) throw new SoftPromptException($"--threads {threads}: expected 0 (automatic) or a positive number of threads.");
         var (n, message) = ChooseThreads(threads, Environment.ProcessorCount, LoadAverage());
-        if (message is not null) (warn ?? (m => Console.Error.WriteLine(m)))(message);
+        if (message is not null && (log is not null || message.StartsWith("warning:"))) (log ?? (m => Console.Error.WriteLine(m)))(message);
         torch.set_num_threads(n);
         return n;
     }
