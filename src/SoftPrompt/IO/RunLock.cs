@@ -6,9 +6,10 @@ namespace SoftPrompt.IO;
 /// One writer per output folder (a training or search run, an eval report, a pretraining run), held for the whole run.
 /// The lock is the operating system's: <c>FOLDER/LOCK</c> is opened with <see cref="FileShare.None"/>, which .NET
 /// maps to <c>flock(LOCK_EX | LOCK_NB)</c> on Unix and to a sharing lock on Windows, so it is released when the process
-/// ends, kill -9 included, and a stale file never blocks anyone. The file's text names the holder (pid, host, start
-/// time, command) for the message a second writer gets at once. The file itself stays behind (deleting it would race
-/// with a writer that has just opened it); its presence means nothing.
+/// ends, kill -9 included, and a stale file never blocks anyone. Beside it, <c>LOCK.info</c> names the holder (pid,
+/// host, start time, command) for the message a second writer gets at once (.NET takes a shared lock to read a file,
+/// which the exclusive one refuses, so the lock file itself cannot carry it). The lock file stays behind (deleting it
+/// would race with a writer that has just opened it); its presence means nothing.
 /// </summary>
 public sealed class RunLock : IDisposable
 {
@@ -59,12 +60,8 @@ public sealed class RunLock : IDisposable
         catch (IOException e) when (File.Exists(path))
         {
             string holder;
-            try
-            {
-                using var r = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
-                holder = new StreamReader(r).ReadToEnd().Trim();
-            }
-            catch (Exception) { holder = ""; }
+            try { holder = File.ReadAllText(path + ".info").Trim(); }
+            catch (Exception ex) when (ex is IOException or UnauthorizedAccessException) { holder = ""; }
             throw new SoftPromptException($"{option} {folder} is in use by another run ({(holder.Length > 0 ? holder.Replace('\n', ' ') : InputFile.OneLine(e.Message))}); " +
                 "wait for it to finish or choose another folder.");
         }
@@ -73,12 +70,9 @@ public sealed class RunLock : IDisposable
         {
             var text = string.Create(CultureInfo.InvariantCulture,
                 $"pid {Environment.ProcessId} on {Environment.MachineName} since {DateTimeOffset.Now:yyyy-MM-dd HH:mm:ss zzz}: {Command()}\n");
-            fs.SetLength(0);
-            var bytes = System.Text.Encoding.UTF8.GetBytes(text);
-            fs.Write(bytes);
-            fs.Flush(flushToDisk: true);
+            AtomicFile.WriteAllText(path + ".info", text);
         }
-        catch (IOException e)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             fs.Dispose();
             throw new SoftPromptException($"{option} {folder}: cannot write there ({InputFile.OneLine(e.Message)}).");
@@ -95,7 +89,12 @@ public sealed class RunLock : IDisposable
 
     public void Dispose()
     {
-        if (_deleteOnDispose) try { File.Delete(Path); } catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
+        try
+        {
+            File.Delete(Path + ".info");
+            if (_deleteOnDispose) File.Delete(Path);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
         _stream.Dispose();
     }
 }

@@ -83,7 +83,9 @@ public sealed record TrainOptions : Data.DataFields
         Req(Threads >= 0, $"--threads {Threads}: expected 0 (automatic) or a positive number.");
         Req(ValidationSplit >= 0 && ValidationSplit < 1, "--validation-split must be in [0, 1).");
         Req(MaxLength is >= 2 and <= MaxSequence, $"--max-length {MaxLength}: expected 2..{MaxSequence}.");
-        Req(WarmupSteps >= 0 && EvalEvery >= 0 && EarlyStoppingPatience >= 0 && CheckpointEvery >= 0 && LogEvery >= 1, "step counts must be non-negative.");
+        foreach (var (name, v, min) in new[] { ("--warmup-steps", WarmupSteps, 0), ("--eval-every", EvalEvery, 0), ("--early-stopping-patience", EarlyStoppingPatience, 0),
+                     ("--checkpoint-every", CheckpointEvery, 0), ("--log-every", LogEvery, 1) })
+            Req(v >= min, $"{name} {v}: expected at least {min}.");
         Req(EncoderHiddenSize is >= 1 and <= MaxEncoderHidden, $"--encoder-hidden-size {EncoderHiddenSize}: expected 1..{MaxEncoderHidden}.");
         Req(!PrefixProjection || Method == "prefix", "--prefix-projection applies to --method prefix (use --prompt-projection for prompt tuning).");
         Req(!PromptProjection || Method == "prompt", "--prompt-projection applies to --method prompt (use --prefix-projection for prefix tuning).");
