@@ -19,15 +19,27 @@ public static class Cli
     public static Option<string> PromptOption() => new("--prompt", "-p") { Description = "Prompt adapter folder (PEFT adapter_config.json + adapter_model.safetensors) to attach." };
     public static Option<int> ThreadsOption() => new("--threads") { Description = "CPU threads for libtorch (0 = all cores).", DefaultValueFactory = _ => 0 };
 
-    public static readonly JsonSerializerOptions Json = new()
+    /// <summary>Options of every --format json output; a non-finite number (a NaN score) is written as null.</summary>
+    public static readonly JsonSerializerOptions Json = SoftPrompt.IO.JsonFile.WithNonFiniteAsNull(new()
     {
         WriteIndented = false,
         Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
         DefaultIgnoreCondition = System.Text.Json.Serialization.JsonIgnoreCondition.Never,
-    };
+    });
 
     /// <summary>The root command with every subcommand (Program.cs and the tests use the same tree).</summary>
-    public static RootCommand BuildRoot() => new("softprompt: tune soft prompts (prompt tuning, prefix tuning) for frozen Hugging Face causal LMs on TorchSharp.")
+    public static RootCommand BuildRoot()
+    {
+        var root = BuildCommands();
+        // On every command: weights and adapters are checked for NaN/infinity at load (one reduction per tensor);
+        // --no-check skips that on models too large to spend the time.
+        root.Options.Add(new Option<bool>(NoCheck) { Description = "Skip the NaN/infinity check of weights and adapters at load.", Recursive = true });
+        return root;
+    }
+
+    public const string NoCheck = "--no-check";
+
+    static RootCommand BuildCommands() => new("softprompt: tune soft prompts (prompt tuning, prefix tuning) for frozen Hugging Face causal LMs on TorchSharp.")
     {
         Commands.InspectCommand.Create(),
         Commands.ScoreCommand.Create(),
@@ -55,6 +67,7 @@ public static class Cli
         }
         try
         {
+            SoftPrompt.Models.ModelLoader.CheckFiniteByDefault = !parse.GetValue<bool>(NoCheck);
             return parse.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
         }
         catch (Exception e) { return Fail(e); }
@@ -68,21 +81,39 @@ public static class Cli
         return string.Join(" ", names);
     }
 
+    /// <summary>
+    /// Every error as one line on stderr, with the exit code: 2 for bad input (a <see cref="SoftPromptException"/>,
+    /// which names the file / key / option, and the environment's refusals that name a path: permission denied, a
+    /// missing or unreadable file, a full disk), 130 when cancelled, 1 for anything else (a bug or a native failure).
+    /// Never a stack trace unless SOFTPROMPT_DEBUG=1.
+    /// </summary>
     public static int Fail(Exception e)
     {
         var inner = e is AggregateException { InnerExceptions.Count: 1 } ae ? ae.InnerException! : e;
-        while (inner is System.Reflection.TargetInvocationException { InnerException: not null } tie) inner = tie.InnerException;
-        if (inner is SoftPromptException)
-        {
-            Console.Error.WriteLine($"error: {inner.Message}");
-            if (Environment.GetEnvironmentVariable("SOFTPROMPT_DEBUG") == "1") Console.Error.WriteLine(inner);
-            return 2;
-        }
+        while (inner is System.Reflection.TargetInvocationException or TypeInitializationException && inner.InnerException is not null) inner = inner.InnerException!;
+        bool debug = Environment.GetEnvironmentVariable("SOFTPROMPT_DEBUG") == "1";
         if (inner is OperationCanceledException) { Console.Error.WriteLine("cancelled."); return 130; }
-        Console.Error.WriteLine($"error: {inner.GetType().Name}: {inner.Message}");
-        Console.Error.WriteLine(Environment.GetEnvironmentVariable("SOFTPROMPT_DEBUG") == "1" ? inner.ToString() : "(set SOFTPROMPT_DEBUG=1 for the stack trace)");
-        return 1;
+        var (code, message) = inner switch
+        {
+            SoftPromptException => (2, inner.Message),
+            UnauthorizedAccessException => (2, $"permission denied: {inner.Message}"),
+            FileNotFoundException or DirectoryNotFoundException => (2, inner.Message),
+            PathTooLongException => (2, inner.Message),
+            IOException io when IsDiskFull(io) => (2, $"no space left on the device: {inner.Message}"),
+            IOException => (2, $"I/O error: {inner.Message}"),
+            System.Text.Json.JsonException => (2, $"invalid JSON: {inner.Message}"),
+            OutOfMemoryException => (1, "out of memory; use a smaller model, --batch-size or --max-length"),
+            _ => (1, $"internal error ({inner.GetType().Name}: {inner.Message}); please report it, with SOFTPROMPT_DEBUG=1 for the stack trace"),
+        };
+        Console.Error.WriteLine($"error: {OneLine(message)}");
+        if (debug) Console.Error.WriteLine(inner);
+        return code;
     }
+
+    static bool IsDiskFull(IOException e) => (e.HResult & 0xFFFF) is 28 /* ENOSPC */ or 0x70 /* ERROR_DISK_FULL */ or 0x27 /* ERROR_HANDLE_DISK_FULL */;
+
+    /// <summary>Messages are printed on one line: line breaks inside them (a nested message, a JSON excerpt) become spaces.</summary>
+    public static string OneLine(string s) => Regex.Replace(s.Trim(), @"\s*[\r\n]+\s*", " ");
 
     /// <summary>Parses "1,2,3" (spaces allowed) into token ids.</summary>
     public static int[] ParseIds(string s, string option = "--ids")

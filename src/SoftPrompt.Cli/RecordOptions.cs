@@ -45,6 +45,7 @@ public sealed class RecordOptions<T> where T : class, new()
             if (pr.GetResult(opt) is { Implicit: false } r)
             {
                 given[p.Name] = r.GetValueOrDefault<object?>();
+                if (given[p.Name] is double d && !double.IsFinite(d)) throw new SoftPromptException($"{opt.Name} {d}: expected a finite number.");
                 WarnOnLiteralEscapes(opt.Name, given[p.Name]);
             }
         return OptionsRecord.With(o, given);

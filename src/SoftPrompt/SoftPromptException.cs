@@ -8,5 +8,5 @@ namespace SoftPrompt;
 public class SoftPromptException : Exception
 {
     public SoftPromptException(string message) : base(message) { }
-    public SoftPromptException(string message, Exception inner) : base(message, inner) { }
+    public SoftPromptException(string message, Exception? inner) : base(message, inner) { }
 }

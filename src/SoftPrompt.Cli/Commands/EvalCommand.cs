@@ -19,9 +19,13 @@ public static class EvalCommand
         cmd.SetAction(pr =>
         {
             var o = options.Bind(pr);
+            o.Validate();
+            // One writer per report folder for the whole evaluation; the lock also proves the place writable before
+            // the model is loaded.
+            using var reportLock = RunLock.AcquireSibling(o.Output!);
             var result = Evaluator.Run(o, msg => Console.Error.WriteLine(msg));
             var path = EvalReport.Write(result, o.Output!, o.Run);
-            if (o.Format == "json") Console.WriteLine(EvalReport.MetricsJson(result).ToJsonString(Cli.Json));
+            if (o.Format == "json") Console.WriteLine(JsonFile.Write(EvalReport.MetricsJson(result), Cli.Json));
             else
             {
                 Console.WriteLine($"task: {result.Task} ({result.TaskReason})");

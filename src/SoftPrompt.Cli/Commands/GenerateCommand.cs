@@ -21,12 +21,11 @@ public static class GenerateCommand
             { model, prompt, text, ids, maxNew, temperature, topP, topK, seed, noEos, device, dtype, format, threads };
         cmd.SetAction(pr =>
         {
-            TorchRuntime.SetThreads(pr.GetValue(threads));
             int n = pr.GetValue(maxNew);
-            if (n < 1) throw new SoftPromptException("--max-new-tokens must be at least 1.");
             double t = pr.GetValue(temperature), p = pr.GetValue(topP);
-            if (t < 0) throw new SoftPromptException("--temperature must be >= 0.");
-            if (p <= 0 || p > 1) throw new SoftPromptException("--top-p must be in (0, 1].");
+            // Every number is checked before the model is loaded.
+            new GenerationOptions { MaxNewTokens = n, Temperature = t, TopP = p, TopK = pr.GetValue(topK) }.Validate();
+            TorchRuntime.SetThreads(pr.GetValue(threads));
             using var lm = LanguageModel.Load(pr.GetValue(model)!, pr.GetValue(device)!, pr.GetValue(dtype)!);
             var input = Cli.InputIds(lm, pr.GetValue(text), pr.GetValue(ids));
             using var adapter = pr.GetValue(prompt) is { } pdir ? lm.LoadPrompt(pdir) : null;

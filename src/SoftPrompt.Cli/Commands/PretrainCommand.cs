@@ -212,7 +212,7 @@ public static class PretrainCommand
             var (train, val, vocab) = LoadData(pr.GetValue(data)!);
             var runDir = pr.GetValue(run)!;
             Directory.CreateDirectory(runDir);
-            using var runLock = RunLock.Acquire(runDir);
+            using var runLock = IO.RunLock.Acquire(runDir, "--run"); // the OS lock shared with train/search/eval: released even by kill -9
             var optPath = Path.Combine(runDir, Pretrainer.OptionsFile);
             PretrainOptions o;
             if (File.Exists(optPath))
@@ -346,25 +346,5 @@ public static class PretrainCommand
             return 0;
         });
         return c;
-    }
-
-    /// <summary>One trainer per run folder: RUN/LOCK holds the owner's pid; a lock whose process is gone is taken over.</summary>
-    sealed class RunLock : IDisposable
-    {
-        readonly string _path;
-        RunLock(string path) => _path = path;
-        public static RunLock Acquire(string runDir)
-        {
-            var path = Path.Combine(runDir, "LOCK");
-            if (File.Exists(path) && int.TryParse(File.ReadAllText(path).Trim(), out var pid) && pid != Environment.ProcessId)
-            {
-                bool alive;
-                try { using var p = Process.GetProcessById(pid); alive = !p.HasExited; } catch (ArgumentException) { alive = false; }
-                if (alive) throw new SoftPromptException($"{runDir} is being trained by process {pid}; stop it first (touch {Path.Combine(runDir, "STOP")}) or use another --run folder.");
-            }
-            File.WriteAllText(path, Environment.ProcessId.ToString());
-            return new RunLock(path);
-        }
-        public void Dispose() { try { File.Delete(_path); } catch { } }
     }
 }

@@ -21,7 +21,7 @@ public static class TrainCommand
             if (resumeDir is not null) o = o with { Output = resumeDir };
             var reporter = new ConsoleReporter(o.LogEvery);
             var result = TrainingJob.Run(o, reporter, resume: resumeDir is not null, cancel);
-            reporter.Message($"done: {result.Steps} steps ({result.StopReason}){(result.BestValidationLoss is double v ? $", best validation loss {v:F4}" : "")}");
+            reporter.Message(result.Summary()); // which checkpoint was exported, chosen how, with its metrics
             reporter.Message($"adapter: {Path.GetFullPath(result.AdapterDir)}");
             return Task.FromResult(0);
         });

@@ -122,7 +122,7 @@ public static class DatasetReader
 
     static string ReadUtf8(string path)
     {
-        var bytes = File.ReadAllBytes(path);
+        var bytes = IO.InputFile.ReadAllBytes(path);
         int start = bytes.Length >= 3 && bytes[0] == 0xEF && bytes[1] == 0xBB && bytes[2] == 0xBF ? 3 : 0;
         var span = bytes.AsSpan(start);
         var chars = new char[span.Length];

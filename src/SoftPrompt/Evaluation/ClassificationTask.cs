@@ -62,9 +62,29 @@ public sealed class ClassificationTask
     public static ClassificationTask Create(IReadOnlyList<Example> examples, DataOptions o, HfTokenizer tok, string? labelsOption, string dataName)
     {
         var field = o.LabelField();
+        var labels = labelsOption is not null ? CheckLabels(examples, o, labelsOption, dataName)
+            : examples.Select(e => LabelOf(e, field)).Distinct(StringComparer.Ordinal).OrderBy(s => s, StringComparer.Ordinal).ToList();
+        var ids = labels.Select(l =>
+        {
+            var t = tok.Encode(RenderTarget(o, l), addSpecialTokens: false);
+            return t.Length > 0 ? t : throw new SoftPromptException($"label \"{l}\" tokenizes to no tokens.");
+        }).ToList();
+        for (int a = 0; a < ids.Count; a++)
+            for (int b = a + 1; b < ids.Count; b++)
+                if (ids[a].SequenceEqual(ids[b])) throw new SoftPromptException($"labels \"{labels[a]}\" and \"{labels[b]}\" tokenize identically; rank classification cannot tell them apart.");
+        return new ClassificationTask(labels, ids, field);
+    }
+
+    /// <summary>
+    /// The labels of a --labels option (comma-separated), checked against the data: each must occur in the label
+    /// field, none twice, and every example's label must be one of them. The same rule for train, search-hard-prompt
+    /// and eval, and it needs no model, so it runs before the model is loaded.
+    /// </summary>
+    public static List<string> CheckLabels(IReadOnlyList<Example> examples, DataOptions o, string labelsOption, string dataName)
+    {
+        var field = o.LabelField();
         var values = examples.Select(e => LabelOf(e, field)).ToList();
         List<string> labels;
-        if (labelsOption is not null)
         {
             labels = labelsOption.Split(',', StringSplitOptions.RemoveEmptyEntries).ToList();
             if (labels.Count == 0) throw new SoftPromptException("--labels: no labels given.");
@@ -81,16 +101,7 @@ public sealed class ClassificationTask
             if (outside is not null)
                 throw new SoftPromptException($"{outside.Location}: label \"{LabelOf(outside, field)}\" is not in --labels ({string.Join(", ", labels)}).");
         }
-        else labels = values.Distinct(StringComparer.Ordinal).OrderBy(s => s, StringComparer.Ordinal).ToList();
-        var ids = labels.Select(l =>
-        {
-            var t = tok.Encode(RenderTarget(o, l), addSpecialTokens: false);
-            return t.Length > 0 ? t : throw new SoftPromptException($"label \"{l}\" tokenizes to no tokens.");
-        }).ToList();
-        for (int a = 0; a < ids.Count; a++)
-            for (int b = a + 1; b < ids.Count; b++)
-                if (ids[a].SequenceEqual(ids[b])) throw new SoftPromptException($"labels \"{labels[a]}\" and \"{labels[b]}\" tokenize identically; rank classification cannot tell them apart.");
-        return new ClassificationTask(labels, ids, field);
+        return labels;
     }
 
     public int Gold(Example e)

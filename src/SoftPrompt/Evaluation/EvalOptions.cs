@@ -54,7 +54,10 @@ public sealed record EvalOptions : Data.DataFields
         Req(FewShot >= 0, "--few-shot must be >= 0.");
         Req(FewShot == 0 || !string.IsNullOrEmpty(ShotsFrom), $"--few-shot {FewShot} needs --shots-from (the file the demonstrations are drawn from).");
         Req(MaxLength >= 2 && MaxExamples >= 0 && MaxNewTokens >= 1 && BatchSize >= 1, "--max-length must be >= 2, --max-examples >= 0, --max-new-tokens and --batch-size >= 1.");
-        Req(Temperature >= 0, "--temperature must be >= 0.");
+        Req(double.IsFinite(Temperature) && Temperature >= 0, "--temperature must be a finite number >= 0.");
+        Req(MaxNewTokens <= Inference.GenerationOptions.MaxNewTokensCeiling && BatchSize <= 1 << 16 && MaxLength <= 1 << 20,
+            $"--max-new-tokens (at most {Inference.GenerationOptions.MaxNewTokensCeiling}), --batch-size (at most {1 << 16}) or --max-length (at most {1 << 20}) is too large.");
+        Req(Threads >= 0, $"--threads {Threads}: expected 0 (automatic) or a positive number.");
         foreach (var step in NormalizeSteps)
             Req(step is "lowercase" or "punctuation" or "articles" or "whitespace", $"--normalize: unknown step '{step}' (expected lowercase, punctuation, articles, whitespace or none).");
         Req(!File.Exists(Output!), $"--output {Output}: is a file, expected a folder.");

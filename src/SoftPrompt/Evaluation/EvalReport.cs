@@ -150,7 +150,7 @@ public static class EvalReport
         Directory.CreateDirectory(tmp);
         try
         {
-            File.WriteAllText(Path.Combine(tmp, "metrics.json"), MetricsJson(r).ToJsonString(Indented) + "\n");
+            File.WriteAllText(Path.Combine(tmp, "metrics.json"), IO.JsonFile.Write(MetricsJson(r), Indented) + "\n");
             using (var w = new StreamWriter(Path.Combine(tmp, "predictions.jsonl"), false, new UTF8Encoding(false)))
                 foreach (var c in r.Conditions)
                     foreach (var p in c.Predictions)
@@ -159,7 +159,7 @@ public static class EvalReport
                         if (p.Scores is not null) o["scores"] = new JsonObject(p.Scores.Select(kv => KeyValuePair.Create(kv.Key, (JsonNode?)kv.Value)));
                         if (p.Generated is not null) o["generated"] = p.Generated;
                         o["correct"] = p.Correct;
-                        w.Write(o.ToJsonString(Compact)); w.Write('\n');
+                        w.Write(IO.JsonFile.Write(o, Compact)); w.Write('\n');
                     }
             MetricsPlot(r, Path.Combine(tmp, "metrics.png"));
             for (int i = 0; i < runs.Count; i++)

@@ -58,7 +58,6 @@ public static class Evaluator
     public static EvalResult Run(EvalOptions o, Action<string>? log = null)
     {
         o.Validate();
-        TorchRuntime.SetThreads(o.Threads);
         var dataOptions = o.DataOptions();
 
         // Data and every named file first: bad input must stop before the model is loaded.
@@ -71,7 +70,7 @@ public static class Evaluator
         var instructions = o.Instruction.ToList();
         if (o.InstructionsFile is not null)
         {
-            var lines = File.ReadAllLines(o.InstructionsFile).Where(l => l.Trim().Length > 0 && !l.TrimStart().StartsWith('#')).ToList();
+            var lines = IO.InputFile.ReadAllText(o.InstructionsFile, "--instructions-file").Split('\n').Select(l => l.TrimEnd('\r')).Where(l => l.Trim().Length > 0 && !l.TrimStart().StartsWith('#')).ToList();
             if (lines.Count == 0) throw new SoftPromptException($"--instructions-file {o.InstructionsFile}: no instructions in it.");
             instructions.AddRange(lines);
         }
@@ -90,6 +89,8 @@ public static class Evaluator
         else { task = o.Task; reason = "--task"; }
         if (task == "generation" && o.Labels is not null) throw new SoftPromptException("--labels applies to classification; this evaluation is a generation task (--task).");
 
+        if (task == "classification" && o.Labels is not null) ClassificationTask.CheckLabels(all, dataOptions, o.Labels, o.Data!); // before the model load
+        TorchRuntime.SetThreads(o.Threads); // warnings only: the report's stderr stays for the evaluation's own notes
         using var lm = LanguageModel.Load(o.Model!, o.Device, o.Dtype);
         var tok = lm.RequireTokenizer();
         var model = lm.Model;

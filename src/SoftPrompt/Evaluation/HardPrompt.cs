@@ -30,19 +30,21 @@ public sealed record HardPrompt
     public static HardPrompt FromText(HfTokenizer tok, string text, string? source = null) =>
         new() { Text = text, TokenIds = tok.Encode(text, addSpecialTokens: false), Source = source };
 
-    public void Save(string path) => AtomicFile.WriteAllText(path, JsonSerializer.Serialize(this, new JsonSerializerOptions { WriteIndented = true }) + "\n");
+    public void Save(string path) => AtomicFile.WriteAllText(path, JsonSerializer.Serialize(this, IO.JsonFile.WithNonFiniteAsNull(new JsonSerializerOptions { WriteIndented = true })) + "\n");
 
     /// <summary>Reads a hard prompt file, or <see cref="FileName"/> inside a run folder.</summary>
     public static HardPrompt Load(string pathOrDir)
     {
         var path = Directory.Exists(pathOrDir) ? Path.Combine(pathOrDir, FileName) : pathOrDir;
-        if (!File.Exists(path)) throw new SoftPromptException($"{path}: hard prompt file not found.");
+        if (!File.Exists(path) && new FileInfo(path).LinkTarget is null) throw new SoftPromptException($"{path}: hard prompt file not found.");
+        var text = IO.InputFile.ReadAllText(path);
         try
         {
-            var hp = JsonSerializer.Deserialize<HardPrompt>(File.ReadAllText(path)) ?? throw new SoftPromptException($"{path}: empty file.");
+            var hp = JsonSerializer.Deserialize<HardPrompt>(text, new JsonSerializerOptions { AllowDuplicateProperties = false }) ?? throw new SoftPromptException($"{path}: empty file.");
+            if (hp.Text is null || hp.TokenIds is null) throw new SoftPromptException($"{path}: 'text' must be a string and 'token_ids' an array of integers, not null.");
             if (hp.TokenIds.Length == 0 && hp.Text.Length == 0) throw new SoftPromptException($"{path}: neither 'text' nor 'token_ids' is given.");
             return hp;
         }
-        catch (JsonException e) { throw new SoftPromptException($"{path}: invalid JSON ({e.Message})."); }
+        catch (JsonException e) { throw IO.JsonFile.Invalid(path, text, e); }
     }
 }

@@ -156,5 +156,11 @@ public sealed record HardPromptSearchOptions : Data.DataFields
         Req(ValidationSplit >= 0 && ValidationSplit < 1, "--validation-split must be in [0, 1).");
         Req(MaxLength >= 2, "--max-length must be at least 2.");
         Req(Init is null || Init.Length > 0, "--init must not be empty.");
+        // Ceilings (sizes past them are typos; refused before the model is loaded).
+        const int Big = 1 << 16;
+        foreach (var (name, v) in new[] { ("--prompt-length", PromptLength), ("--candidates", Candidates), ("--eval-candidates", EvalCandidates), ("--batch-size", BatchSize), ("--forward-batch", ForwardBatch) })
+            Req(v <= Big, $"{name} {v}: expected at most {Big}.");
+        Req(MaxLength <= 1 << 20, $"--max-length {MaxLength}: expected at most {1 << 20}.");
+        Req(Threads >= 0, $"--threads {Threads}: expected 0 (automatic) or a positive number.");
     }
 }

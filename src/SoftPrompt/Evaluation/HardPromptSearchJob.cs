@@ -25,9 +25,35 @@ public static class HardPromptSearchJob
     {
         o.Validate();
         var runDir = o.Output!;
+        if (File.Exists(runDir)) throw new SoftPromptException($"--output {runDir}: is a file, expected a run folder.");
+        // Locked (created, proven writable) before anything is read; held to the end. A failed search leaves no folder
+        // it created (a search has no checkpoint to resume).
+        var runLock = RunLock.Acquire(runDir);
+        bool ok = false;
+        try
+        {
+            var r = RunLocked(o, progress, message, cancel, optimizer, runDir);
+            ok = true;
+            return r;
+        }
+        finally
+        {
+            runLock.Dispose();
+            if (!ok)
+                try
+                {
+                    if (runLock.CreatedFolder) Directory.Delete(runDir, recursive: true);
+                    else foreach (var f in new[] { RunLock.FileName, ConfigFile, LogFile, SummaryFile }) File.Delete(Path.Combine(runDir, f));
+                }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
+        }
+    }
+
+    static HardPromptSearchResult RunLocked(HardPromptSearchOptions o, IProgress<HardPromptSearchProgress>? progress,
+        Action<string>? message, CancellationToken cancel, IHardPromptOptimizer? optimizer, string runDir)
+    {
         if (File.Exists(Path.Combine(runDir, HardPrompt.FileName)))
             throw new SoftPromptException($"{runDir} already holds a search result ({HardPrompt.FileName}); choose another --output.");
-        TorchRuntime.SetThreads(o.Threads);
         torch.manual_seed(o.Seed);
 
         // Data first: a broken dataset stops the run before the model is loaded.
@@ -37,7 +63,20 @@ public static class HardPromptSearchJob
         IReadOnlyList<Example> search = read.Examples, heldOut = Array.Empty<Example>();
         if (o.Validation is not null) heldOut = DatasetReader.Read(o.Validation, dataOptions).Examples;
         else if (o.ValidationSplit > 0 && search.Count >= 2) (search, heldOut) = DatasetSplit.Split(search, o.ValidationSplit, o.Seed);
+        // --labels: every label must occur in the data (as train and eval require). Without a target template a label is
+        // the label field's value; with one, the rendered target text.
+        if (o.Labels is not null)
+        {
+            if (o.TargetTemplate is null) ClassificationTask.CheckLabels(search.Concat(heldOut).ToList(), dataOptions, o.Labels, o.Train!);
+            else
+            {
+                var targets = search.Concat(heldOut).Select(e => e.Target).ToHashSet(StringComparer.Ordinal);
+                foreach (var l in o.Labels.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries))
+                    if (!targets.Contains(l)) throw new SoftPromptException($"--labels: label \"{l}\" is not the target of any example in {o.Train} (with --target-template a label is the rendered target text).");
+            }
+        }
 
+        TorchRuntime.SetThreads(o.Threads, message);
         using var lm = LanguageModel.Load(o.Model!, o.Device, o.Dtype);
         var tok = lm.RequireTokenizer();
         var objective = new TargetLossObjective(lm.Model, tok, search, heldOut, o);
@@ -46,7 +85,6 @@ public static class HardPromptSearchJob
                         $"{objective.Allowed.Count(a => a)} allowed tokens; model {lm.Model.Config.ModelType} on {lm.Model.Device}");
         message?.Invoke($"initial prompt ({o.PromptLength} tokens): \"{tok.Decode(init)}\"");
 
-        Directory.CreateDirectory(runDir);
         AtomicFile.WriteAllText(Path.Combine(runDir, ConfigFile), OptionsRecord.ToJson(o));
         var logPath = Path.Combine(runDir, LogFile);
         var rows = new List<string>();
@@ -67,7 +105,7 @@ public static class HardPromptSearchJob
             ["score_examples"] = objective.ScoreSet.Count, ["held_out_examples"] = objective.HeldOutCount,
             ["select_metric"] = result.SelectMetric, ["select_value"] = result.SelectValue,
         };
-        AtomicFile.WriteAllText(Path.Combine(runDir, SummaryFile), summary.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
+        AtomicFile.WriteAllText(Path.Combine(runDir, SummaryFile), JsonFile.Write(summary, indented: true) + "\n");
         hp.Save(Path.Combine(runDir, HardPrompt.FileName)); // last: its presence marks a finished search
         return result;
     }
@@ -108,7 +146,7 @@ public static class HardPromptSearchJob
             };
             if (p.Score is double s) row["score"] = s;
             if (p.SelectValue is double v) row["select"] = v;
-            rows.Add(row.ToJsonString());
+            rows.Add(JsonFile.Write(row));
             if (p.Score is not null) WriteLog(rows, path);
             next?.Report(p);
         }

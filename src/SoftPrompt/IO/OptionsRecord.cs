@@ -22,19 +22,19 @@ public static class OptionsRecord
     /// <summary>Reads a JSON config file over <paramref name="baseOptions"/>; unknown keys and wrong types are errors naming the key and file.</summary>
     public static T FromFile<T>(string path, T baseOptions) where T : class
     {
-        if (!File.Exists(path)) throw new SoftPromptException($"{path}: config file not found.");
-        JsonObject o;
-        try { o = JsonNode.Parse(File.ReadAllText(path), documentOptions: new JsonDocumentOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true }) as JsonObject ?? throw new SoftPromptException($"{path}: expected a JSON object."); }
-        catch (JsonException e) { throw new SoftPromptException($"{path}: invalid JSON ({e.Message})."); }
+        if (!File.Exists(path) && new FileInfo(path).LinkTarget is null) throw new SoftPromptException($"{path}: config file not found.");
+        var text = InputFile.ReadAllText(path, "--config");
+        var o = JsonFile.ParseObject(text, path, allowComments: true);
         var byKey = Properties<T>().ToDictionary(Key);
         var values = new Dictionary<string, object?>();
         foreach (var (rawKey, node) in o)
         {
             if (rawKey.StartsWith("//") || rawKey.StartsWith("$") || rawKey == "_comment") continue;
             var key = rawKey.Replace('-', '_');
+            var at = JsonFile.LineOf(text, rawKey) is long line ? $"{path}:{line}" : path;
             if (!byKey.TryGetValue(key, out var p))
-                throw new SoftPromptException($"{path}: unknown key '{rawKey}' (known: {string.Join(", ", byKey.Keys)}).");
-            values[p.Name] = Convert(node, p.PropertyType, $"{path}: key '{rawKey}'");
+                throw new SoftPromptException($"{at}: unknown key '{rawKey}' (known: {string.Join(", ", byKey.Keys)}).");
+            values[p.Name] = Convert(node, p.PropertyType, $"{at}: key '{rawKey}'");
         }
         return With(baseOptions, values);
     }
@@ -58,7 +58,7 @@ public static class OptionsRecord
                 string[] a => new JsonArray(a.Select(x => (JsonNode?)JsonValue.Create(x)).ToArray()),
                 var v => throw new InvalidOperationException($"unsupported option type {v.GetType()}"),
             };
-        return o.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n";
+        return JsonFile.Write(o, indented: true) + "\n";
     }
 
     public static string FormatValue(object? v) => v switch
@@ -69,25 +69,29 @@ public static class OptionsRecord
         _ => v.ToString()!,
     };
 
+    static string Excerpt(JsonNode n) { var s = n.ToJsonString(); return s.Length <= 60 ? s : s[..57] + "..."; }
+
     static object? Convert(JsonNode? n, Type t, string where)
     {
         var u = Nullable.GetUnderlyingType(t) ?? t;
         if (n is null) return u == t && t.IsValueType ? throw new SoftPromptException($"{where} must not be null.") : null;
         try
         {
-            if (u == typeof(string)) return n is JsonValue v && v.TryGetValue<string>(out var s) ? s : n.ToJsonString();
-            if (u == typeof(int)) return n.GetValue<int>();
-            if (u == typeof(double)) return n.GetValue<double>();
+            // A text value must be a JSON string: "output": 12345 is almost certainly a mistake, not a folder named 12345.
+            if (u == typeof(string)) return n is JsonValue v && v.TryGetValue<string>(out var s) ? s : throw new InvalidOperationException();
+            if (u == typeof(int)) return n is JsonValue iv && iv.TryGetValue<int>(out var i) ? i : throw new InvalidOperationException();
+            if (u == typeof(double)) return n is JsonValue dv && dv.TryGetValue<double>(out var d) && double.IsFinite(d) ? d : throw new InvalidOperationException();
             if (u == typeof(bool)) return n.GetValue<bool>();
             if (u == typeof(string[]))
             {
                 if (n is JsonValue one) return new[] { one.GetValue<string>() };
-                return n.AsArray().Select(x => x?.GetValue<string>() ?? throw new InvalidOperationException()).ToArray();
+                if (n is not JsonArray arr) throw new InvalidOperationException();
+                return arr.Select(x => x is JsonValue xv && xv.TryGetValue<string>(out var xs) ? xs : throw new InvalidOperationException()).ToArray();
             }
         }
         catch (Exception e) when (e is InvalidOperationException or FormatException)
         {
-            throw new SoftPromptException($"{where} must be {(u == typeof(int) ? "an integer" : u == typeof(double) ? "a number" : u == typeof(bool) ? "true or false" : u == typeof(string[]) ? "a string or an array of strings" : "a string")}, got {n.ToJsonString()}.");
+            throw new SoftPromptException($"{where} must be {(u == typeof(int) ? "an integer (32-bit)" : u == typeof(double) ? "a finite number" : u == typeof(bool) ? "true or false" : u == typeof(string[]) ? "a string or an array of strings" : "a string")}, got {Excerpt(n)}.");
         }
         throw new InvalidOperationException($"unsupported option type {t}");
     }

@@ -40,8 +40,7 @@ public static class SafeTensors
 
     public static Header ReadHeader(string path)
     {
-        if (!File.Exists(path)) throw new SoftPromptException($"{path}: file not found.");
-        using var fs = File.OpenRead(path);
+        using var fs = InputFile.OpenRead(path);
         return ReadHeader(fs, path);
     }
 
@@ -128,8 +127,7 @@ public static class SafeTensors
     /// <summary>Reads every tensor (or those <paramref name="filter"/> accepts) as CPU tensors of their stored dtype.</summary>
     public static Dictionary<string, Tensor> Load(string path, Func<string, bool>? filter = null)
     {
-        if (!File.Exists(path)) throw new SoftPromptException($"{path}: file not found.");
-        using var fs = File.OpenRead(path);
+        using var fs = InputFile.OpenRead(path);
         var header = ReadHeader(fs, path);
         var result = new Dictionary<string, Tensor>();
         try

@@ -15,6 +15,18 @@ public sealed record GenerationOptions
     public long? Seed { get; init; }
     /// <summary>Generation stops after any of these ids (it is kept in the output). Empty = never stop early.</summary>
     public IReadOnlyList<int> EosIds { get; init; } = Array.Empty<int>();
+
+    /// <summary>Ceiling on <see cref="MaxNewTokens"/>; what fits is further bounded by the model's positions and memory.</summary>
+    public const int MaxNewTokensCeiling = 1 << 20;
+
+    /// <summary>Checks the values; errors name the CLI option.</summary>
+    public void Validate()
+    {
+        if (MaxNewTokens is < 1 or > MaxNewTokensCeiling) throw new SoftPromptException($"--max-new-tokens {MaxNewTokens}: expected 1..{MaxNewTokensCeiling}.");
+        if (!double.IsFinite(Temperature) || Temperature < 0) throw new SoftPromptException($"--temperature {Temperature}: expected a finite number >= 0 (0 = greedy).");
+        if (!double.IsFinite(TopP) || TopP <= 0 || TopP > 1) throw new SoftPromptException($"--top-p {TopP}: expected a number in (0, 1].");
+        if (TopK < 0) throw new SoftPromptException($"--top-k {TopK}: expected 0 (all tokens) or a positive number.");
+    }
 }
 
 public sealed record GenerationResult(int[] PromptIds, int[] NewIds, string StopReason, float[][]? Scores);
@@ -25,11 +37,19 @@ public static class Generator
     public static GenerationResult Generate(CausalLM model, IReadOnlyList<int> promptIds, GenerationOptions opt, PromptInjection? prompt = null, bool keepScores = false)
     {
         if (promptIds.Count == 0) throw new SoftPromptException("generate needs at least one prompt token.");
+        opt.Validate();
         prompt ??= PromptInjection.None;
         int n = prompt.VirtualTokens;
-        int capacity = n + promptIds.Count + opt.MaxNewTokens;
-        if (model.Config.Family == ArchFamily.Gpt2 && capacity > model.Config.MaxPositions)
-            throw new SoftPromptException($"{n} virtual + {promptIds.Count} prompt + {opt.MaxNewTokens} new tokens exceed the model's {model.Config.MaxPositions} positions.");
+        long capacityL = (long)n + promptIds.Count + opt.MaxNewTokens;
+        // Past its positions a model with learned positions has no embedding, and a rotary one is outside what it was
+        // trained on (its config's max_position_embeddings): both are refused rather than generated.
+        if (capacityL > model.Config.MaxPositions)
+            throw new SoftPromptException($"{n} virtual + {promptIds.Count} prompt + {opt.MaxNewTokens} new tokens exceed the model's {model.Config.MaxPositions} positions (--max-new-tokens).");
+        // The cache is allocated for the whole generation up front: check its size first (keys and values of every layer).
+        int elem = model.DType == ScalarType.Float32 ? 4 : model.DType == ScalarType.Float64 ? 8 : 2;
+        MemoryBudget.Check(MemoryBudget.Product(2, model.Config.NumLayers, model.Config.KvDim, capacityL, elem),
+            $"--max-new-tokens {opt.MaxNewTokens} (a key/value cache of {capacityL} positions)");
+        int capacity = (int)Math.Min(int.MaxValue, capacityL);
         var gen = opt.Seed is long s ? new torch.Generator((ulong)s) : null;
         using var noGrad = torch.no_grad();
         using var cache = KvCache.Preallocated(model.Config, 1, capacity, model.DType, model.Device);

@@ -66,10 +66,8 @@ public sealed record ModelConfig
         var path = Path.Combine(modelDir, "config.json");
         if (!Directory.Exists(modelDir)) throw new SoftPromptException($"Model folder '{modelDir}' does not exist.");
         if (!File.Exists(path)) throw new SoftPromptException($"{path}: not found; a Hugging Face model folder holds config.json next to its *.safetensors.");
-        JsonObject o;
-        try { o = JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new SoftPromptException($"{path}: expected a JSON object."); }
-        catch (System.Text.Json.JsonException e) { throw new SoftPromptException($"{path}: invalid JSON ({e.Message})."); }
-        return Parse(o, path) with { NameOrPath = o["_name_or_path"]?.GetValue<string>() is { Length: > 0 } n ? n : Path.GetFullPath(modelDir) };
+        var o = IO.JsonFile.ReadObject(path);
+        return Parse(o, path) with { NameOrPath = o["_name_or_path"] is JsonValue nv && nv.TryGetValue<string>(out var n) && n.Length > 0 ? n : Path.GetFullPath(modelDir) };
     }
 
     public static ModelConfig Parse(JsonObject o, string path = "config.json")
@@ -82,11 +80,58 @@ public sealed record ModelConfig
         var eos = r.IntOrList("eos_token_id");
         int? bos = r.IntOrList("bos_token_id") is { Count: > 0 } b ? b[0] : null;
         int? pad = r.IntOrList("pad_token_id") is { Count: > 0 } p ? p[0] : null;
+        if (pad == -1) pad = null; // some older configs write -1 for "no padding token"
+        var cfg = ParseFamily(o, r, type, bos, eos, pad, path);
+        Validate(cfg, path);
+        return cfg;
+    }
+
+    // Ceilings far above any released checkpoint of these families: a value past them is a typo or a hostile file, and
+    // is refused before anything is allocated from it (the weights' shapes are then checked against the checkpoint).
+    public const int MaxVocab = 1 << 24, MaxHidden = 1 << 17, MaxLayers = 1024, MaxHeads = 1 << 14, MaxHeadDim = 1 << 12,
+        MaxIntermediate = 1 << 20, MaxPositionsCeiling = 1 << 24;
+
+    static void Validate(ModelConfig c, string path)
+    {
+        bool gpt2 = c.Family == ArchFamily.Gpt2;
+        void Range(string key, long v, long min, long max)
+        {
+            if (v < min || v > max) throw new SoftPromptException($"{path}: {key} is {v}; expected {min}..{max}.");
+        }
+        Range("vocab_size", c.VocabSize, 1, MaxVocab);
+        Range(gpt2 ? "n_embd" : "hidden_size", c.HiddenSize, 1, MaxHidden);
+        Range(gpt2 ? "n_layer" : "num_hidden_layers", c.NumLayers, 1, MaxLayers);
+        Range(gpt2 ? "n_head" : "num_attention_heads", c.NumHeads, 1, MaxHeads);
+        Range("num_key_value_heads", c.NumKvHeads, 1, c.NumHeads);
+        Range("head_dim", c.HeadDim, 1, MaxHeadDim);
+        Range(gpt2 ? "n_inner" : "intermediate_size", c.IntermediateSize, 1, MaxIntermediate);
+        Range(gpt2 ? "n_positions" : "max_position_embeddings", c.MaxPositions, 1, MaxPositionsCeiling);
+        if (!(c.NormEps > 0)) throw new SoftPromptException($"{path}: {(gpt2 ? "layer_norm_epsilon" : "rms_norm_eps")} is {c.NormEps}; expected a positive number.");
+        if (!(c.RopeTheta > 0)) throw new SoftPromptException($"{path}: rope_theta is {c.RopeTheta}; expected a positive number.");
+        if (c.SlidingWindow is int w && w < 1) throw new SoftPromptException($"{path}: sliding_window is {w}; expected a positive number of positions or null.");
+        if (c.RopeScaling is { } s)
+        {
+            if (!(s.Factor > 0)) throw new SoftPromptException($"{path}: rope_scaling.factor is {s.Factor}; expected a positive number.");
+            if (s.Type == "llama3")
+            {
+                if (!(s.LowFreqFactor > 0) || !(s.HighFreqFactor > s.LowFreqFactor))
+                    throw new SoftPromptException($"{path}: rope_scaling low_freq_factor {s.LowFreqFactor} and high_freq_factor {s.HighFreqFactor}: expected 0 < low_freq_factor < high_freq_factor.");
+                Range("rope_scaling.original_max_position_embeddings", s.OriginalMaxPositions, 1, MaxPositionsCeiling);
+            }
+        }
+        foreach (var (key, id) in new[] { ("bos_token_id", c.BosTokenId), ("pad_token_id", c.PadTokenId) }.Concat(c.EosTokenIds.Select(e => ("eos_token_id", (int?)e))))
+            if (id is int v && (v < 0 || v >= c.VocabSize))
+                throw new SoftPromptException($"{path}: {key} {v} is outside the vocabulary (0..{c.VocabSize - 1}).");
+    }
+
+    static ModelConfig ParseFamily(JsonObject o, Reader r, string type, int? bos, List<int> eos, int? pad, string path)
+    {
         switch (type)
         {
             case "gpt2":
             {
                 int hidden = r.Int("n_embd", 768), heads = r.Int("n_head", 12);
+                r.Positive("n_embd", hidden); r.Positive("n_head", heads);
                 if (hidden % heads != 0) throw new SoftPromptException($"{path}: n_embd {hidden} is not divisible by n_head {heads}.");
                 if (r.Bool("reorder_and_upcast_attn", false)) { /* same math in fp32; upcast handled by computing softmax in fp32 inside SDPA */ }
                 return new ModelConfig
@@ -104,6 +149,7 @@ public sealed record ModelConfig
             {
                 int hidden = r.Req("hidden_size"), heads = r.Req("num_attention_heads");
                 int kv = r.IntOrNull("num_key_value_heads") ?? heads;
+                r.Positive("hidden_size", hidden); r.Positive("num_attention_heads", heads); r.Positive("num_key_value_heads", kv);
                 int headDim = r.IntOrNull("head_dim") ?? (hidden % heads == 0 ? hidden / heads : throw new SoftPromptException($"{path}: hidden_size {hidden} is not divisible by num_attention_heads {heads} and no head_dim is given."));
                 if (heads % kv != 0) throw new SoftPromptException($"{path}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}.");
                 if (headDim % 2 != 0) throw new SoftPromptException($"{path}: head_dim {headDim} must be even for rotary embeddings.");
@@ -155,23 +201,30 @@ public sealed record ModelConfig
     sealed class Reader(JsonObject o, string path)
     {
         JsonNode? Get(string k) => o.TryGetPropertyValue(k, out var v) ? v : null;
-        public string? Str(string k) => Get(k) is JsonValue v && v.TryGetValue<string>(out var s) ? s : null;
+        public string? Str(string k)
+        {
+            var n = Get(k);
+            if (n is null) return null;
+            return n is JsonValue v && v.TryGetValue<string>(out var s) ? s : throw new SoftPromptException($"{path}: key '{k}' must be a string, got {Excerpt(n)}.");
+        }
+        static string Excerpt(JsonNode n) { var s = n.ToJsonString(); return s.Length <= 40 ? s : s[..37] + "..."; }
         public int? IntOrNull(string k)
         {
             var n = Get(k);
             if (n is null) return null;
-            if (n is JsonValue v && v.TryGetValue<long>(out var l)) return checked((int)l);
-            if (n is JsonValue d && d.TryGetValue<double>(out var x) && x == Math.Floor(x)) return (int)x;
-            throw new SoftPromptException($"{path}: key '{k}' must be an integer, got {n.ToJsonString()}.");
+            if (n is JsonValue v && v.TryGetValue<long>(out var l) && l is >= int.MinValue and <= int.MaxValue) return (int)l;
+            if (n is JsonValue d && d.TryGetValue<double>(out var x) && x == Math.Floor(x) && x is >= int.MinValue and <= int.MaxValue) return (int)x;
+            throw new SoftPromptException($"{path}: key '{k}' must be an integer (32-bit), got {Excerpt(n)}.");
         }
         public int Int(string k, int dflt) => IntOrNull(k) ?? dflt;
+        public void Positive(string k, int v) { if (v < 1) throw new SoftPromptException($"{path}: {k} is {v}; expected a positive integer."); }
         public int Req(string k) => IntOrNull(k) ?? throw new SoftPromptException($"{path}: missing required key '{k}'.");
         public double? DoubleOrNull(string k)
         {
             var n = Get(k);
             if (n is null) return null;
-            if (n is JsonValue v && v.TryGetValue<double>(out var d)) return d;
-            throw new SoftPromptException($"{path}: key '{k}' must be a number, got {n.ToJsonString()}.");
+            if (n is JsonValue v && v.TryGetValue<double>(out var d) && double.IsFinite(d)) return d;
+            throw new SoftPromptException($"{path}: key '{k}' must be a finite number, got {Excerpt(n)}.");
         }
         public double Double(string k, double dflt) => DoubleOrNull(k) ?? dflt;
         public double ReqDouble(string k) => DoubleOrNull(k) ?? throw new SoftPromptException($"{path}: missing required key '{k}'.");
@@ -180,13 +233,13 @@ public sealed record ModelConfig
             var n = Get(k);
             if (n is null) return dflt;
             if (n is JsonValue v && v.TryGetValue<bool>(out var b)) return b;
-            throw new SoftPromptException($"{path}: key '{k}' must be true or false, got {n.ToJsonString()}.");
+            throw new SoftPromptException($"{path}: key '{k}' must be true or false, got {Excerpt(n)}.");
         }
         public List<int> IntOrList(string k)
         {
             var n = Get(k);
             if (n is null) return new();
-            if (n is JsonArray a) return a.Select((x, i) => x is JsonValue v && v.TryGetValue<long>(out var l) ? (int)l : throw new SoftPromptException($"{path}: {k}[{i}] must be an integer.")).ToList();
+            if (n is JsonArray a) return a.Select((x, i) => x is JsonValue v && v.TryGetValue<int>(out var l) ? l : throw new SoftPromptException($"{path}: {k}[{i}] must be an integer (32-bit).")).ToList();
             return new() { IntOrNull(k)!.Value };
         }
     }

@@ -8,42 +8,67 @@ namespace SoftPrompt.Models;
 /// <summary>Loads a Hugging Face model folder (config.json + model.safetensors or a sharded index) into a frozen <see cref="CausalLM"/>.</summary>
 public static class ModelLoader
 {
-    public static CausalLM Load(string modelDir, Device? device = null, ScalarType dtype = ScalarType.Float32)
+    /// <summary>Process-wide default of the NaN/infinity check at load (<c>--no-check</c> turns it off): one reduction per
+    /// tensor, about the cost of reading the weights once more from memory.</summary>
+    public static bool CheckFiniteByDefault { get; set; } = true;
+
+    public static CausalLM Load(string modelDir, Device? device = null, ScalarType dtype = ScalarType.Float32, bool? checkFinite = null)
     {
         device ??= torch.CPU;
+        bool check = checkFinite ?? CheckFiniteByDefault;
         var cfg = ModelConfig.Load(modelDir);
         var expected = ExpectedShapes(cfg);
         var files = WeightFiles(modelDir);
-        var weights = new Dictionary<string, Tensor>();
+
+        // Every header first: names, shapes and dtypes are checked against config.json, and the total size against the
+        // memory there is, before a single weight is allocated.
+        var plan = new List<(string File, SafeTensors.Header Header, List<(SafeTensorInfo Info, string Name)> Tensors)>();
         var seen = new Dictionary<string, string>();
+        long bytes = 0;
+        int elementSize = dtype is ScalarType.Float32 ? 4 : dtype is ScalarType.Float64 ? 8 : 2;
+        foreach (var file in files)
+        {
+            var header = SafeTensors.ReadHeader(file);
+            var list = new List<(SafeTensorInfo, string)>();
+            foreach (var info in header.Tensors.Values.OrderBy(t => t.Begin))
+            {
+                var name = Canonical(cfg, info.Name);
+                if (Ignored(cfg, name)) continue;
+                if (!expected.TryGetValue(name, out var shape))
+                    throw new SoftPromptException($"{file}: unexpected tensor '{info.Name}' for a {cfg.ModelType} model with this config.json (is the config from another model?{LayerHint(cfg, header)}).");
+                if (seen.TryGetValue(name, out var other))
+                    throw new SoftPromptException($"{file}: tensor '{info.Name}' also appears in {other}.");
+                if (!info.Shape.SequenceEqual(shape))
+                    throw new SoftPromptException($"{file}: tensor '{info.Name}' has shape [{string.Join(", ", info.Shape)}], expected [{string.Join(", ", shape)}] from config.json.");
+                if (info.DType is not ("F32" or "F16" or "BF16" or "F64"))
+                    throw new SoftPromptException($"{file}: tensor '{info.Name}' has dtype {info.DType}; weights must be floating point.");
+                seen[name] = file;
+                try { bytes = checked(bytes + checked(info.Shape.Aggregate(1L, (a, d) => checked(a * d)) * elementSize)); }
+                catch (OverflowException) { throw new SoftPromptException($"{file}: tensor sizes overflow a 64-bit byte count."); }
+                list.Add((info, name));
+            }
+            plan.Add((file, header, list));
+        }
+        var missing = expected.Keys.Where(k => !seen.ContainsKey(k) && !Optional(cfg, k)).ToList();
+        if (missing.Count > 0)
+            throw new SoftPromptException($"{modelDir}: missing tensor{(missing.Count > 1 ? "s" : "")} {string.Join(", ", missing.Take(5).Select(m => $"'{m}'"))}{(missing.Count > 5 ? $" and {missing.Count - 5} more" : "")} in {string.Join(", ", files.Select(Path.GetFileName))}{LayerHint(cfg, plan.Select(p => p.Header))}.");
+        MemoryBudget.Check(bytes, $"{modelDir}: the weights in {Runtime.TorchRuntime.DTypeName(dtype)}");
+
+        var weights = new Dictionary<string, Tensor>();
         try
         {
-            foreach (var file in files)
+            foreach (var (file, header, tensors) in plan)
             {
-                var header = SafeTensors.ReadHeader(file);
-                using var fs = File.OpenRead(file);
-                foreach (var info in header.Tensors.Values.OrderBy(t => t.Begin))
+                using var fs = InputFile.OpenRead(file);
+                foreach (var (info, name) in tensors)
                 {
-                    var name = Canonical(cfg, info.Name);
-                    if (Ignored(cfg, name)) continue;
-                    if (!expected.TryGetValue(name, out var shape))
-                        throw new SoftPromptException($"{file}: unexpected tensor '{info.Name}' for a {cfg.ModelType} model with this config.json (is the config from another model?).");
-                    if (seen.TryGetValue(name, out var other))
-                        throw new SoftPromptException($"{file}: tensor '{info.Name}' also appears in {other}.");
-                    if (!info.Shape.SequenceEqual(shape))
-                        throw new SoftPromptException($"{file}: tensor '{info.Name}' has shape [{string.Join(", ", info.Shape)}], expected [{string.Join(", ", shape)}] from config.json.");
-                    if (info.DType is not ("F32" or "F16" or "BF16" or "F64"))
-                        throw new SoftPromptException($"{file}: tensor '{info.Name}' has dtype {info.DType}; weights must be floating point.");
-                    seen[name] = file;
                     using var scope = torch.NewDisposeScope();
                     var t = SafeTensors.ReadTensor(fs, header, info);
+                    if (check) CheckFinite(t, file, info.Name);
                     if (cfg.Family == ArchFamily.Gpt2 && IsConv1D(name)) t = t.t(); // Conv1D stores [in, out]
                     weights[name] = t.to(dtype).to(device).contiguous().MoveToOuterDisposeScope();
                 }
             }
-            var missing = expected.Keys.Where(k => !weights.ContainsKey(k) && !Optional(cfg, k)).ToList();
-            if (missing.Count > 0)
-                throw new SoftPromptException($"{modelDir}: missing tensor{(missing.Count > 1 ? "s" : "")} {string.Join(", ", missing.Take(5).Select(m => $"'{m}'"))}{(missing.Count > 5 ? $" and {missing.Count - 5} more" : "")} in {string.Join(", ", files.Select(Path.GetFileName))}.");
             return new CausalLM(cfg, weights, device, dtype);
         }
         catch
@@ -51,6 +76,32 @@ public static class ModelLoader
             foreach (var t in weights.Values) t.Dispose();
             throw;
         }
+    }
+
+    /// <summary>Throws when a tensor holds NaN or infinity (one reduction), naming the file and tensor.</summary>
+    public static void CheckFinite(Tensor t, string file, string name, string? hint = null)
+    {
+        if (t.NumberOfElements == 0 || !t.is_floating_point()) return;
+        using var scope = torch.NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        if (torch.isfinite(t).all().item<bool>()) return;
+        long nan = torch.isnan(t).sum().item<long>(), inf = torch.isinf(t).sum().item<long>();
+        throw new SoftPromptException($"{file}: tensor '{name}' holds {(nan > 0 ? $"{nan} NaN" : "")}{(nan > 0 && inf > 0 ? " and " : "")}{(inf > 0 ? $"{inf} infinite" : "")} " +
+            $"value{(nan + inf == 1 ? "" : "s")} (of {t.NumberOfElements}); the file is corrupt or was saved from a diverged run{hint ?? " (--no-check skips this test)"}.");
+    }
+
+    /// <summary>" (config.json says N layers, the checkpoint has M)" when the layer count is what differs.</summary>
+    static string LayerHint(ModelConfig cfg, params SafeTensors.Header[] headers) => LayerHint(cfg, (IEnumerable<SafeTensors.Header>)headers);
+
+    static string LayerHint(ModelConfig cfg, IEnumerable<SafeTensors.Header> headers)
+    {
+        int max = -1;
+        var rx = new System.Text.RegularExpressions.Regex(@"(?:^|\.)(?:layers|h)\.(\d{1,6})\.");
+        foreach (var h in headers)
+            foreach (var n in h.Tensors.Keys)
+                if (rx.Match(n) is { Success: true } m && int.TryParse(m.Groups[1].Value, out var i)) max = Math.Max(max, i);
+        if (max < 0 || max + 1 == cfg.NumLayers) return "";
+        return $"; config.json says {(cfg.Family == ArchFamily.Gpt2 ? "n_layer" : "num_hidden_layers")} {cfg.NumLayers}, the checkpoint has {max + 1} layers";
     }
 
     /// <summary>model.safetensors, or the shards named by model.safetensors.index.json.</summary>
@@ -61,14 +112,12 @@ public static class ModelLoader
         if (File.Exists(single)) return new[] { single };
         if (File.Exists(index))
         {
-            JsonObject o;
-            try { o = JsonNode.Parse(File.ReadAllText(index)) as JsonObject ?? throw new SoftPromptException($"{index}: expected a JSON object."); }
-            catch (System.Text.Json.JsonException e) { throw new SoftPromptException($"{index}: invalid JSON ({e.Message})."); }
+            var o = JsonFile.ReadObject(index);
             if (o["weight_map"] is not JsonObject map) throw new SoftPromptException($"{index}: missing 'weight_map'.");
             var shards = new List<string>();
             foreach (var (key, v) in map)
             {
-                var f = v?.GetValue<string>() ?? throw new SoftPromptException($"{index}: weight_map['{key}'] is not a file name.");
+                var f = v is JsonValue sv && sv.TryGetValue<string>(out var fs) ? fs : throw new SoftPromptException($"{index}: weight_map['{key}'] is not a file name.");
                 if (f.Contains('/') || f.Contains('\\') || f.Contains("..")) throw new SoftPromptException($"{index}: weight_map['{key}'] = '{f}' must be a file name in the model folder.");
                 var p = Path.Combine(modelDir, f);
                 if (!shards.Contains(p))

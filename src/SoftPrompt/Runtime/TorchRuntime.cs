@@ -47,10 +47,56 @@ public static class TorchRuntime
         ScalarType.Float32 => "fp32", ScalarType.BFloat16 => "bf16", ScalarType.Float16 => "fp16", _ => t.ToString(),
     };
 
-    /// <summary>Sets libtorch's intra-op threads (0 = leave the default, the core count).</summary>
-    public static void SetThreads(int threads)
+    /// <summary>
+    /// Sets libtorch's intra-op threads and says on stderr (or to <paramref name="warn"/>) when the choice is not what
+    /// was asked or will be slow. libtorch's OpenMP threads busy-wait for each other, so more threads than free cores
+    /// (asked for, or because other jobs hold cores) makes every step several times slower (measured ~10x with two jobs
+    /// on 2 cores). Rules (<see cref="ChooseThreads"/>): more than the cores is clamped to the cores; 0 (the default)
+    /// takes the cores the 1-minute load average leaves free (at least 1); an explicit count is kept (results do not
+    /// depend on the machine's load) but a warning names the oversubscription. Returns the count set.
+    /// Messages go to <paramref name="log"/>; without one, warnings go to stderr and the automatic choice's note is
+    /// not shown (short commands such as score and generate stay quiet).
+    /// </summary>
+    public static int SetThreads(int threads, Action<string>? log = null)
     {
-        if (threads > 0) torch.set_num_threads(threads);
+        if (threads < 0) throw new SoftPromptException($"--threads {threads}: expected 0 (automatic) or a positive number of threads.");
+        var (n, message) = ChooseThreads(threads, Environment.ProcessorCount, LoadAverage());
+        if (message is not null && (log is not null || message.StartsWith("warning:"))) (log ?? (m => Console.Error.WriteLine(m)))(message);
+        torch.set_num_threads(n);
+        return n;
+    }
+
+    /// <summary>The 1-minute load average from /proc/loadavg (Linux), null elsewhere.</summary>
+    public static double? LoadAverage()
+    {
+        try
+        {
+            if (!File.Exists("/proc/loadavg")) return null;
+            var first = File.ReadAllText("/proc/loadavg").Split(' ')[0];
+            return double.TryParse(first, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var l) ? l : null;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return null; }
+    }
+
+    /// <summary>The thread count for a request, the core count and the load average (null = unknown), and what to say
+    /// about it (null = nothing). Pure, for tests.</summary>
+    public static (int Threads, string? Message) ChooseThreads(int requested, int cores, double? load)
+    {
+        cores = Math.Max(1, cores);
+        // The load average counts runnable threads; this process has not started its work yet, so all of it is others'.
+        int busy = load is double l && double.IsFinite(l) && l > 0 ? (int)Math.Floor(l + 0.25) : 0;
+        int free = Math.Max(1, cores - busy);
+        string Load() => load is double l ? string.Create(System.Globalization.CultureInfo.InvariantCulture, $"load average {l:F2}") : "load unknown";
+        if (requested > cores)
+            return (Math.Min(cores, requested), $"warning: --threads {requested} is more than the {cores} CPU core{(cores == 1 ? "" : "s")}; using {cores} " +
+                $"(more threads than cores only makes libtorch's threads wait for each other).{(busy > 0 ? $" Other jobs are running ({Load()}): consider --threads {free}." : "")}");
+        if (requested == 0)
+            return free < cores
+                ? (free, $"note: {Load()} on {cores} cores: other jobs are using CPU, so using {free} libtorch thread{(free == 1 ? "" : "s")} instead of {cores} to avoid oversubscription (--threads N to choose).")
+                : (cores, null);
+        if (requested > free)
+            return (requested, $"warning: {Load()} on {cores} cores and --threads {requested}: other jobs are using CPU, so the threads will contend and each step may run several times slower; consider --threads {free}.");
+        return (requested, null);
     }
 
     /// <summary>The environment variable that turns <see cref="ConfigureAllocator"/> off: <c>SOFTPROMPT_MALLOC=default</c>.</summary>

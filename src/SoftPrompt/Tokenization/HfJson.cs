@@ -9,10 +9,12 @@ internal static class HfJson
     {
         try
         {
+            IO.InputFile.RequireRegular(path);
             using var s = File.OpenRead(path);
             return JsonDocument.Parse(s, new JsonDocumentOptions { AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip, MaxDepth = 256 });
         }
-        catch (JsonException e) { throw new TokenizerLoadException($"{path}: not valid JSON ({e.Message})", path, e); }
+        catch (JsonException e) { throw new TokenizerLoadException($"{path}: not valid JSON ({IO.InputFile.OneLine(e.Message)})", path, e); }
+        catch (SoftPromptException e) { throw new TokenizerLoadException(e.Message, path, e); }
         catch (IOException e) { throw new TokenizerLoadException($"{path}: cannot be read ({e.Message})", path, e); }
         catch (UnauthorizedAccessException e) { throw new TokenizerLoadException($"{path}: cannot be read ({e.Message})", path, e); }
     }

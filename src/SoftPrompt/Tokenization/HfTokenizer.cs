@@ -502,6 +502,7 @@ public sealed class HfTokenizer
         }
         var merges = new List<string>();
         int lineNo = 0;
+        IO.InputFile.RequireRegular(mergesFile);
         foreach (var raw in File.ReadLines(mergesFile))
         {
             lineNo++;
@@ -544,6 +545,7 @@ public sealed class HfTokenizer
         SentencePieceTokenizer sp;
         try
         {
+            IO.InputFile.RequireRegular(modelFile);
             using var s = File.OpenRead(modelFile);
             sp = LlamaTokenizer.Create(s, addBeginOfSentence: false, addEndOfSentence: false);
         }

@@ -24,14 +24,14 @@ public sealed class MetricsLog
                 if (truncateAfterStep is int s && (o["step"]?.GetValue<int>() ?? 0) > s) continue;
                 Rows.Add(o);
             }
-            IO.AtomicFile.WriteAllText(path, string.Concat(Rows.Select(r => r.ToJsonString() + "\n")));
+            IO.AtomicFile.WriteAllText(path, string.Concat(Rows.Select(r => IO.JsonFile.Write(r) + "\n")));
         }
     }
 
     public void Append(JsonObject row)
     {
         Rows.Add(row);
-        File.AppendAllText(Path, row.ToJsonString(new JsonSerializerOptions { WriteIndented = false }) + "\n");
+        File.AppendAllText(Path, IO.JsonFile.Write(row) + "\n"); // a NaN loss is written as null
     }
 
     public IEnumerable<(double Step, double Value)> Series(string kind, string key) =>

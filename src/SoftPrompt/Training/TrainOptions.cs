@@ -56,6 +56,11 @@ public sealed record TrainOptions : Data.DataFields
 
     public string ToJson() => OptionsRecord.ToJson(this);
 
+    // Ceilings on sizes, far above useful values (papers use <= 100 virtual tokens, MLPs of <= 1k-4k units): past them
+    // a value is a typo, refused before a model is loaded. What fits in memory is checked against the model later
+    // (TrainingJob.CheckMethodSize).
+    public const int MaxVirtualTokens = 1 << 16, MaxEncoderHidden = 1 << 16, MaxBatch = 1 << 16, MaxSequence = 1 << 20;
+
     /// <summary>Checks values and combinations; errors name the option.</summary>
     public void Validate()
     {
@@ -68,14 +73,20 @@ public sealed record TrainOptions : Data.DataFields
         Req(Init != "text" || !string.IsNullOrEmpty(InitText), "--init text needs --init-text.");
         Req(Optimizer is "adamw" or "adafactor", $"--optimizer '{Optimizer}': expected adamw or adafactor.");
         Req(Schedule is "constant" or "constant_with_warmup" or "linear" or "cosine", $"--schedule '{Schedule}': expected constant, constant_with_warmup, linear or cosine.");
-        Req(VirtualTokens >= 1, "--virtual-tokens must be at least 1.");
+        Req(VirtualTokens is >= 1 and <= MaxVirtualTokens, $"--virtual-tokens {VirtualTokens}: expected 1..{MaxVirtualTokens}.");
         Req(Lr > 0 && double.IsFinite(Lr), "--lr must be a positive number.");
         Req(Steps >= 0 && Epochs >= 1, "--steps must be >= 0 and --epochs >= 1.");
-        Req(BatchSize >= 1 && GradAccum >= 1, "--batch-size and --grad-accum must be at least 1.");
+        Req(BatchSize is >= 1 and <= MaxBatch, $"--batch-size {BatchSize}: expected 1..{MaxBatch}.");
+        Req(GradAccum is >= 1 and <= MaxBatch, $"--grad-accum {GradAccum}: expected 1..{MaxBatch}.");
+        Req(double.IsFinite(WeightDecay) && WeightDecay >= 0, "--weight-decay must be a finite number >= 0.");
+        Req(double.IsFinite(MaxGradNorm) && MaxGradNorm >= 0, "--max-grad-norm must be a finite number >= 0 (0 = off).");
+        Req(Threads >= 0, $"--threads {Threads}: expected 0 (automatic) or a positive number.");
         Req(ValidationSplit >= 0 && ValidationSplit < 1, "--validation-split must be in [0, 1).");
-        Req(MaxLength >= 2, "--max-length must be at least 2.");
-        Req(WarmupSteps >= 0 && EvalEvery >= 0 && EarlyStoppingPatience >= 0 && CheckpointEvery >= 0 && LogEvery >= 1, "step counts must be non-negative.");
-        Req(EncoderHiddenSize >= 1, "--encoder-hidden-size must be at least 1.");
+        Req(MaxLength is >= 2 and <= MaxSequence, $"--max-length {MaxLength}: expected 2..{MaxSequence}.");
+        foreach (var (name, v, min) in new[] { ("--warmup-steps", WarmupSteps, 0), ("--eval-every", EvalEvery, 0), ("--early-stopping-patience", EarlyStoppingPatience, 0),
+                     ("--checkpoint-every", CheckpointEvery, 0), ("--log-every", LogEvery, 1) })
+            Req(v >= min, $"{name} {v}: expected at least {min}.");
+        Req(EncoderHiddenSize is >= 1 and <= MaxEncoderHidden, $"--encoder-hidden-size {EncoderHiddenSize}: expected 1..{MaxEncoderHidden}.");
         Req(!PrefixProjection || Method == "prefix", "--prefix-projection applies to --method prefix (use --prompt-projection for prompt tuning).");
         Req(!PromptProjection || Method == "prompt", "--prompt-projection applies to --method prompt (use --prefix-projection for prefix tuning).");
     }

@@ -19,7 +19,25 @@ public interface ITrainingReporter
     void Message(string text);
 }
 
-public sealed record TrainResult(int Steps, double? BestValidationLoss, IReadOnlyDictionary<string, double>? BestMetrics, string AdapterDir, string StopReason);
+public sealed record TrainResult(int Steps, double? BestValidationLoss, IReadOnlyDictionary<string, double>? BestMetrics, string AdapterDir, string StopReason)
+{
+    /// <summary>The step of the exported adapter (the selected checkpoint with validation, else the last step).</summary>
+    public int AdapterStep { get; init; }
+    /// <summary>What chose the exported adapter: a metric name ("accuracy", "eval_loss") or "last step" without validation.</summary>
+    public string SelectedBy { get; init; } = "last step";
+
+    /// <summary>The closing line: what was saved, chosen how, with that checkpoint's metrics (not the best of each metric
+    /// over the run, which may come from different checkpoints).</summary>
+    public string Summary()
+    {
+        var how = SelectedBy == "last step" ? "the last step (no validation data)"
+            : SelectedBy == "eval_loss" ? "lowest validation loss" : $"highest validation {SelectedBy}, ties broken by validation loss";
+        var metrics = BestMetrics is { Count: > 0 } m
+            ? ": " + string.Join(", ", m.Where(kv => kv.Key != "step").Select(kv => string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{kv.Key} {kv.Value:F4}")))
+            : "";
+        return $"done: {Steps} steps ({StopReason}); exported adapter = step {AdapterStep}, chosen by {how}{metrics}";
+    }
+}
 
 /// <summary>
 /// Trains the parameters of an <see cref="IPromptMethod"/> on a frozen model. Knows nothing of which method it
@@ -67,6 +85,11 @@ public sealed class Trainer
         public int Epoch { get; set; }
         public int Batch { get; set; }
         public double? BestScore { get; set; }
+        /// <summary>Validation loss of the best checkpoint: breaks ties of the selection metric (small validation sets tie often).</summary>
+        public double? BestLoss { get; set; }
+        public int? BestStep { get; set; }
+        public string? BestKey { get; set; }
+        public Dictionary<string, double>? BestMetrics { get; set; }
         public int BadEvals { get; set; }
         public long TokensSeen { get; set; }
     }
@@ -144,7 +167,6 @@ public sealed class Trainer
             {
                 stopReason = "non_finite_loss";
                 lastGood = false;
-                _reporter?.Message($"step {st.Step}: loss is {stepLoss}; stopping. The last good checkpoint is kept in {CheckpointDir} (lower --lr or enable --max-grad-norm).");
                 break;
             }
             nllSinceLog += stepNll; countSinceLog += stepCount; tokensSinceLog += stepTokens; stepsSinceLog++;
@@ -179,19 +201,33 @@ public sealed class Trainer
             else if (_o.CheckpointEvery > 0 && st.Step % _o.CheckpointEvery == 0) SaveCheckpoint(optimizer, st);
         }
 
-        if (!lastGood) throw new TrainingDivergedException($"Training stopped at step {st.Step + 1}: the loss became NaN or infinite. The last good checkpoint is in {CheckpointDir}; resume from it with a lower --lr.");
+        if (!lastGood)
+        {
+            // st.Step is the step whose loss was not finite; the checkpoint on disk (if any) is from an earlier step.
+            var saved = CheckpointStep();
+            throw new TrainingDivergedException($"Training stopped at step {st.Step} of {total}: the loss became NaN or infinite. " + (saved is int s
+                ? $"The last good checkpoint (step {s}) is in {CheckpointDir}; resume from it with a lower --lr: softprompt train --resume {_runDir} --lr {_o.Lr / 10:G3}."
+                : $"No checkpoint was written before it; start again with a lower --lr (e.g. {_o.Lr / 10:G3}) or --max-grad-norm."));
+        }
         if (stopReason == "cancelled") SaveCheckpoint(optimizer, st);
         // The adapter is the best validated prompt when there is validation, else the last one.
         if (_val is not null && Directory.Exists(BestDir)) CopyDir(BestDir, AdapterDir);
         else Adapter.Save(AdapterDir, _method, _model, Provenance(st));
+        bool selected = _val is not null && st.BestStep is not null;
+        var selectedBy = !selected ? "last step" : st.BestKey ?? "eval_loss";
         var summary = new JsonObject
         {
             ["steps"] = st.Step, ["stop_reason"] = stopReason, ["best_score"] = st.BestScore, ["tokens_seen"] = st.TokensSeen,
-            ["adapter"] = Path.GetFullPath(AdapterDir), ["elapsed_s"] = Math.Round(clock.Elapsed.TotalSeconds, 2),
+            ["adapter"] = Path.GetFullPath(AdapterDir), ["adapter_step"] = selected ? st.BestStep : st.Step, ["selected_by"] = selectedBy,
+            ["adapter_metrics"] = selected && st.BestMetrics is not null ? new JsonObject(st.BestMetrics.Select(kv => KeyValuePair.Create(kv.Key, (JsonNode?)kv.Value))) : null,
+            ["elapsed_s"] = Math.Round(clock.Elapsed.TotalSeconds, 2),
         };
-        AtomicFile.WriteAllText(Path.Combine(_runDir, "summary.json"), summary.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
+        AtomicFile.WriteAllText(Path.Combine(_runDir, "summary.json"), JsonFile.Write(summary, indented: true) + "\n");
         var best = log.Rows.Where(r => r["kind"]?.GetValue<string>() == "eval").Select(r => r["eval_loss"]?.GetValue<double>()).Where(v => v.HasValue).Select(v => v!.Value).DefaultIfEmpty(double.NaN).Min();
-        return new TrainResult(st.Step, double.IsNaN(best) ? null : best, null, AdapterDir, stopReason);
+        return new TrainResult(st.Step, double.IsNaN(best) ? null : best, selected ? st.BestMetrics : null, AdapterDir, stopReason)
+        {
+            AdapterStep = selected ? st.BestStep!.Value : st.Step, SelectedBy = selectedBy,
+        };
     }
 
     Dictionary<string, string> Provenance(State st)
@@ -217,11 +253,20 @@ public sealed class Trainer
         if (ExtraMetrics is not null)
             foreach (var (k, v) in ExtraMetrics(_method)) metrics[k] = v;
         string? key = ExtraMetrics is null ? null : metrics.Keys.FirstOrDefault(k => k != "eval_loss");
+        st.BestKey = key ?? "eval_loss";
         double score = key is null ? -metrics["eval_loss"] : metrics[key];
-        bool isBest = st.BestScore is null || score > st.BestScore.Value + 1e-12;
+        double loss = metrics["eval_loss"];
+        // A higher score wins; an equal score (common on a small validation set, where accuracy moves in coarse steps)
+        // goes to the lower validation loss, so selection does not freeze at the first checkpoint that reached it.
+        const double eps = 1e-12;
+        bool isBest = st.BestScore is null || score > st.BestScore.Value + eps
+            || (key is not null && Math.Abs(score - st.BestScore.Value) <= eps && double.IsFinite(loss) && loss < (st.BestLoss ?? double.PositiveInfinity));
         if (isBest)
         {
-            st.BestScore = score; st.BadEvals = 0;
+            bool improved = st.BestScore is null || score > st.BestScore.Value + eps;
+            st.BestScore = score; st.BestLoss = loss; st.BestStep = st.Step;
+            st.BestMetrics = metrics.Where(kv => double.IsFinite(kv.Value)).ToDictionary(kv => kv.Key, kv => kv.Value);
+            if (improved) st.BadEvals = 0; else st.BadEvals++; // a tie-break is not progress for early stopping
             Adapter.Save(BestDir, _method, _model, Provenance(st));
         }
         else st.BadEvals++;
@@ -282,31 +327,56 @@ public sealed class Trainer
         if (Directory.Exists(old)) Directory.Delete(old, true);
     }
 
+    /// <summary>The step of the checkpoint on disk, or null when there is none (or it cannot be read).</summary>
+    int? CheckpointStep()
+    {
+        try { return ReadState(Path.Combine(CheckpointDir, "trainer_state.json")).Step; }
+        catch (Exception e) when (e is SoftPromptException or IOException) { return null; }
+    }
+
+    static State ReadState(string statePath)
+    {
+        var text = InputFile.ReadAllText(statePath);
+        State? st;
+        try { st = JsonSerializer.Deserialize<State>(text, new JsonSerializerOptions { AllowDuplicateProperties = false }); }
+        catch (JsonException e) { throw new SoftPromptException($"{statePath}: corrupt trainer state ({InputFile.OneLine(e.Message)}); delete the checkpoint folder to start again."); }
+        if (st is null) throw new SoftPromptException($"{statePath}: empty trainer state.");
+        if (st.Step < 0 || st.Epoch < 0 || st.Batch < 0 || st.BadEvals < 0 || st.TokensSeen < 0)
+            throw new SoftPromptException($"{statePath}: corrupt trainer state (negative step, epoch, batch or counter).");
+        return st;
+    }
+
     State? LoadCheckpoint(IPromptOptimizer optimizer)
     {
         using var scope = torch.NewDisposeScope();
         var dir = Directory.Exists(CheckpointDir) ? CheckpointDir : Directory.Exists(CheckpointDir + ".old") ? CheckpointDir + ".old" : null;
         if (dir is null) return null;
-        var statePath = Path.Combine(dir, "trainer_state.json");
-        var st = JsonSerializer.Deserialize<State>(File.ReadAllText(statePath)) ?? throw new SoftPromptException($"{statePath}: empty trainer state.");
-        var tensors = SafeTensors.Load(Path.Combine(dir, "state.safetensors"));
+        var st = ReadState(Path.Combine(dir, "trainer_state.json"));
+        var statePath = Path.Combine(dir, "state.safetensors");
+        var tensors = SafeTensors.Load(statePath);
         using (torch.no_grad())
             foreach (var (name, p) in _method.Parameters)
             {
                 if (!tensors.TryGetValue("param." + name, out var t) || !t.shape.SequenceEqual(p.shape))
                     throw new SoftPromptException($"{dir}: checkpoint has no parameter '{name}' of shape [{string.Join(", ", p.shape)}]; was it written by another method or model?");
+                ModelLoader.CheckFinite(t, statePath, "param." + name, " (the checkpoint cannot be resumed)");
                 p.copy_(t);
             }
-        optimizer.LoadStateDict(tensors.Where(kv => kv.Key.StartsWith("optim.")).ToDictionary(kv => kv.Key[6..], kv => kv.Value));
+        try { optimizer.LoadStateDict(tensors.Where(kv => kv.Key.StartsWith("optim.")).ToDictionary(kv => kv.Key[6..], kv => kv.Value)); }
+        catch (Exception e) when (e is KeyNotFoundException or ArgumentException or InvalidOperationException or System.Runtime.InteropServices.ExternalException)
+        {
+            throw new SoftPromptException($"{statePath}: the optimizer state does not fit this run ({InputFile.OneLine(e.Message)}); was it written with another --optimizer?");
+        }
         return st;
     }
 
+    /// <summary>Copies the adapter's two files (and nothing else: a kill -9 can leave an atomic writer's temp file behind).</summary>
     static void CopyDir(string from, string to)
     {
         var tmp = to + ".tmp";
         if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
         Directory.CreateDirectory(tmp);
-        foreach (var f in Directory.GetFiles(from)) File.Copy(f, Path.Combine(tmp, Path.GetFileName(f)));
+        foreach (var name in new[] { Adapter.ConfigFile, Adapter.WeightsFile }) File.Copy(Path.Combine(from, name), Path.Combine(tmp, name));
         if (Directory.Exists(to)) Directory.Delete(to, true);
         Directory.Move(tmp, to);
     }

@@ -24,14 +24,54 @@ public static class TrainingJob
         return TrainOptions.FromFile(path) with { Output = runDir };
     }
 
+    /// <summary>Below this many validation examples the trainer warns that checkpoint selection is noisy.</summary>
+    public const int MinValidationExamples = 50;
+
     public static TrainResult Run(TrainOptions o, ITrainingReporter? reporter = null, bool resume = false, CancellationToken cancel = default)
     {
         o.Validate();
-        TorchRuntime.SetThreads(o.Threads);
-        torch.manual_seed(o.Seed);
         var runDir = o.Output!;
+        if (File.Exists(runDir)) throw new SoftPromptException($"--output {runDir}: is a file, expected a run folder.");
+        // The run folder is locked (and so created and proven writable) first, before any data or model is read, and
+        // held to the end: a second writer fails at once, naming this one.
+        var runLock = RunLock.Acquire(runDir);
+        bool ok = false;
+        try
+        {
+            var result = RunLocked(o, reporter, resume, cancel, runDir);
+            ok = true;
+            return result;
+        }
+        finally
+        {
+            runLock.Dispose();
+            if (!ok && !resume) RemoveUnfinished(runDir, existed: !runLock.CreatedFolder);
+        }
+    }
+
+    /// <summary>A run that failed before its first checkpoint leaves nothing behind: the folder is removed when this
+    /// run created it, else the files it wrote. With a checkpoint, the folder stays for --resume.</summary>
+    static void RemoveUnfinished(string runDir, bool existed)
+    {
+        try
+        {
+            if (Directory.Exists(Path.Combine(runDir, "checkpoint")) || Directory.Exists(Path.Combine(runDir, "checkpoint.old"))) return;
+            if (!existed) { Directory.Delete(runDir, recursive: true); return; }
+            foreach (var f in new[] { RunLock.FileName, ResolvedConfigFile, "metrics.jsonl", "training.png", "summary.json" })
+                File.Delete(Path.Combine(runDir, f));
+            foreach (var d in new[] { "best", "adapter", "checkpoint.tmp" })
+                if (Directory.Exists(Path.Combine(runDir, d))) Directory.Delete(Path.Combine(runDir, d), recursive: true);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { /* best effort: the error being reported matters more */ }
+    }
+
+    static TrainResult RunLocked(TrainOptions o, ITrainingReporter? reporter, bool resume, CancellationToken cancel, string runDir)
+    {
         if (!resume && Directory.Exists(Path.Combine(runDir, "checkpoint")))
             throw new SoftPromptException($"{runDir} already holds a run (checkpoint/). Use --resume {runDir} to continue it, or another --output.");
+        if (resume && !Directory.Exists(Path.Combine(runDir, "checkpoint")) && !Directory.Exists(Path.Combine(runDir, "checkpoint.old")))
+            throw new SoftPromptException($"--resume {runDir}: no checkpoint to resume from (expected {Path.Combine(runDir, "checkpoint")}).");
+        torch.manual_seed(o.Seed);
 
         // Data first: a broken dataset must stop the run before the model is loaded.
         var dataOptions = o.DataOptions();
@@ -47,7 +87,13 @@ public static class TrainingJob
         else if (o.ValidationSplit > 0 && trainEx.Count >= 2)
             (trainEx, valEx) = DatasetSplit.Split(trainEx, o.ValidationSplit, o.Seed);
         else valEx = Array.Empty<Example>();
+        if (o.Labels is not null)
+            ClassificationTask.CheckLabels(trainEx.Concat(valEx).ToList(), dataOptions, o.Labels, o.Train!);
+        if (valEx.Count is > 0 and < MinValidationExamples)
+            reporter?.Message($"warning: only {valEx.Count} validation examples choose the best checkpoint: accuracy moves in steps of {100.0 / valEx.Count:F0} points " +
+                              $"and results vary a lot from seed to seed; give --validation with at least {MinValidationExamples} examples (or a larger --validation-split).");
 
+        TorchRuntime.SetThreads(o.Threads, reporter is null ? null : reporter.Message);
         using var lm = LanguageModel.Load(o.Model!, o.Device, o.Dtype);
         var tok = lm.RequireTokenizer();
         int padId = tok.PadId ?? tok.EosId ?? 0;
@@ -60,17 +106,36 @@ public static class TrainingJob
         reporter?.Message($"{train.Count} training examples, {val.Count} validation examples; model {lm.Model.Config.ModelType} " +
                           $"({lm.Model.ParameterCount / 1e6:F1} M parameters, frozen, {TorchRuntime.DTypeName(lm.Model.DType)}) on {lm.Model.Device}");
 
+        CheckMethodSize(o, lm.Model.Config);
         using var method = CreateMethod(o, lm, trainEx);
         long trainable = method.Parameters.Sum(p => p.Param.NumberOfElements);
         reporter?.Message($"{o.Method} tuning: {method.NumVirtualTokens} virtual tokens, {trainable:N0} trainable parameters");
 
-        Directory.CreateDirectory(runDir);
         if (!resume) AtomicFile.WriteAllText(Path.Combine(runDir, ResolvedConfigFile), o.ToJson());
         var trainer = new Trainer(lm.Model, method, train, val, o, padId, runDir, reporter)
         {
             ExtraMetrics = ClassificationMetrics(o, dataOptions, lm, trainEx, valEx, reporter),
         };
         return trainer.Run(resume, cancel);
+    }
+
+    /// <summary>
+    /// The trainable tensors' size from the options and the model's shape, in checked arithmetic, against the memory
+    /// there is (parameters, gradients and two optimizer moments in fp32), before anything is allocated: an absurd
+    /// --virtual-tokens or --encoder-hidden-size is an error naming the option, not a crash.
+    /// </summary>
+    public static void CheckMethodSize(TrainOptions o, Models.ModelConfig c)
+    {
+        long width = o.Method == "prefix" ? MemoryBudget.Product(2, c.NumLayers, c.KvDim) : c.HiddenSize;
+        long elements = MemoryBudget.Product(o.VirtualTokens, width);
+        bool mlp = o.Method == "prefix" ? o.PrefixProjection : o.PromptProjection;
+        if (mlp)
+        {
+            long mlpElems = MemoryBudget.Product(o.EncoderHiddenSize, c.HiddenSize + width + 2);
+            elements = elements == long.MaxValue || mlpElems == long.MaxValue ? long.MaxValue : elements + mlpElems + MemoryBudget.Product(o.VirtualTokens, c.HiddenSize);
+        }
+        var what = $"--virtual-tokens {o.VirtualTokens}{(mlp ? $" with --encoder-hidden-size {o.EncoderHiddenSize}" : "")} ({o.Method} tuning on this model)";
+        MemoryBudget.Check(MemoryBudget.Product(elements, 4 * 4), what);
     }
 
     /// <summary>Number of validation examples rank-classified at each evaluation (the loss uses them all).</summary>

@@ -44,24 +44,49 @@ public static class Adapter
             if (File.Exists(Path.Combine(dir, "adapter_model.bin"))) throw new SoftPromptException($"{dir}: only adapter_model.bin (pickle) found; pickle can execute code and is not loaded. Save with safe_serialization=True.");
             throw new SoftPromptException($"{wPath}: not found.");
         }
-        JsonObject c;
-        try { c = JsonNode.Parse(File.ReadAllText(cfgPath)) as JsonObject ?? throw new SoftPromptException($"{cfgPath}: expected a JSON object."); }
-        catch (JsonException e) { throw new SoftPromptException($"{cfgPath}: invalid JSON ({e.Message})."); }
-        string type = c["peft_type"]?.GetValue<string>() ?? throw new SoftPromptException($"{cfgPath}: missing 'peft_type'.");
-        string? task = c["task_type"]?.GetValue<string>();
+        var c = JsonFile.ReadObject(cfgPath);
+        string? Str(string key)
+        {
+            var v = c[key];
+            if (v is null) return null;
+            return v is JsonValue jv && jv.TryGetValue<string>(out var s) ? s : throw new SoftPromptException($"{cfgPath}: '{key}' must be a string, got {JsonFile.Kind(v)}.");
+        }
+        int? Int(string key)
+        {
+            var v = c[key];
+            if (v is null) return null;
+            return v is JsonValue jv && jv.TryGetValue<int>(out var i) ? i : throw new SoftPromptException($"{cfgPath}: '{key}' must be an integer, got {JsonFile.Kind(v)}.");
+        }
+        string type = Str("peft_type") ?? throw new SoftPromptException($"{cfgPath}: missing 'peft_type'.");
+        if (type is not ("PROMPT_TUNING" or "PREFIX_TUNING"))
+            throw new SoftPromptException($"{cfgPath}: peft_type '{type}' is not supported (PROMPT_TUNING or PREFIX_TUNING).");
+        string? task = Str("task_type");
         if (task is not null && task != "CAUSAL_LM") throw new SoftPromptException($"{cfgPath}: task_type '{task}' is not supported (CAUSAL_LM only).");
-        int n = c["num_virtual_tokens"]?.GetValue<int>() ?? throw new SoftPromptException($"{cfgPath}: missing 'num_virtual_tokens'.");
-        int subs = c["num_transformer_submodules"]?.GetValue<int>() ?? 1;
+        int n = Int("num_virtual_tokens") ?? throw new SoftPromptException($"{cfgPath}: missing 'num_virtual_tokens'.");
+        if (n < 1) throw new SoftPromptException($"{cfgPath}: num_virtual_tokens is {n}; expected at least 1.");
+        int subs = Int("num_transformer_submodules") ?? 1;
         if (subs != 1) throw new SoftPromptException($"{cfgPath}: num_transformer_submodules {subs} (encoder-decoder adapters) is not supported.");
+        var initName = Str("prompt_tuning_init");
+        var initText = Str("prompt_tuning_init_text");
 
         var header = SafeTensors.ReadHeader(wPath);
         if (checkFingerprint) CheckFingerprint(header.Metadata, model, wPath);
+        // Shapes from the header before reading any data: a wrong adapter is refused without allocating it.
+        if (!header.Tensors.TryGetValue(TensorName, out var info))
+            throw new SoftPromptException($"{wPath}: no tensor '{TensorName}' (found: {string.Join(", ", header.Tensors.Keys)}).");
+        if (info.Shape.Length != 2 || info.Shape[0] != n)
+            throw new SoftPromptException($"{wPath}: '{TensorName}' has shape [{string.Join(", ", info.Shape)}], but {ConfigFile} says {n} virtual tokens.");
+        long expectedWidth = type == "PROMPT_TUNING" ? model.Config.HiddenSize : 2L * model.Config.NumLayers * model.Config.KvDim;
+        if (info.Shape[1] != expectedWidth)
+            throw new SoftPromptException(type == "PROMPT_TUNING"
+                ? $"{wPath}: prompt embeddings are {info.Shape[1]} wide, but the model's hidden size is {model.Config.HiddenSize}: the adapter was made for another model."
+                : $"{wPath}: prefix embeddings are {info.Shape[1]} wide, but this model needs {expectedWidth} (2 x {model.Config.NumLayers} layers x {model.Config.KvDim} kv_dim): the adapter was made for another model.");
+        if (info.DType is not ("F32" or "F16" or "BF16" or "F64"))
+            throw new SoftPromptException($"{wPath}: '{TensorName}' has dtype {info.DType}; expected floating point.");
         using var scope = torch.NewDisposeScope();
-        var tensors = SafeTensors.Load(wPath);
-        if (!tensors.TryGetValue(TensorName, out var emb))
-            throw new SoftPromptException($"{wPath}: no tensor '{TensorName}' (found: {string.Join(", ", tensors.Keys)}).");
-        if (emb.dim() != 2 || emb.shape[0] != n)
-            throw new SoftPromptException($"{wPath}: '{TensorName}' has shape [{string.Join(", ", emb.shape)}], but {ConfigFile} says {n} virtual tokens.");
+        var tensors = SafeTensors.Load(wPath, name => name == TensorName);
+        var emb = tensors[TensorName];
+        if (ModelLoader.CheckFiniteByDefault) ModelLoader.CheckFinite(emb, wPath, TensorName);
         emb = emb.to(ScalarType.Float32).to(model.Device);
         var cfg = model.Config;
         switch (type)
@@ -69,8 +94,8 @@ public static class Adapter
             case "PROMPT_TUNING":
                 if (emb.shape[1] != cfg.HiddenSize)
                     throw new SoftPromptException($"{wPath}: prompt embeddings are {emb.shape[1]} wide, but the model's hidden size is {cfg.HiddenSize}: the adapter was made for another model.");
-                var init = c["prompt_tuning_init"]?.GetValue<string>() switch { "SAMPLE_VOCAB" => PromptInit.SampleVocab, "TEXT" => PromptInit.Text, _ => PromptInit.Random };
-                var pt = new PromptTuning(emb, init, c["prompt_tuning_init_text"]?.GetValue<string>());
+                var init = initName switch { "SAMPLE_VOCAB" => PromptInit.SampleVocab, "TEXT" => PromptInit.Text, _ => PromptInit.Random };
+                var pt = new PromptTuning(emb, init, initText);
                 pt.SetTrainable(false);
                 return pt;
             case "PREFIX_TUNING":
