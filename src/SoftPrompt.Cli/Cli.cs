@@ -29,6 +29,7 @@ public static class Cli
     /// <summary>The root command with every subcommand (Program.cs and the tests use the same tree).</summary>
     public static RootCommand BuildRoot() => new("softprompt: tune soft prompts (prompt tuning, prefix tuning) for frozen Hugging Face causal LMs on TorchSharp.")
     {
+        QuietOption, VerboseOption,
         Commands.InspectCommand.Create(),
         Commands.ScoreCommand.Create(),
         Commands.GenerateCommand.Create(),
@@ -41,23 +42,67 @@ public static class Cli
         Commands.PretrainCommand.Create(),
     };
 
+    /// <summary>Global: no progress and no informational messages (results, warnings and errors only).</summary>
+    public static readonly Option<bool> QuietOption = new("--quiet", "-q") { Description = "Print results, warnings and errors only (no progress, no messages).", Recursive = true };
+    /// <summary>Global: plain progress lines instead of a bar, one per update.</summary>
+    public static readonly Option<bool> VerboseOption = new("--verbose") { Description = "Plain progress lines on every update instead of a progress bar.", Recursive = true };
+
+    /// <summary>Exit status of a usage error (bad option, unknown command, wrong value type), as for bad input.</summary>
+    public const int UsageError = 2;
+
     public static int Invoke(RootCommand root, string[] args)
     {
+        if (args.Length == 0) { root.Parse("--help").Invoke(); return 0; } // bare `softprompt`: the help text
         var parse = root.Parse(args);
-        if (parse.Errors.Count > 0)
-        {
-            // System.CommandLine would print its messages (some spanning lines) followed by the whole help text;
-            // keep usage errors to one "error: ..." line on stderr like every other error.
-            var msg = string.Join(" ", parse.Errors.Select(e => Regex.Replace(e.Message.Trim(), @"\s*\n\s*", " ")));
-            Console.Error.WriteLine($"error: {msg} (see '{CommandPath(parse)} --help')");
-            return 1;
-        }
+        if (parse.Errors.Count > 0) return UsageFail(parse);
+        ConsoleProgress.Level = parse.GetValue(QuietOption) ? Verbosity.Quiet : parse.GetValue(VerboseOption) ? Verbosity.Verbose : Verbosity.Normal;
         try
         {
             return parse.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
         }
         catch (Exception e) { return Fail(e); }
     }
+
+    /// <summary>
+    /// System.CommandLine would print its messages (some spanning lines) followed by the whole help text and exit 1;
+    /// keep usage errors to one "error: ..." line on stderr like every other error, add its "did you mean"
+    /// suggestions, and exit 2.
+    /// </summary>
+    static int UsageFail(ParseResult parse)
+    {
+        var messages = parse.Errors.Select(e => Friendly(Regex.Replace(e.Message.Trim(), @"\s*\n\s*", " "))).Distinct().ToList();
+        if (messages.Count > 1) messages.RemoveAll(m => m.StartsWith("Required command was not provided", StringComparison.Ordinal));
+        Console.Error.WriteLine($"error: {string.Join(" ", messages)}{Suggestions(parse)} (see '{CommandPath(parse)} --help')");
+        return UsageError;
+    }
+
+    /// <summary>System.CommandLine's own typo corrections (edit distance over the command's options and subcommands),
+    /// captured from its parse-error action and put on one line: " Did you mean --steps?".</summary>
+    static string Suggestions(ParseResult parse)
+    {
+        if (parse.Action is not System.CommandLine.Invocation.ParseErrorAction pea) return "";
+        pea.ShowHelp = false; pea.ShowTypoCorrections = true;
+        var captured = new StringWriter();
+        parse.Invoke(new InvocationConfiguration { Output = captured, Error = TextWriter.Null, EnableDefaultExceptionHandler = false });
+        // A stray value (the '3' of a misspelled "--stpes 3") is no misspelled command: its suggestions are noise.
+        bool hasSubcommands = parse.CommandResult.Command.Subcommands.Count > 0, show = false;
+        var found = new List<string>();
+        foreach (var line in captured.ToString().Split('\n', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries))
+        {
+            if (line.Contains(' ')) show = line.StartsWith("'-", StringComparison.Ordinal) || hasSubcommands;
+            else if (show) found.Add(line);
+        }
+        return found.Count == 0 ? "" : $" Did you mean {string.Join(" or ", found.Distinct())}?";
+    }
+
+    /// <summary>"as expected type 'System.Int32'" reads "as an integer".</summary>
+    static string Friendly(string message) => Regex.Replace(message, @"as expected type '([^']+)'", m => "as " + (m.Groups[1].Value switch
+    {
+        "System.Int32" or "System.Int64" => "an integer",
+        "System.Double" or "System.Single" => "a number",
+        "System.Boolean" => "true or false",
+        var t => $"a {t}",
+    }));
 
     static string CommandPath(ParseResult parse)
     {

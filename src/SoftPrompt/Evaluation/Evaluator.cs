@@ -24,6 +24,11 @@ public sealed record ConditionResult(string Name, string Kind, int N, IReadOnlyD
     public bool IsSoft => SoftKinds.Contains(Kind);
 }
 
+/// <summary>Progress of an evaluation: condition <paramref name="Index"/> (0-based) of <paramref name="Count"/>, and
+/// within it <paramref name="Done"/> of <paramref name="Total"/> units (a loss pass over the examples, then scoring or
+/// generating each one: 2 units per example).</summary>
+public sealed record EvalProgress(string Condition, int Index, int Count, int Done, int Total, int Examples);
+
 /// <summary>What <see cref="Evaluator.Run"/> found: every condition on the same examples.</summary>
 public sealed record EvalResult(string Task, string TaskReason, IReadOnlyList<string>? Labels, double? ClassPrior, string Model, string Data,
     DateTimeOffset Created, IReadOnlyList<ConditionResult> Conditions, IReadOnlyList<string> Notes)
@@ -55,7 +60,7 @@ public static class Evaluator
         public HardPrompt HardFor(int i) => PerExample?.Invoke(i) ?? Hard ?? new HardPrompt();
     }
 
-    public static EvalResult Run(EvalOptions o, Action<string>? log = null)
+    public static EvalResult Run(EvalOptions o, Action<string>? log = null, IProgress<EvalProgress>? progress = null)
     {
         o.Validate();
         TorchRuntime.SetThreads(o.Threads);
@@ -143,10 +148,13 @@ public static class Evaluator
 
             var results = new List<ConditionResult>();
             int padId = tok.PadId ?? tok.EosId ?? 0;
-            foreach (var c in conditions)
+            for (int ci = 0; ci < conditions.Count; ci++)
             {
-                log?.Invoke($"evaluating {c.Name} on {examples.Count} examples ...");
-                results.Add(EvaluateCondition(c, examples, o, lm, tok, ct, padId, notes));
+                var c = conditions[ci];
+                int index = ci, n = examples.Count;
+                progress?.Report(new EvalProgress(c.Name, index, conditions.Count, 0, 2 * n, n));
+                Action<int> done = units => progress?.Report(new EvalProgress(c.Name, index, conditions.Count, units, 2 * n, n));
+                results.Add(EvaluateCondition(c, examples, o, lm, tok, ct, padId, notes, done));
             }
             double? prior = ct is null ? null : ClassificationMetrics.MajorityClassAccuracy(examples.Select(ct.Gold).ToList());
             return new EvalResult(task, reason, ct?.Labels, prior, Path.GetFullPath(o.Model!), Path.GetFullPath(o.Data!), DateTimeOffset.Now, results, notes.Distinct().ToList());
@@ -164,7 +172,7 @@ public static class Evaluator
     }
 
     static ConditionResult EvaluateCondition(Condition c, IReadOnlyList<Example> examples, EvalOptions o, LanguageModel lm, HfTokenizer tok,
-        ClassificationTask? ct, int padId, List<string> notes)
+        ClassificationTask? ct, int padId, List<string> notes, Action<int> done)
     {
         var model = lm.Model;
         int virtualTokens = c.Method?.NumVirtualTokens ?? 0;
@@ -181,7 +189,8 @@ public static class Evaluator
 
         // Loss on the data's targets: the trainer's validation-loss code path, hard prompt in the prompt ids.
         var lossData = examples.Select((e, i) => new TokenizedExample(Prompt(i, targets[i].Length), targets[i])).ToList();
-        double loss = Trainer.ValidationLoss(model, c.Method, lossData, o.BatchSize, padId);
+        int n0 = examples.Count;
+        double loss = Trainer.ValidationLoss(model, c.Method, lossData, o.BatchSize, padId, done);
         int truncatedForLoss = truncated;
 
         var rows = new List<PredictionRow>();
@@ -191,7 +200,7 @@ public static class Evaluator
         {
             truncated = 0;
             var prompts = examples.Select((_, i) => Prompt(i, ct.MaxLabelTokens)).ToList();
-            var scores = ct.Score(model, c.Method, prompts);
+            var scores = prompts.Select((p, i) => { var sc = RankClassifier.Score(model, c.Method, p, ct.LabelIds); done(n0 + i + 1); return sc; }).ToList();
             var gold = examples.Select(ct.Gold).ToList();
             var pred = scores.Select(s => s.Best(o.LengthNormalize)).ToList();
             cm = ClassificationMetrics.Compute(gold, pred, ct.Labels);
@@ -234,6 +243,7 @@ public static class Evaluator
                 bool anyGold = AnswerMetrics.AnyExactMatch(answer, byInput[examples[i].Prompt], steps);
                 em += exact ? 1 : 0; any += anyGold ? 1 : 0; f1 += AnswerMetrics.BestTokenF1(answer, own[i], steps);
                 rows.Add(new PredictionRow(c.Name, examples[i].Prompt, ClassificationTask.LabelOf(examples[i], field), answer, anyGold, null, text));
+                done(n0 + i + 1);
             }
             int n = examples.Count;
             metrics["exact_match"] = em / n;

@@ -229,7 +229,8 @@ public sealed class Trainer
     }
 
     /// <summary>Mean target-token loss of a prompt on examples (no gradients).</summary>
-    public static double ValidationLoss(CausalLM model, IPromptMethod? method, IReadOnlyList<TokenizedExample> data, int batchSize, int padId)
+    public static double ValidationLoss(CausalLM model, IPromptMethod? method, IReadOnlyList<TokenizedExample> data, int batchSize, int padId,
+        Action<int>? examplesDone = null)
     {
         using var noGrad = torch.no_grad();
         double nll = 0; long count = 0;
@@ -240,6 +241,7 @@ public sealed class Trainer
             using var batch = Collator.Collate(order.Skip(s).Take(batchSize).Select(i => data[i]).ToList(), padId, model.Device, false);
             var (sum, c) = PromptLoss.Compute(model, method, batch);
             nll += sum.item<float>(); count += c;
+            examplesDone?.Invoke(Math.Min(order.Length, s + batchSize));
         }
         return count > 0 ? nll / count : double.NaN;
     }

@@ -57,7 +57,7 @@ public class TrainCliTests
 
         var (rc2, out2, err2) = Run("train", "--model", model, "--train", tmp["bad.jsonl"], "--output", tmp["run"], "--steps", "2", "--skip-bad-lines", "--validation-split", "0");
         Assert.True(rc2 == 0, err2);
-        Assert.Contains("skipped 2 bad lines", out2);
+        Assert.Contains("skipped 2 bad lines", err2); // a message: stderr (results go to stdout)
     }
 
     [Fact]
