@@ -146,5 +146,32 @@ public static class Cli
         return result;
     }
 
+    public static Option<string> PromptTemplateOption() => new("--prompt-template") { Description = "Template the --text fills, e.g. \"Review: {review}\\nSentiment:\" (default with --prompt: the one the adapter was trained with)." };
+    public static Option<bool> NoTemplateOption() => new("--no-template") { Description = "Use --text as it is, even when the --prompt adapter records a prompt template." };
+
+    /// <summary>
+    /// The text a command sends to the model: <paramref name="text"/> filled into the prompt template given, or else
+    /// the one the adapter was trained with (so `--prompt RUN --text good` reads as in training); unchanged without a
+    /// template, with <paramref name="raw"/>, or for --ids. A template with several fields cannot take one text.
+    /// </summary>
+    public static string? TemplatedText(string? text, string? adapterDir, string? template, bool raw)
+    {
+        if (text is null || raw) return text;
+        string? source = template is not null ? "--prompt-template" : null;
+        if (template is null && adapterDir is not null
+            && SoftPrompt.Tuning.Adapter.RecordedDataSettings(adapterDir).TryGetValue("prompt_template", out var t) && t is string recorded)
+        {
+            template = recorded;
+            source = $"the prompt template recorded in {adapterDir}";
+        }
+        if (template is null) return text;
+        var tpl = new SoftPrompt.Data.Template(template);
+        if (tpl.Fields.Count != 1)
+            throw new SoftPromptException($"{source} \"{template.Replace("\n", "\\n")}\" has {tpl.Fields.Count} fields ({string.Join(", ", tpl.Fields)}); --text fills exactly one. Give the whole text with --no-template.");
+        var rendered = tpl.Render(new Dictionary<string, string> { [tpl.Fields[0]] = text }, out _)!;
+        ConsoleProgress.Info($"text through {source}: {System.Text.Json.JsonSerializer.Serialize(rendered, Json)} (--no-template to send --text as it is)");
+        return rendered;
+    }
+
     public static void WriteJson(object value) => Console.WriteLine(JsonSerializer.Serialize(value, Json));
 }

@@ -97,6 +97,9 @@ public sealed class ConsoleProgress
         }
     }
 
+    /// <summary>An informational line outside a progress display (stderr; suppressed by --quiet).</summary>
+    public static void Info(string text) { if (Level != Verbosity.Quiet) Console.Error.WriteLine(text); }
+
     /// <summary>Result lines: stdout, whatever the verbosity.</summary>
     public static readonly ResultLines Results = new();
     public sealed class ResultLines { public void Message(string text) => Console.WriteLine(text); }

@@ -18,7 +18,8 @@ public static class EvalCommand
         var options = new RecordOptions<EvalOptions>(cmd);
         cmd.SetAction(pr =>
         {
-            var o = options.Bind(pr);
+            var o = options.BindWithAdapterDefaults(pr, x => x.Prompt, ConsoleProgress.Info);
+            o = o with { Prompt = o.Prompt.Select(SoftPrompt.Tuning.Adapter.ResolveDir).ToArray() }; // a run folder stands for its adapter/
             var result = ConsoleProgress.Run(p => Evaluator.Run(o, msg => (msg.StartsWith("warning") ? (Action<string>)p.Important : p.Message)(msg), new EvalProgressLines(p)));
             var path = EvalReport.Write(result, o.Output!, o.Run);
             if (o.Format == "json") Console.WriteLine(EvalReport.MetricsJson(result).ToJsonString(Cli.Json));

@@ -59,6 +59,7 @@ public sealed class Trainer
         _model = model; _method = method; _train = train; _val = validation is { Count: > 0 } ? validation : null;
         _o = options; _padId = padId; _runDir = runDir; _reporter = reporter;
         _dataSettings = Adapter.DataSettings(options.DataOptions());
+        foreach (var (k, v) in Adapter.DataLayout(options.DataOptions())) _dataSettings[k] = v;
     }
 
     sealed class State
