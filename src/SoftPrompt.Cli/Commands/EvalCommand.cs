@@ -39,17 +39,17 @@ public static class EvalCommand
     /// <summary>Per condition: examples done (a loss pass, then scoring or generating each example), rate and ETA.</summary>
     sealed class EvalProgressLines(ConsoleProgress progress) : IProgress<EvalProgress>
     {
-        System.Diagnostics.Stopwatch _clock = new();
+        readonly System.Diagnostics.Stopwatch _clock = new();
 
         public void Report(EvalProgress p)
         {
             string name = $"[{p.Index + 1}/{p.Count}] {p.Condition}";
             if (p.Done == 0) { progress.Begin(name, p.Total); _clock.Restart(); }
             double rate = p.Done / 2.0 / Math.Max(1e-9, _clock.Elapsed.TotalSeconds);
-            var eta = TimeSpan.FromSeconds(p.Done > 0 ? (p.Total - p.Done) * _clock.Elapsed.TotalSeconds / p.Done : 0);
+            string eta = p.Done > 0 ? ConsoleProgress.Duration(TimeSpan.FromSeconds((p.Total - p.Done) * _clock.Elapsed.TotalSeconds / p.Done)) : "?";
             string phase = p.Done <= p.Examples ? "loss pass" : "scoring";
             var status = System.FormattableString.Invariant($"{name}: {phase} {(p.Done <= p.Examples ? p.Done : p.Done - p.Examples)}/{p.Examples} examples, {rate:F1} ex/s");
-            progress.Update(p.Done, status, status + $", ETA {ConsoleProgress.Duration(eta)}", force: p.Done == p.Total);
+            progress.Update(p.Done, status, status + $", ETA {eta}", force: p.Done == p.Total);
         }
     }
 }
