@@ -29,4 +29,4 @@ Write-Host "== 4/4 evaluation"
 $evalQuick = if ($quick) { @("--max-examples", "40") } else { @() }
 Invoke-Softprompt (@("eval", "--config", "configs/demo-eval.json", "--output", "$runs/report",
     "--prompt", "$runs/prompt/adapter", "--prompt", "$runs/prefix/adapter", "--searched", "$runs/search",
-    "--run", "$runs/prompt") + $evalQuick + $args)
+    "--run", "$runs/prompt", "--run", "$runs/prefix") + $evalQuick + $args)
