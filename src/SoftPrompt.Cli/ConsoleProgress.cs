@@ -47,6 +47,7 @@ public sealed class ConsoleProgress
     {
         lock (_lock)
         {
+            _lastLine = DateTime.UtcNow; // plain lines: the first comes when forced or after an interval
             if (_ctx is null) return;
             if (_task is not null) _task.StopTask();
             _task = _ctx.AddTask(Markup.Escape(description), maxValue: Math.Max(1, total));

@@ -36,7 +36,7 @@ public sealed class Interruption : IDisposable
             return;
         }
         ctx.Cancel = true;
-        Console.Error.WriteLine($"\n{(ctx.Signal == PosixSignal.SIGTERM ? "SIGTERM" : "interrupt")}: stopping after this step and saving a checkpoint (Ctrl-C again to quit at once without saving)");
+        Console.Error.WriteLine($"\n{(ctx.Signal == PosixSignal.SIGTERM ? "SIGTERM" : "interrupt")}: stopping after this step and saving (Ctrl-C again to quit at once without saving)");
         _cts.Cancel();
     }
 

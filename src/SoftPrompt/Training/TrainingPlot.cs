@@ -54,7 +54,7 @@ public static class TrainingPlot
             if (train.Length > 0)
             {
                 var s = plt.Add.Scatter(train.Select(p => p.Step).ToArray(), train.Select(p => p.Value).ToArray());
-                s.LegendText = Prefix("train loss"); s.MarkerSize = 0; s.LineWidth = 1.2f; s.Color = color.WithAlpha(0.6);
+                s.LegendText = Prefix("train loss (mean per log interval)"); s.MarkerSize = 0; s.LineWidth = 1.2f; s.Color = color.WithAlpha(0.6);
             }
             if (eval.Length > 0)
             {
