@@ -30,4 +30,4 @@ EVAL_QUICK=()
 if [ "${DEMO_QUICK:-0}" = "1" ]; then EVAL_QUICK=(--max-examples 40); fi
 "${SP[@]}" eval --config configs/demo-eval.json --output "$RUNS/report" \
   --prompt "$RUNS/prompt/adapter" --prompt "$RUNS/prefix/adapter" --searched "$RUNS/search" \
-  --run "$RUNS/prompt" "${EVAL_QUICK[@]}" "$@"
+  --run "$RUNS/prompt" --run "$RUNS/prefix" "${EVAL_QUICK[@]}" "$@"

@@ -41,6 +41,7 @@ public static class Cli
 
     static RootCommand BuildCommands() => new("softprompt: tune soft prompts (prompt tuning, prefix tuning) for frozen Hugging Face causal LMs on TorchSharp.")
     {
+        QuietOption, VerboseOption,
         Commands.InspectCommand.Create(),
         Commands.ScoreCommand.Create(),
         Commands.GenerateCommand.Create(),
@@ -54,17 +55,20 @@ public static class Cli
         Commands.GoldenCommand.Create(), // hidden: fidelity check for the GPU kit (scripts/gpu/run.sh)
     };
 
+    /// <summary>Global: no progress and no informational messages (results, warnings and errors only).</summary>
+    public static readonly Option<bool> QuietOption = new("--quiet", "-q") { Description = "Print results, warnings and errors only (no progress, no messages).", Recursive = true };
+    /// <summary>Global: plain progress lines instead of a bar, one per update.</summary>
+    public static readonly Option<bool> VerboseOption = new("--verbose") { Description = "Plain progress lines on every update instead of a progress bar.", Recursive = true };
+
+    /// <summary>Exit status of a usage error (bad option, unknown command, wrong value type), as for bad input.</summary>
+    public const int UsageError = 2;
+
     public static int Invoke(RootCommand root, string[] args)
     {
+        if (args.Length == 0) { root.Parse("--help").Invoke(); return 0; } // bare `softprompt`: the help text
         var parse = root.Parse(args);
-        if (parse.Errors.Count > 0)
-        {
-            // System.CommandLine would print its messages (some spanning lines) followed by the whole help text;
-            // keep usage errors to one "error: ..." line on stderr like every other error.
-            var msg = string.Join(" ", parse.Errors.Select(e => Regex.Replace(e.Message.Trim(), @"\s*\n\s*", " ")));
-            Console.Error.WriteLine($"error: {msg} (see '{CommandPath(parse)} --help')");
-            return 1;
-        }
+        if (parse.Errors.Count > 0) return UsageFail(parse);
+        ConsoleProgress.Level = parse.GetValue(QuietOption) ? Verbosity.Quiet : parse.GetValue(VerboseOption) ? Verbosity.Verbose : Verbosity.Normal;
         try
         {
             SoftPrompt.Models.ModelLoader.CheckFiniteByDefault = !parse.GetValue<bool>(NoCheck);
@@ -72,6 +76,47 @@ public static class Cli
         }
         catch (Exception e) { return Fail(e); }
     }
+
+    /// <summary>
+    /// System.CommandLine would print its messages (some spanning lines) followed by the whole help text and exit 1;
+    /// keep usage errors to one "error: ..." line on stderr like every other error, add its "did you mean"
+    /// suggestions, and exit 2.
+    /// </summary>
+    static int UsageFail(ParseResult parse)
+    {
+        var messages = parse.Errors.Select(e => Friendly(Regex.Replace(e.Message.Trim(), @"\s*\n\s*", " "))).Distinct().ToList();
+        if (messages.Count > 1) messages.RemoveAll(m => m.StartsWith("Required command was not provided", StringComparison.Ordinal));
+        Console.Error.WriteLine($"error: {string.Join(" ", messages)}{Suggestions(parse)} (see '{CommandPath(parse)} --help')");
+        return UsageError;
+    }
+
+    /// <summary>System.CommandLine's own typo corrections (edit distance over the command's options and subcommands),
+    /// captured from its parse-error action and put on one line: " Did you mean --steps?".</summary>
+    static string Suggestions(ParseResult parse)
+    {
+        if (parse.Action is not System.CommandLine.Invocation.ParseErrorAction pea) return "";
+        pea.ShowHelp = false; pea.ShowTypoCorrections = true;
+        var captured = new StringWriter();
+        parse.Invoke(new InvocationConfiguration { Output = captured, Error = TextWriter.Null, EnableDefaultExceptionHandler = false });
+        // A stray value (the '3' of a misspelled "--stpes 3") is no misspelled command: its suggestions are noise.
+        bool hasSubcommands = parse.CommandResult.Command.Subcommands.Count > 0, show = false;
+        var found = new List<string>();
+        foreach (var line in captured.ToString().Split('\n', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries))
+        {
+            if (line.Contains(' ')) show = line.StartsWith("'-", StringComparison.Ordinal) || hasSubcommands;
+            else if (show) found.Add(line);
+        }
+        return found.Count == 0 ? "" : $" Did you mean {string.Join(" or ", found.Distinct())}?";
+    }
+
+    /// <summary>"as expected type 'System.Int32'" reads "as an integer".</summary>
+    static string Friendly(string message) => Regex.Replace(message, @"as expected type '([^']+)'", m => "as " + (m.Groups[1].Value switch
+    {
+        "System.Int32" or "System.Int64" => "an integer",
+        "System.Double" or "System.Single" => "a number",
+        "System.Boolean" => "true or false",
+        var t => $"a {t}",
+    }));
 
     static string CommandPath(ParseResult parse)
     {
@@ -131,6 +176,33 @@ public static class Cli
         foreach (var id in result)
             if (id >= lm.Model.Config.VocabSize) throw new SoftPromptException($"token id {id} is outside the model's vocabulary (size {lm.Model.Config.VocabSize}).");
         return result;
+    }
+
+    public static Option<string> PromptTemplateOption() => new("--prompt-template") { Description = "Template the --text fills, e.g. \"Review: {review}\\nSentiment:\" (default with --prompt: the one the adapter was trained with)." };
+    public static Option<bool> NoTemplateOption() => new("--no-template") { Description = "Use --text as it is, even when the --prompt adapter records a prompt template." };
+
+    /// <summary>
+    /// The text a command sends to the model: <paramref name="text"/> filled into the prompt template given, or else
+    /// the one the adapter was trained with (so `--prompt RUN --text good` reads as in training); unchanged without a
+    /// template, with <paramref name="raw"/>, or for --ids. A template with several fields cannot take one text.
+    /// </summary>
+    public static string? TemplatedText(string? text, string? adapterDir, string? template, bool raw)
+    {
+        if (text is null || raw) return text;
+        string? source = template is not null ? "--prompt-template" : null;
+        if (template is null && adapterDir is not null
+            && SoftPrompt.Tuning.Adapter.RecordedDataSettings(adapterDir).TryGetValue("prompt_template", out var t) && t is string recorded)
+        {
+            template = recorded;
+            source = $"the prompt template recorded in {adapterDir}";
+        }
+        if (template is null) return text;
+        var tpl = new SoftPrompt.Data.Template(template);
+        if (tpl.Fields.Count != 1)
+            throw new SoftPromptException($"{source} \"{template.Replace("\n", "\\n")}\" has {tpl.Fields.Count} fields ({string.Join(", ", tpl.Fields)}); --text fills exactly one. Give the whole text with --no-template.");
+        var rendered = tpl.Render(new Dictionary<string, string> { [tpl.Fields[0]] = text }, out _)!;
+        ConsoleProgress.Info($"text through {source}: {System.Text.Json.JsonSerializer.Serialize(rendered, Json)} (--no-template to send --text as it is)");
+        return rendered;
     }
 
     public static void WriteJson(object value) => Console.WriteLine(JsonSerializer.Serialize(value, Json));

@@ -51,6 +51,29 @@ public sealed class RecordOptions<T> where T : class, new()
         return OptionsRecord.With(o, given);
     }
 
+    /// <summary>
+    /// Like <see cref="Bind"/>, with the data settings recorded in the first of <paramref name="adapters"/> that records
+    /// any (prompt and target templates, fields, columns, label words) in place of the defaults: a saved prompt is
+    /// scored the way it was trained unless the config file or the command line says otherwise (Evaluator then warns).
+    /// </summary>
+    public T BindWithAdapterDefaults(ParseResult pr, Func<T, IEnumerable<string>> adapters, Action<string> say)
+    {
+        var o = Bind(pr);
+        foreach (var dir in adapters(o))
+        {
+            var recorded = SoftPrompt.Tuning.Adapter.RecordedDataSettings(dir);
+            if (recorded.Count == 0) continue;
+            var byKey = OptionsRecord.Properties<T>().ToDictionary(OptionsRecord.Key);
+            var start = OptionsRecord.With(new T(), recorded.Where(kv => byKey.ContainsKey(kv.Key)).ToDictionary(kv => byKey[kv.Key].Name, kv => (object?)kv.Value));
+            var bound = Bind(pr, start);
+            var used = recorded.Keys.Where(k => byKey.ContainsKey(k) && Equals(OptionsRecord.FormatValue(byKey[k].GetValue(bound)), OptionsRecord.FormatValue(byKey[k].GetValue(start))))
+                .Select(k => "--" + k.Replace('_', '-')).ToList();
+            if (used.Count > 0) say($"data settings recorded in {dir}: {string.Join(", ", used)} (options given win)");
+            return bound;
+        }
+        return o;
+    }
+
     /// <summary>A shell passes "\n" in double quotes as two characters, not a newline; templates and instructions given
     /// that way are almost always meant to hold a newline. The value is kept as given; the user is told how to get one.</summary>
     static void WarnOnLiteralEscapes(string option, object? value)

@@ -12,8 +12,8 @@ public static class BenchCommand
         var model = new Option<string>("--model", "-m") { Description = "Hugging Face model folder (or use --shape)." };
         var shape = new Option<string>("--shape") { Description = $"Random weights of a known shape: {string.Join(", ", ModelFactory.Shapes.Keys)}." };
         var method = new Option<string>("--method") { Description = "prompt or prefix.", DefaultValueFactory = _ => "prompt" };
-        var batch = new Option<int>("--batch") { Description = "Rows per step.", DefaultValueFactory = _ => 8 };
-        var seq = new Option<int>("--seq") { Description = "Real tokens per row.", DefaultValueFactory = _ => 128 };
+        var batch = new Option<int>("--batch-size", "--batch") { Description = "Rows per step (--batch is the older spelling).", DefaultValueFactory = _ => 8 };
+        var seq = new Option<int>("--seq-len", "--seq") { Description = "Real tokens per row (--seq is the older spelling).", DefaultValueFactory = _ => 128 };
         var vt = new Option<int>("--virtual-tokens") { Description = "Virtual tokens.", DefaultValueFactory = _ => 20 };
         var steps = new Option<int>("--steps") { Description = "Timed steps.", DefaultValueFactory = _ => 10 };
         var warmup = new Option<int>("--warmup") { Description = "Untimed warm-up steps.", DefaultValueFactory = _ => 3 };

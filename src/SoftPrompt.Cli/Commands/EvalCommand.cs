@@ -18,12 +18,13 @@ public static class EvalCommand
         var options = new RecordOptions<EvalOptions>(cmd);
         cmd.SetAction(pr =>
         {
-            var o = options.Bind(pr);
+            var o = options.BindWithAdapterDefaults(pr, x => x.Prompt, ConsoleProgress.Info);
+            o = o with { Prompt = o.Prompt.Select(SoftPrompt.Tuning.Adapter.ResolveDir).ToArray() }; // a run folder stands for its adapter/
             o.Validate();
             // One writer per report folder for the whole evaluation; the lock also proves the place writable before
             // the model is loaded.
             using var reportLock = RunLock.AcquireSibling(o.Output!);
-            var result = Evaluator.Run(o, msg => Console.Error.WriteLine(msg));
+            var result = ConsoleProgress.Run(p => Evaluator.Run(o, msg => (msg.StartsWith("warning") ? (Action<string>)p.Important : p.Message)(msg), new EvalProgressLines(p)));
             var path = EvalReport.Write(result, o.Output!, o.Run);
             if (o.Format == "json") Console.WriteLine(JsonFile.Write(EvalReport.MetricsJson(result), Cli.Json));
             else
@@ -37,5 +38,22 @@ public static class EvalCommand
             return 0;
         });
         return cmd;
+    }
+
+    /// <summary>Per condition: examples done (a loss pass, then scoring or generating each example), rate and ETA.</summary>
+    sealed class EvalProgressLines(ConsoleProgress progress) : IProgress<EvalProgress>
+    {
+        readonly System.Diagnostics.Stopwatch _clock = new();
+
+        public void Report(EvalProgress p)
+        {
+            string name = $"[{p.Index + 1}/{p.Count}] {p.Condition}";
+            if (p.Done == 0) { progress.Begin(name, p.Total); _clock.Restart(); }
+            double rate = p.Done / 2.0 / Math.Max(1e-9, _clock.Elapsed.TotalSeconds);
+            string eta = p.Done > 0 ? ConsoleProgress.Duration(TimeSpan.FromSeconds((p.Total - p.Done) * _clock.Elapsed.TotalSeconds / p.Done)) : "?";
+            string phase = p.Done <= p.Examples ? "loss pass" : "scoring";
+            var status = System.FormattableString.Invariant($"{name}: {phase} {(p.Done <= p.Examples ? p.Done : p.Done - p.Examples)}/{p.Examples} examples, {rate:F1} ex/s");
+            progress.Update(p.Done, status, status + $", ETA {eta}", force: p.Done == p.Total);
+        }
     }
 }

@@ -8,7 +8,7 @@ public static class GenerateCommand
 {
     public static Command Create()
     {
-        var model = Cli.ModelOption(); var device = Cli.DeviceOption(); var dtype = Cli.DTypeOption(); var format = Cli.FormatOption(); var threads = Cli.ThreadsOption(); var prompt = Cli.PromptOption();
+        var model = Cli.ModelOption(); var device = Cli.DeviceOption(); var dtype = Cli.DTypeOption(); var format = Cli.FormatOption(); var threads = Cli.ThreadsOption(); var prompt = Cli.PromptOption(); var template = Cli.PromptTemplateOption(); var raw = Cli.NoTemplateOption();
         var text = new Option<string>("--text", "-t") { Description = "Prompt text." };
         var ids = new Option<string>("--ids") { Description = "Comma-separated prompt token ids (works without tokenizer files)." };
         var maxNew = new Option<int>("--max-new-tokens", "-n") { Description = "Tokens to generate at most.", DefaultValueFactory = _ => 32 };
@@ -18,7 +18,7 @@ public static class GenerateCommand
         var seed = new Option<long?>("--seed") { Description = "Random seed for sampling." };
         var noEos = new Option<bool>("--ignore-eos") { Description = "Do not stop at the end-of-sequence token." };
         var cmd = new Command("generate", "Generate a continuation (greedy by default) with a KV cache; stops at EOS.")
-            { model, prompt, text, ids, maxNew, temperature, topP, topK, seed, noEos, device, dtype, format, threads };
+            { model, prompt, template, raw, text, ids, maxNew, temperature, topP, topK, seed, noEos, device, dtype, format, threads };
         cmd.SetAction(pr =>
         {
             int n = pr.GetValue(maxNew);
@@ -27,7 +27,8 @@ public static class GenerateCommand
             new GenerationOptions { MaxNewTokens = n, Temperature = t, TopP = p, TopK = pr.GetValue(topK) }.Validate();
             TorchRuntime.SetThreads(pr.GetValue(threads));
             using var lm = LanguageModel.Load(pr.GetValue(model)!, pr.GetValue(device)!, pr.GetValue(dtype)!);
-            var input = Cli.InputIds(lm, pr.GetValue(text), pr.GetValue(ids));
+            var promptText = Cli.TemplatedText(pr.GetValue(text), pr.GetValue(prompt), pr.GetValue(template), pr.GetValue(raw));
+            var input = Cli.InputIds(lm, promptText, pr.GetValue(ids));
             using var adapter = pr.GetValue(prompt) is { } pdir ? lm.LoadPrompt(pdir) : null;
             var opt = new GenerationOptions
             {
@@ -41,7 +42,7 @@ public static class GenerateCommand
                 Cli.WriteJson(new { prompt_ids = r.PromptIds, generated_ids = r.NewIds, ids = r.PromptIds.Concat(r.NewIds).ToArray(), text = generated, stop_reason = r.StopReason });
                 return 0;
             }
-            if (generated is not null) Console.WriteLine((pr.GetValue(text) ?? lm.Decode(r.PromptIds)) + generated);
+            if (generated is not null) Console.WriteLine((promptText ?? lm.Decode(r.PromptIds)) + generated);
             else Console.WriteLine(string.Join(",", r.NewIds));
             Console.Error.WriteLine($"[{r.NewIds.Length} tokens, stop: {r.StopReason}]");
             return 0;

@@ -5,24 +5,32 @@ using SoftPrompt.Inference;
 
 namespace SoftPrompt.Cli.Commands;
 
-/// <summary><c>softprompt inspect-prompt ADAPTER_DIR --model DIR</c>: nearest vocabulary tokens (cosine) of every
+/// <summary><c>softprompt inspect-prompt --prompt ADAPTER_DIR --model DIR</c>: nearest vocabulary tokens (cosine) of every
 /// virtual token of a prompt-tuning adapter and its projected hard prompt; for prefix tuning, per-layer norms.</summary>
 public static class InspectPromptCommand
 {
     public static Command Create()
     {
-        var adapter = new Argument<string>("ADAPTER_DIR") { Description = "Prompt adapter folder (adapter_config.json + adapter_model.safetensors)." };
+        // --prompt as on every other command; the positional ADAPTER_DIR is the older spelling, still accepted.
+        var adapterArg = new Argument<string?>("ADAPTER_DIR") { Description = "Same as --prompt (older spelling).", Arity = ArgumentArity.ZeroOrOne };
+        var adapter = Cli.PromptOption();
         var model = Cli.ModelOption();
         var topK = new Option<int>("--top-k", "-k") { Description = "Nearest tokens listed per virtual token.", DefaultValueFactory = _ => 5 };
         var format = Cli.FormatOption();
         var device = Cli.DeviceOption();
         var dtype = Cli.DTypeOption();
         var cmd = new Command("inspect-prompt", "List the nearest vocabulary tokens (cosine) of each virtual token of a soft prompt, and its projected hard prompt.")
-            { adapter, model, topK, format, device, dtype };
+            { adapterArg, adapter, model, topK, format, device, dtype };
         cmd.SetAction(pr =>
         {
+            var dir = (pr.GetValue(adapter), pr.GetValue(adapterArg)) switch
+            {
+                (null, null) => throw new SoftPromptException("give the adapter with --prompt ADAPTER_DIR (or a run folder)."),
+                ({ } a, { } b) when a != b => throw new SoftPromptException($"two adapters given (--prompt {a} and {b}); give one."),
+                var (a, b) => a ?? b!,
+            };
             using var lm = LanguageModel.Load(pr.GetValue(model)!, pr.GetValue(device)!, pr.GetValue(dtype)!);
-            var r = PromptInspection.Inspect(lm, pr.GetValue(adapter)!, pr.GetValue(topK));
+            var r = PromptInspection.Inspect(lm, dir, pr.GetValue(topK));
             if (pr.GetValue(format) == "json")
             {
                 Cli.WriteJson(new

@@ -8,15 +8,16 @@ public static class ScoreCommand
 {
     public static Command Create()
     {
-        var model = Cli.ModelOption(); var device = Cli.DeviceOption(); var dtype = Cli.DTypeOption(); var format = Cli.FormatOption(); var threads = Cli.ThreadsOption(); var prompt = Cli.PromptOption();
+        var model = Cli.ModelOption(); var device = Cli.DeviceOption(); var dtype = Cli.DTypeOption(); var format = Cli.FormatOption(); var threads = Cli.ThreadsOption(); var prompt = Cli.PromptOption(); var template = Cli.PromptTemplateOption(); var raw = Cli.NoTemplateOption();
         var text = new Option<string>("--text", "-t") { Description = "Text to score (tokenized with the model's tokenizer, special tokens as its files say)." };
         var ids = new Option<string>("--ids") { Description = "Comma-separated token ids to score (works without tokenizer files)." };
-        var cmd = new Command("score", "Teacher-forced log-probability (natural log) of each token given the ones before it.") { model, prompt, text, ids, device, dtype, format, threads };
+        var cmd = new Command("score", "Teacher-forced log-probability (natural log) of each token given the ones before it.") { model, prompt, template, raw, text, ids, device, dtype, format, threads };
         cmd.SetAction(pr =>
         {
             TorchRuntime.SetThreads(pr.GetValue(threads));
             using var lm = LanguageModel.Load(pr.GetValue(model)!, pr.GetValue(device)!, pr.GetValue(dtype)!);
-            var input = Cli.InputIds(lm, pr.GetValue(text), pr.GetValue(ids));
+            var promptText = Cli.TemplatedText(pr.GetValue(text), pr.GetValue(prompt), pr.GetValue(template), pr.GetValue(raw));
+            var input = Cli.InputIds(lm, promptText, pr.GetValue(ids));
             using var adapter = pr.GetValue(prompt) is { } pdir ? lm.LoadPrompt(pdir) : null;
             var s = lm.Score(input, adapter);
             if (pr.GetValue(format) == "json")

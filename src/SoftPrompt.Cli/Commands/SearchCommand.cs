@@ -20,8 +20,14 @@ public static class SearchCommand
         cmd.SetAction((pr, cancel) =>
         {
             var o = options.Bind(pr);
-            var reporter = new SearchReporter();
-            var result = HardPromptSearchJob.Run(o, reporter, reporter.Message, cancel);
+            using var interruption = new Interruption(cancel);
+            var result = ConsoleProgress.Run(p => { var r = new SearchReporter(p); return HardPromptSearchJob.Run(o, r, r.Message, interruption.Token); });
+            var reporter = ConsoleProgress.Results; // closing lines are results: stdout
+            if (result.StopReason == "cancelled")
+            {
+                Console.Error.WriteLine($"interrupted at step {result.Steps}; the best prompt so far, \"{result.Text}\", is saved in {Path.GetFullPath(Path.Combine(o.Output!, HardPrompt.FileName))} (eval takes it as it is; a new search needs another --output)");
+                return Task.FromResult(interruption.ExitCode);
+            }
             reporter.Message(string.Format(CultureInfo.InvariantCulture, "done: {0} steps ({1}), {2} swaps accepted; target loss {3:F4} -> {4:F4}",
                 result.Steps, result.StopReason, result.Accepted, result.InitialScore, result.Score));
             if (result.SelectMetric is not null) reporter.Message(string.Format(CultureInfo.InvariantCulture, "held-out {0}: {1:F4}", result.SelectMetric, result.SelectValue));
@@ -32,31 +38,19 @@ public static class SearchCommand
         return cmd;
     }
 
-    /// <summary>A live progress line on a terminal; one plain line per step when output is redirected.</summary>
-    sealed class SearchReporter : IProgress<HardPromptSearchProgress>
+    /// <summary>The search's progress on the shared <see cref="ConsoleProgress"/> (stderr): a bar on a terminal, a
+    /// line per step otherwise. Closing lines are results (stdout).</summary>
+    sealed class SearchReporter(ConsoleProgress progress) : IProgress<HardPromptSearchProgress>
     {
-        readonly bool _live = !Console.IsOutputRedirected;
-        bool _open;
+        bool _begun;
 
         public void Report(HardPromptSearchProgress p)
         {
-            var line = HardPromptSearchJob.Line(p);
-            if (_live)
-            {
-                int width = Math.Max(40, SafeWidth() - 1);
-                if (line.Length > width) line = line[..(width - 1)] + "…";
-                Console.Write("\r" + line.PadRight(width));
-                _open = true;
-            }
-            else Console.WriteLine(line);
+            if (!_begun) { progress.Begin("hard-prompt search", p.TotalSteps); _begun = true; }
+            progress.Update(p.Step, string.Format(CultureInfo.InvariantCulture, "step {0}/{1}  best score-set loss {2:F4}", p.Step, p.TotalSteps, p.BestScore),
+                HardPromptSearchJob.Line(p), force: true);
         }
 
-        public void Message(string text)
-        {
-            if (_open) { Console.WriteLine(); _open = false; }
-            Console.WriteLine(text);
-        }
-
-        static int SafeWidth() { try { return Console.WindowWidth > 0 ? Console.WindowWidth : 120; } catch { return 120; } }
+        public void Message(string text) => progress.Message(text);
     }
 }

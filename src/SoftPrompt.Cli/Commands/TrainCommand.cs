@@ -19,8 +19,14 @@ public static class TrainCommand
             var resumeDir = pr.GetValue(resume);
             var o = options.Bind(pr, resumeDir is not null ? TrainingJob.ResumeOptions(resumeDir) : null);
             if (resumeDir is not null) o = o with { Output = resumeDir };
-            var reporter = new ConsoleReporter(o.LogEvery);
-            var result = TrainingJob.Run(o, reporter, resume: resumeDir is not null, cancel);
+            using var interruption = new Interruption(cancel);
+            var result = ConsoleProgress.Run(p => TrainingJob.Run(o, new TrainProgress(p, o.LogEvery), resume: resumeDir is not null, interruption.Token));
+            if (result.StopReason == "cancelled")
+            {
+                Console.Error.WriteLine($"interrupted at step {result.Steps}; continue with: softprompt train --resume {Interruption.Quote(o.Output!)}");
+                return Task.FromResult(interruption.ExitCode);
+            }
+            var reporter = ConsoleProgress.Results; // the closing lines are results: stdout
             reporter.Message(result.Summary()); // which checkpoint was exported, chosen how, with its metrics
             reporter.Message($"adapter: {Path.GetFullPath(result.AdapterDir)}");
             return Task.FromResult(0);

@@ -84,7 +84,7 @@ public static class DatasetReader
 
         if (problems.Count > 0 && !o.SkipBadLines)
             throw new DatasetException(Summary(path, problems, o.MaxBadLinesReported,
-                $"{problems.Count} bad record(s); fix them or set SkipBadLines (--skip-bad-lines) to skip them"), problems);
+                $"{problems.Count} bad record(s); fix them, or pass --skip-bad-lines (skip_bad_lines in a config file) to skip them"), problems);
         if (examples.Count == 0)
             throw new DatasetException(problems.Count > 0
                 ? Summary(path, problems, o.MaxBadLinesReported, $"no usable examples: all {problems.Count} record(s) are bad")

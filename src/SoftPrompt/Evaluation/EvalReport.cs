@@ -29,6 +29,8 @@ public static class EvalReport
             foreach (var (k, v) in c.Metrics) m[k] = double.IsFinite(v) ? v : null;
             var o = new JsonObject { ["name"] = c.Name, ["kind"] = c.Kind, ["n"] = c.N, ["metrics"] = m };
             if (c.PromptText is not null) o["prompt_text"] = c.PromptText;
+            if (c.AdapterPath is not null) o["adapter"] = c.AdapterPath;
+            if (c.AdapterSettings is not null) o["adapter_settings"] = c.AdapterSettings.DeepClone();
             if (c.Classification is { } cm)
             {
                 o["per_class"] = new JsonArray(cm.PerClass.Select(p => (JsonNode)new JsonObject
@@ -46,6 +48,9 @@ public static class EvalReport
             ["model"] = r.Model,
             ["data"] = r.Data,
             ["created"] = r.Created.ToString("o", CultureInfo.InvariantCulture),
+            ["softprompt_version"] = r.ToolVersion,
+            ["seed"] = r.Seed,
+            ["eval_config"] = r.Config?.DeepClone(),
         };
     }
 
@@ -132,13 +137,15 @@ public static class EvalReport
         if (runs.Count > 0)
         {
             sb.AppendLine().AppendLine("## Training").AppendLine();
-            for (int i = 0; i < runs.Count; i++) sb.AppendLine($"![training {runs[i]}]({TrainingName(i, runs.Count)}.png)").AppendLine();
+            sb.AppendLine($"![training: {string.Join(", ", runs.Select(RunName))}](training.png)").AppendLine();
+            sb.AppendLine("Training loss is the mean over each log interval; dashed vertical lines mark the checkpoint each run exported.").AppendLine();
         }
         return sb.ToString();
     }
 
     static string Esc(string s) => s.Replace("|", "\\|");
     static string TrainingName(int i, int count) => count == 1 ? "training" : $"training-{i + 1}";
+    static string RunName(string runDir) => Path.GetFileName(Path.GetFullPath(runDir).TrimEnd(Path.DirectorySeparatorChar));
 
     /// <summary>Writes the report folder atomically; returns its full path.</summary>
     public static string Write(EvalResult r, string outputDir, IReadOnlyList<string> runs)
@@ -162,18 +169,18 @@ public static class EvalReport
                         w.Write(IO.JsonFile.Write(o, Compact)); w.Write('\n');
                     }
             MetricsPlot(r, Path.Combine(tmp, "metrics.png"));
+            // One training.png with every run passed (--run, repeatable); each run's curve is copied beside it.
+            var plotted = new List<TrainingPlot.Run>();
             for (int i = 0; i < runs.Count; i++)
             {
-                var name = TrainingName(i, runs.Count);
-                var curve = Path.Combine(tmp, name + "_metrics.jsonl");
+                var curve = Path.Combine(tmp, TrainingName(i, runs.Count) + "_metrics.jsonl");
                 File.Copy(Path.Combine(runs[i], "metrics.jsonl"), curve);
                 var log = new MetricsLog(curve);
-                var metricKey = log.Rows.Where(x => x["kind"]?.GetValue<string>() == "eval").SelectMany(x => x.Select(kv => kv.Key))
-                    .FirstOrDefault(k => k is not ("kind" or "step" or "eval_loss"));
-                TrainingPlot.Write(log, Path.Combine(tmp, name + ".png"), metricKey);
-                if (!File.Exists(Path.Combine(tmp, name + ".png")))
+                if (!log.Series("train", "loss").Any() && !log.Series("eval", "eval_loss").Any())
                     throw new SoftPromptException($"--run {runs[i]}: metrics.jsonl has no training or evaluation rows to plot.");
+                plotted.Add(new TrainingPlot.Run(runs.Count == 1 ? "" : RunName(runs[i]), log, TrainingPlot.SelectedStep(runs[i], preferExported: true)));
             }
+            if (plotted.Count > 0) TrainingPlot.WriteRuns(plotted, Path.Combine(tmp, "training.png"));
             File.WriteAllText(Path.Combine(tmp, "report.md"), Markdown(r, runs));
 
             string? old = null;
@@ -189,48 +196,83 @@ public static class EvalReport
         }
     }
 
-    /// <summary>Bars of the main metric per condition; the best hard prompt in a contrasting colour; the class prior as a dashed line.</summary>
+    /// <summary>The two metrics drawn per condition: accuracy and macro-F1 (classification), any-gold match and
+    /// token F1 (generation).</summary>
+    public static (string Key, string Label)[] PlotMetrics(EvalResult r) => r.Task == "classification"
+        ? new[] { ("accuracy", "accuracy"), ("macro_f1", "macro-F1") }
+        : new[] { ("any_gold_match", "any-gold match"), ("token_f1", "token F1") };
+
+    /// <summary>
+    /// Two bars per condition (accuracy solid, macro-F1 light; or the generation pair), coloured by kind with the
+    /// best hard prompt in its own colour, every value written on its bar, the class prior as a dashed line. The value
+    /// axis runs from 0 to 1; condition names are wrapped, never cut; the legend sits outside the data.
+    /// </summary>
     public static void MetricsPlot(EvalResult r, string path)
     {
         Fonts.Default = "DejaVu Sans";
         var plt = new Plot();
         var best = r.BestHard;
         var hardColor = Colors.SteelBlue; var softColor = Colors.DarkOrange; var bestColor = Colors.SeaGreen;
+        var metrics = PlotMetrics(r);
+        const double width = 0.38;
         var bars = new List<Bar>();
         for (int i = 0; i < r.Conditions.Count; i++)
         {
             var c = r.Conditions[i];
-            double v = c.Metrics[r.MainMetric];
-            bars.Add(new Bar
+            var color = ReferenceEquals(c, best) ? bestColor : c.IsSoft ? softColor : hardColor;
+            for (int m = 0; m < metrics.Length; m++)
             {
-                Position = i, Value = double.IsFinite(v) ? v : 0,
-                FillColor = ReferenceEquals(c, best) ? bestColor : c.IsSoft ? softColor : hardColor,
-                Label = F(v),
-            });
+                double v = c.Metrics.TryGetValue(metrics[m].Key, out var x) && double.IsFinite(x) ? x : 0;
+                double pos = i + (m - 0.5) * width;
+                bars.Add(new Bar { Position = pos, Value = v, Size = width * 0.95, FillColor = m == 0 ? color : color.WithAlpha(0.45), LineWidth = 0 });
+                // Values on the bars: above short ones, inside the top of tall ones, so none leaves the 0..1 axis.
+                bool inside = v > 0.9;
+                var t = plt.Add.Text(v.ToString("0.000", CultureInfo.InvariantCulture), pos, inside ? v - 0.01 : v + 0.01);
+                t.LabelFontSize = 10; t.LabelRotation = -90;
+                t.LabelAlignment = inside ? Alignment.MiddleRight : Alignment.MiddleLeft;
+                t.LabelFontColor = inside && m == 0 ? Colors.White : Colors.Black;
+            }
         }
-        var bp = plt.Add.Bars(bars);
-        bp.ValueLabelStyle.FontSize = 11;
-        var ticks = r.Conditions.Select((c, i) => new Tick(i, (ReferenceEquals(c, best) ? "★ " : "") + Wrap(c.Name))).ToArray();
+        plt.Add.Bars(bars);
+        int lines = 1;
+        var ticks = r.Conditions.Select((c, i) =>
+        {
+            var text = WrapWords((ReferenceEquals(c, best) ? "★ " : "") + c.Name, 20);
+            lines = Math.Max(lines, text.Split('\n').Length);
+            return new Tick(i, text);
+        }).ToArray();
         plt.Axes.Bottom.TickGenerator = new ScottPlot.TickGenerators.NumericManual(ticks);
-        plt.Axes.Bottom.TickLabelStyle.Rotation = r.Conditions.Count > 4 ? 30 : 0;
-        plt.Axes.Bottom.TickLabelStyle.Alignment = r.Conditions.Count > 4 ? Alignment.UpperLeft : Alignment.UpperCenter;
-        plt.Axes.Bottom.MinimumSize = r.Conditions.Count > 4 ? 150 : 40; // room for the rotated names
+        plt.Axes.Bottom.MinimumSize = 18 * lines + 16;
+        plt.Axes.Left.TickGenerator = new ScottPlot.TickGenerators.NumericManual(Enumerable.Range(0, 6).Select(k => new Tick(k * 0.2, (k * 0.2).ToString("0.0", CultureInfo.InvariantCulture))).ToArray());
         if (r.ClassPrior is double prior)
         {
             var line = plt.Add.HorizontalLine(prior);
             line.LinePattern = LinePattern.Dashed; line.Color = Colors.Gray; line.LineWidth = 1.5f;
-            plt.Legend.ManualItems.Add(new LegendItem { LabelText = $"class prior (majority class) {F(prior)}", LineColor = Colors.Gray, LineWidth = 1.5f, LinePattern = LinePattern.Dashed });
+            plt.Legend.ManualItems.Add(new LegendItem { LabelText = $"class prior {F(prior)}", LineColor = Colors.Gray, LineWidth = 1.5f, LinePattern = LinePattern.Dashed });
         }
+        plt.Legend.ManualItems.Add(new LegendItem { LabelText = $"{metrics[0].Label} (solid)", FillColor = Colors.DimGray });
+        plt.Legend.ManualItems.Add(new LegendItem { LabelText = $"{metrics[1].Label} (light)", FillColor = Colors.DimGray.WithAlpha(0.45) });
         plt.Legend.ManualItems.Add(new LegendItem { LabelText = "hard prompt", FillColor = hardColor });
         plt.Legend.ManualItems.Add(new LegendItem { LabelText = "soft prompt / prefix", FillColor = softColor });
-        if (best is not null) plt.Legend.ManualItems.Add(new LegendItem { LabelText = $"best hard prompt ({best.Name})", FillColor = bestColor });
-        plt.ShowLegend(Alignment.UpperRight);
-        plt.Axes.SetLimitsY(0, 1.15);
-        plt.Axes.SetLimitsX(-0.6, r.Conditions.Count - 0.4 + (r.Conditions.Count > 4 ? 0.6 : 0)); // rotated names run to the right
-        plt.Title($"{r.MainMetric} per condition ({r.Task}, n = {r.Conditions.FirstOrDefault()?.N ?? 0})");
-        plt.YLabel(r.MainMetric);
-        plt.SavePng(path, Math.Max(700, 130 * r.Conditions.Count), 520);
+        if (best is not null) plt.Legend.ManualItems.Add(new LegendItem { LabelText = "★ best hard prompt", FillColor = bestColor });
+        plt.ShowLegend(Edge.Right);
+        plt.Axes.SetLimitsY(0, 1);
+        plt.Axes.SetLimitsX(-0.6, r.Conditions.Count - 0.4);
+        plt.Title($"{metrics[0].Label} and {metrics[1].Label} per condition ({r.Task}, n = {r.Conditions.FirstOrDefault()?.N ?? 0})");
+        plt.YLabel("score (0 to 1)");
+        plt.SavePng(path, Math.Max(900, 150 * r.Conditions.Count + 220), 560);
     }
 
-    static string Wrap(string s) => s.Length <= 24 ? s : s[..23] + "…";
+    /// <summary>Word-wraps a name into lines of about <paramref name="max"/> characters (a longer word keeps its line).</summary>
+    public static string WrapWords(string s, int max)
+    {
+        var lines = new List<string>(); var cur = "";
+        foreach (var w in s.Split(' ', StringSplitOptions.RemoveEmptyEntries))
+        {
+            if (cur.Length > 0 && cur.Length + 1 + w.Length > max) { lines.Add(cur); cur = w; }
+            else cur = cur.Length == 0 ? w : cur + " " + w;
+        }
+        if (cur.Length > 0) lines.Add(cur);
+        return string.Join("\n", lines);
+    }
 }

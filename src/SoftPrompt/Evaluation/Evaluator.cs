@@ -20,9 +20,19 @@ public sealed record ConditionResult(string Name, string Kind, int N, IReadOnlyD
 {
     public static readonly string[] HardKinds = { "zero-shot", "instruction", "few-shot", "projected", "searched" };
     public static readonly string[] SoftKinds = { "soft-prompt", "prefix" };
+    /// <summary>The adapter folder a soft, prefix or projected condition comes from (full path).</summary>
+    public string? AdapterPath { get; init; }
+    /// <summary>That adapter's adapter_config.json and the settings it records (softprompt.* metadata: method, step,
+    /// templates, label words, ...).</summary>
+    public JsonObject? AdapterSettings { get; init; }
     public bool IsHard => HardKinds.Contains(Kind);
     public bool IsSoft => SoftKinds.Contains(Kind);
 }
+
+/// <summary>Progress of an evaluation: condition <paramref name="Index"/> (0-based) of <paramref name="Count"/>, and
+/// within it <paramref name="Done"/> of <paramref name="Total"/> units (a loss pass over the examples, then scoring or
+/// generating each one: 2 units per example).</summary>
+public sealed record EvalProgress(string Condition, int Index, int Count, int Done, int Total, int Examples);
 
 /// <summary>What <see cref="Evaluator.Run"/> found: every condition on the same examples.</summary>
 public sealed record EvalResult(string Task, string TaskReason, IReadOnlyList<string>? Labels, double? ClassPrior, string Model, string Data,
@@ -32,6 +42,11 @@ public sealed record EvalResult(string Task, string TaskReason, IReadOnlyList<st
     public string MainMetric => Task == "classification" ? "accuracy" : "any_gold_match";
     public ConditionResult? BestHard => Conditions.Where(c => c.IsHard).OrderByDescending(c => c.Metrics[MainMetric]).FirstOrDefault();
     public ConditionResult? BestSoft => Conditions.Where(c => c.IsSoft).OrderByDescending(c => c.Metrics[MainMetric]).FirstOrDefault();
+    /// <summary>The options the evaluation ran with (every key, as a config file would hold them).</summary>
+    public JsonObject? Config { get; init; }
+    public int Seed { get; init; }
+    /// <summary>The SoftPrompt library version that produced the result.</summary>
+    public string ToolVersion { get; init; } = Evaluator.Version;
 }
 
 /// <summary>
@@ -52,10 +67,17 @@ public static class Evaluator
         public HardPrompt? Hard { get; init; }
         /// <summary>Few-shot: a per-example hard prompt (demonstrations never equal to the example itself).</summary>
         public Func<int, HardPrompt>? PerExample { get; init; }
+        public string? AdapterDir { get; init; }
         public HardPrompt HardFor(int i) => PerExample?.Invoke(i) ?? Hard ?? new HardPrompt();
     }
 
-    public static EvalResult Run(EvalOptions o, Action<string>? log = null)
+    /// <summary>The library's informational version (the package version).</summary>
+    public static string Version { get; } = typeof(Evaluator).Assembly
+        .GetCustomAttributes(typeof(System.Reflection.AssemblyInformationalVersionAttribute), false)
+        .OfType<System.Reflection.AssemblyInformationalVersionAttribute>().FirstOrDefault()?.InformationalVersion.Split('+')[0]
+        ?? typeof(Evaluator).Assembly.GetName().Version?.ToString() ?? "unknown";
+
+    public static EvalResult Run(EvalOptions o, Action<string>? log = null, IProgress<EvalProgress>? progress = null)
     {
         o.Validate();
         var dataOptions = o.DataOptions();
@@ -124,14 +146,16 @@ public static class Evaluator
                     notes.Add("warning: " + mismatch + "; the prompt is scored on text it was not trained on.");
                     log?.Invoke("warning: " + mismatch);
                 }
-                var label = AdapterLabel(dir);
+                var label = AdapterDescription(dir, m);
                 var kind = m.PeftType == "PREFIX_TUNING" ? "prefix" : "soft-prompt";
-                conditions.Add(new Condition { Name = $"{kind} {label}", Kind = kind, Method = m });
+                var full = Path.GetFullPath(Adapter.ResolveDir(dir));
+                conditions.Add(new Condition { Name = label, Kind = kind, Method = m, AdapterDir = full });
                 var ids = PromptProjection.Project(model, m);
                 if (ids is null) notes.Add($"{dir}: a prefix-tuning adapter has no input-embedding vectors, so it has no projected hard prompt.");
-                else projected.Add(new Condition { Name = $"projected {label}", Kind = "projected", Hard = new HardPrompt { Text = tok.Decode(ids), TokenIds = ids, Source = dir, Objective = "nearest token (cosine) of each virtual token" } });
+                else projected.Add(new Condition { Name = $"{label} projected onto tokens", Kind = "projected", AdapterDir = full, Hard = new HardPrompt { Text = tok.Decode(ids), TokenIds = ids, Source = dir, Objective = "nearest token (cosine) of each virtual token" } });
             }
             conditions.AddRange(projected);
+            NameByFolderWhereAlike(conditions);
             foreach (var (path, hp0) in searched)
             {
                 var hp = hp0.TokenIds.Length > 0 ? hp0 : hp0 with { TokenIds = tok.Encode(hp0.Text, addSpecialTokens: false) };
@@ -144,13 +168,20 @@ public static class Evaluator
 
             var results = new List<ConditionResult>();
             int padId = tok.PadId ?? tok.EosId ?? 0;
-            foreach (var c in conditions)
+            for (int ci = 0; ci < conditions.Count; ci++)
             {
-                log?.Invoke($"evaluating {c.Name} on {examples.Count} examples ...");
-                results.Add(EvaluateCondition(c, examples, o, lm, tok, ct, padId, notes));
+                var c = conditions[ci];
+                int index = ci, n = examples.Count;
+                progress?.Report(new EvalProgress(c.Name, index, conditions.Count, 0, 2 * n, n));
+                Action<int> done = units => progress?.Report(new EvalProgress(c.Name, index, conditions.Count, units, 2 * n, n));
+                var result = EvaluateCondition(c, examples, o, lm, tok, ct, padId, notes, done);
+                results.Add(c.AdapterDir is null ? result : result with { AdapterPath = c.AdapterDir, AdapterSettings = AdapterSettings(c.AdapterDir) });
             }
             double? prior = ct is null ? null : ClassificationMetrics.MajorityClassAccuracy(examples.Select(ct.Gold).ToList());
-            return new EvalResult(task, reason, ct?.Labels, prior, Path.GetFullPath(o.Model!), Path.GetFullPath(o.Data!), DateTimeOffset.Now, results, notes.Distinct().ToList());
+            return new EvalResult(task, reason, ct?.Labels, prior, Path.GetFullPath(o.Model!), Path.GetFullPath(o.Data!), DateTimeOffset.Now, results, notes.Distinct().ToList())
+            {
+                Config = JsonNode.Parse(IO.OptionsRecord.ToJson(o)) as JsonObject, Seed = o.Seed,
+            };
         }
         finally
         {
@@ -165,7 +196,7 @@ public static class Evaluator
     }
 
     static ConditionResult EvaluateCondition(Condition c, IReadOnlyList<Example> examples, EvalOptions o, LanguageModel lm, HfTokenizer tok,
-        ClassificationTask? ct, int padId, List<string> notes)
+        ClassificationTask? ct, int padId, List<string> notes, Action<int> done)
     {
         var model = lm.Model;
         int virtualTokens = c.Method?.NumVirtualTokens ?? 0;
@@ -182,7 +213,8 @@ public static class Evaluator
 
         // Loss on the data's targets: the trainer's validation-loss code path, hard prompt in the prompt ids.
         var lossData = examples.Select((e, i) => new TokenizedExample(Prompt(i, targets[i].Length), targets[i])).ToList();
-        double loss = Trainer.ValidationLoss(model, c.Method, lossData, o.BatchSize, padId);
+        int n0 = examples.Count;
+        double loss = Trainer.ValidationLoss(model, c.Method, lossData, o.BatchSize, padId, done);
         int truncatedForLoss = truncated;
 
         var rows = new List<PredictionRow>();
@@ -192,7 +224,7 @@ public static class Evaluator
         {
             truncated = 0;
             var prompts = examples.Select((_, i) => Prompt(i, ct.MaxLabelTokens)).ToList();
-            var scores = ct.Score(model, c.Method, prompts);
+            var scores = prompts.Select((p, i) => { var sc = RankClassifier.Score(model, c.Method, p, ct.LabelIds); done(n0 + i + 1); return sc; }).ToList();
             var gold = examples.Select(ct.Gold).ToList();
             var pred = scores.Select(s => s.Best(o.LengthNormalize)).ToList();
             cm = ClassificationMetrics.Compute(gold, pred, ct.Labels);
@@ -235,6 +267,7 @@ public static class Evaluator
                 bool anyGold = AnswerMetrics.AnyExactMatch(answer, byInput[examples[i].Prompt], steps);
                 em += exact ? 1 : 0; any += anyGold ? 1 : 0; f1 += AnswerMetrics.BestTokenF1(answer, own[i], steps);
                 rows.Add(new PredictionRow(c.Name, examples[i].Prompt, ClassificationTask.LabelOf(examples[i], field), answer, anyGold, null, text));
+                done(n0 + i + 1);
             }
             int n = examples.Count;
             metrics["exact_match"] = em / n;
@@ -285,6 +318,49 @@ public static class Evaluator
         return (defaultPrompt, i => perInput.TryGetValue(test[i].Prompt, out var hp) ? hp : defaultPrompt, substituted);
     }
 
+    /// <summary>A condition name a reader understands, from what the adapter says of itself: "soft prompt, 8 tokens,
+    /// step 300", "prefix, 8 tokens, MLP, step 600" (the step when SoftPrompt trained it).</summary>
+    public static string AdapterDescription(string dir, IPromptMethod m)
+    {
+        var resolved = Adapter.ResolveDir(dir);
+        var parts = new List<string> { m.PeftType == "PREFIX_TUNING" ? "prefix" : "soft prompt", $"{m.NumVirtualTokens} tokens" };
+        try
+        {
+            if (JsonNode.Parse(File.ReadAllText(Path.Combine(resolved, Adapter.ConfigFile)))?["prefix_projection"]?.GetValue<bool>() == true) parts.Add("MLP");
+            var meta = IO.SafeTensors.ReadHeader(Path.Combine(resolved, Adapter.WeightsFile)).Metadata;
+            if (meta.TryGetValue("softprompt.step", out var step)) parts.Add($"step {step}");
+        }
+        catch (Exception e) when (e is IOException or System.Text.Json.JsonException or InvalidOperationException) { /* the name is a courtesy; Adapter.Load has checked the files */ }
+        return string.Join(", ", parts);
+    }
+
+    /// <summary>adapter_config.json plus the adapter's softprompt.* metadata, for metrics.json.</summary>
+    static JsonObject? AdapterSettings(string dir)
+    {
+        try
+        {
+            var o = new JsonObject { ["adapter_config"] = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, Adapter.ConfigFile))) };
+            var meta = IO.SafeTensors.ReadHeader(Path.Combine(dir, Adapter.WeightsFile)).Metadata;
+            var rec = new JsonObject();
+            foreach (var (k, v) in meta.Where(kv => kv.Key.StartsWith("softprompt.", StringComparison.Ordinal)).OrderBy(kv => kv.Key, StringComparer.Ordinal))
+                rec[k["softprompt.".Length..]] = v;
+            o["recorded"] = rec;
+            return o;
+        }
+        catch (Exception e) when (e is IOException or System.Text.Json.JsonException) { return null; }
+    }
+
+    /// <summary>Adapters that describe themselves alike (two runs of the same settings) are told apart by their folder.</summary>
+    static void NameByFolderWhereAlike(List<Condition> cs)
+    {
+        foreach (var group in cs.Where(c => c.AdapterDir is not null).GroupBy(c => c.Name).Where(g => g.Count() > 1).ToList())
+            foreach (var c in group)
+            {
+                int i = cs.IndexOf(c);
+                cs[i] = new Condition { Name = $"{c.Name} ({AdapterLabel(c.AdapterDir!)})", Kind = c.Kind, Method = c.Method, Hard = c.Hard, PerExample = c.PerExample, AdapterDir = c.AdapterDir };
+            }
+    }
+
     static string AdapterLabel(string dir)
     {
         var full = Path.GetFullPath(dir).TrimEnd(Path.DirectorySeparatorChar);
@@ -312,7 +388,7 @@ public static class Evaluator
             {
                 seen[n] = k + 1;
                 var c = cs[i];
-                cs[i] = new Condition { Name = $"{n} #{k + 1}", Kind = c.Kind, Method = c.Method, Hard = c.Hard, PerExample = c.PerExample };
+                cs[i] = new Condition { Name = $"{n} #{k + 1}", Kind = c.Kind, Method = c.Method, Hard = c.Hard, PerExample = c.PerExample, AdapterDir = c.AdapterDir };
             }
             else seen[n] = 1;
         }

@@ -152,9 +152,11 @@ public static class HardPromptSearchJob
         }
     }
 
-    /// <summary>A one-line summary of a progress report, for consoles and logs.</summary>
+    /// <summary>A one-line summary of a progress report, for consoles and logs. Each number says what it is: the
+    /// current prompt's loss on this step's minibatch, and the best prompt's loss on the fixed score set (the two are
+    /// measured on different examples).</summary>
     public static string Line(HardPromptSearchProgress p) => string.Format(CultureInfo.InvariantCulture,
-        "step {0,4}/{1}  loss {2,8:F4}  best {3,8:F4}  ETA {4}  \"{5}\"",
+        "step {0,4}/{1}  current: minibatch loss {2,8:F4}  best: score-set loss {3,8:F4}  ETA {4}  best prompt: \"{5}\"",
         p.Step, p.TotalSteps, p.Loss, p.BestScore, p.Eta.TotalHours >= 1 ? $"{(int)p.Eta.TotalHours}h{p.Eta.Minutes:D2}m" : $"{p.Eta.Minutes}m{p.Eta.Seconds:D2}s",
         p.BestText.Replace("\n", "\\n"));
 }

@@ -77,6 +77,7 @@ public sealed class Trainer
         _model = model; _method = method; _train = train; _val = validation is { Count: > 0 } ? validation : null;
         _o = options; _padId = padId; _runDir = runDir; _reporter = reporter;
         _dataSettings = Adapter.DataSettings(options.DataOptions());
+        foreach (var (k, v) in Adapter.DataLayout(options.DataOptions())) _dataSettings[k] = v;
     }
 
     sealed class State
@@ -274,7 +275,8 @@ public sealed class Trainer
     }
 
     /// <summary>Mean target-token loss of a prompt on examples (no gradients).</summary>
-    public static double ValidationLoss(CausalLM model, IPromptMethod? method, IReadOnlyList<TokenizedExample> data, int batchSize, int padId)
+    public static double ValidationLoss(CausalLM model, IPromptMethod? method, IReadOnlyList<TokenizedExample> data, int batchSize, int padId,
+        Action<int>? examplesDone = null)
     {
         using var noGrad = torch.no_grad();
         double nll = 0; long count = 0;
@@ -285,6 +287,7 @@ public sealed class Trainer
             using var batch = Collator.Collate(order.Skip(s).Take(batchSize).Select(i => data[i]).ToList(), padId, model.Device, false);
             var (sum, c) = PromptLoss.Compute(model, method, batch);
             nll += sum.item<float>(); count += c;
+            examplesDone?.Invoke(Math.Min(order.Length, s + batchSize));
         }
         return count > 0 ? nll / count : double.NaN;
     }

@@ -35,6 +35,7 @@ public static class Adapter
     /// <summary>Loads an adapter folder onto <paramref name="model"/>; the result is frozen (inference) unless made trainable.</summary>
     public static IPromptMethod Load(string dir, CausalLM model, bool checkFingerprint = true)
     {
+        dir = ResolveDir(dir);
         var cfgPath = Path.Combine(dir, ConfigFile);
         var wPath = Path.Combine(dir, WeightsFile);
         if (!Directory.Exists(dir)) throw new SoftPromptException($"Prompt adapter folder '{dir}' does not exist.");
@@ -112,7 +113,29 @@ public static class Adapter
         }
     }
 
-    /// <summary>Shape facts and embedding statistics of the base model (robust to loading it in bf16/fp16).</summary>
+    /// <summary>A training run folder stands for its exported adapter: <c>RUN/adapter/</c> when <paramref name="dir"/>
+    /// has no adapter_config.json of its own but that subfolder has one; otherwise <paramref name="dir"/> unchanged.</summary>
+    public static string ResolveDir(string dir) =>
+        !File.Exists(Path.Combine(dir, ConfigFile)) && File.Exists(Path.Combine(dir, "adapter", ConfigFile)) ? Path.Combine(dir, "adapter") : dir;
+
+    /// <summary>
+    /// The data settings an adapter records (written by <see cref="Save"/> from training), as the config keys of
+    /// <see cref="Data.DataFields"/>: prompt_template, target_template, label_words (one LABEL=WORD per entry),
+    /// input_field, output_field, columns. Empty for adapters SoftPrompt did not train (e.g. made by PEFT).
+    /// </summary>
+    public static Dictionary<string, object> RecordedDataSettings(string dir)
+    {
+        var path = Path.Combine(ResolveDir(dir), WeightsFile);
+        var result = new Dictionary<string, object>();
+        if (!File.Exists(path)) return result;
+        var meta = SafeTensors.ReadHeader(path).Metadata;
+        if (!meta.ContainsKey("softprompt.method")) return result;
+        foreach (var key in new[] { "prompt_template", "target_template", "input_field", "output_field", "columns" })
+            if (meta.TryGetValue("softprompt." + key, out var v)) result[key] = v;
+        if (meta.TryGetValue("softprompt.label_words", out var lw)) result["label_words"] = lw.Split('\n');
+        return result;
+    }
+
     /// <summary>Metadata keys recording the data settings a prompt was trained with (prompt template, target template,
     /// label words); absent settings are absent keys. PEFT ignores them.</summary>
     public static Dictionary<string, string> DataSettings(Data.DataOptions d)
@@ -124,13 +147,22 @@ public static class Adapter
         return m;
     }
 
+    /// <summary>The fields and columns a prompt was trained on (only needed to read data the same way; not compared
+    /// by <see cref="DataSettingMismatches"/>, since other field names can give the same text).</summary>
+    public static Dictionary<string, string> DataLayout(Data.DataOptions d)
+    {
+        var m = new Dictionary<string, string> { ["softprompt.input_field"] = d.InputField, ["softprompt.output_field"] = d.OutputField };
+        if (d.Columns is not null) m["softprompt.columns"] = string.Join(",", d.Columns);
+        return m;
+    }
+
     /// <summary>
     /// Where the data settings recorded in an adapter differ from <paramref name="d"/>: one sentence each (empty when they
     /// agree, or when the adapter records none, e.g. one made by PEFT).
     /// </summary>
     public static List<string> DataSettingMismatches(string dir, Data.DataOptions d)
     {
-        var path = Path.Combine(dir, WeightsFile);
+        var path = Path.Combine(ResolveDir(dir), WeightsFile);
         var recorded = SafeTensors.ReadHeader(path).Metadata;
         if (!recorded.ContainsKey("softprompt.method")) return new(); // not trained by SoftPrompt: nothing recorded
         var now = DataSettings(d);

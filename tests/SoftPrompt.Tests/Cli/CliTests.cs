@@ -164,6 +164,32 @@ public class CliTests
         Assert.Equal("", stdout.Trim());
     }
 
+    [Theory]
+    [InlineData(new[] { "trian" }, "Did you mean train?")]                                           // unknown command
+    [InlineData(new[] { "train", "--stpes", "3" }, "Did you mean --steps?")]                          // misspelled option
+    [InlineData(new[] { "generate", "-m", "x", "--text", "a", "--max-new-tokens", "abc" }, "as an integer")] // type error
+    [InlineData(new[] { "score", "-m", "x", "--dtype", "fp8" }, "fp8")]                               // value not allowed
+    public void UsageErrorsExit2WithOneLineAndSuggestions(string[] args, string expect)
+    {
+        var (rc, stdout, stderr) = Run(args);
+        Assert.Equal(2, rc);
+        var lines = stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        Assert.True(lines.Length == 1, stderr);
+        Assert.StartsWith("error: ", lines[0]);
+        Assert.Contains(expect, lines[0]);
+        Assert.DoesNotContain("System.Int32", stderr);
+        Assert.Equal("", stdout.Trim());
+    }
+
+    [Fact]
+    public void BareSoftpromptPrintsHelp()
+    {
+        var (rc, stdout, _) = Run();
+        Assert.Equal(0, rc);
+        Assert.Contains("Usage:", stdout);
+        Assert.Contains("train", stdout);
+    }
+
     /// <summary>The real executable (Program.cs): success and a usage error, with exit codes and streams.</summary>
     [Fact]
     public void BuiltExecutableRunsAndFailsCleanly()
@@ -187,7 +213,7 @@ public class CliTests
         Assert.Equal(202048, Json(stdout)["parameters"]!.GetValue<long>());
 
         (rc, stdout, stderr) = Exec("score", "-m", Fx("llama"), "--ids", "1,2", "--nope");
-        Assert.NotEqual(0, rc);
+        Assert.Equal(2, rc); // a usage error, as bad input
         Assert.Equal("", stdout.Trim());
         Assert.Matches(@"^error: [^\n]*--nope[^\n]*$", stderr.Trim());
     }

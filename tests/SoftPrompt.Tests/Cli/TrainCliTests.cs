@@ -57,7 +57,37 @@ public class TrainCliTests
 
         var (rc2, out2, err2) = Run("train", "--model", model, "--train", tmp["bad.jsonl"], "--output", tmp["run"], "--steps", "2", "--skip-bad-lines", "--validation-split", "0");
         Assert.True(rc2 == 0, err2);
-        Assert.Contains("skipped 2 bad lines", out2);
+        Assert.Contains("skipped 2 bad lines", err2); // a message: stderr (results go to stdout)
+    }
+
+    [Fact]
+    public void ProgressGoesToStderrResultsToStdoutAndQuietAndVerboseChangeOnlyTheProgress()
+    {
+        using var tmp = new Fixtures.TempDir();
+        var model = Fixtures.TinyModelWithTokenizer();
+        var train = Fixtures.WriteSentimentTask(tmp["train.jsonl"], 24, 2);
+        string[] Args(string run, params string[] extra) => new[] { "train", "--model", model, "--train", train, "--output", tmp[run], "--virtual-tokens", "2",
+            "--steps", "6", "--log-every", "3", "--batch-size", "4", "--validation-split", "0", "--threads", "1" }.Concat(extra).ToArray();
+        static int StepLines(string s) => s.Split('\n').Count(l => l.StartsWith("step "));
+
+        var (rc, so, se) = Run(Args("normal"));
+        Assert.True(rc == 0, se);
+        Assert.Contains("step     3/6", se);                 // every --log-every steps (and at most every 10 s between)
+        Assert.Contains("step     6/6", se);
+        Assert.InRange(StepLines(se), 2, 5);
+        Assert.Contains("step loss", se);
+        Assert.Equal(0, StepLines(so));
+        Assert.Contains("adapter:", so);
+        Assert.Contains("training examples", se);
+
+        (rc, so, se) = Run(Args("quiet", "--quiet"));
+        Assert.True(rc == 0, se);
+        Assert.Equal("", se.Trim());                        // no progress, no messages
+        Assert.Contains("adapter:", so);
+
+        (rc, so, se) = Run(Args("verbose", "--verbose"));
+        Assert.True(rc == 0, se);
+        Assert.Equal(6, StepLines(se));                     // every step
     }
 
     [Fact]

@@ -59,16 +59,29 @@ public class EvalCommandTests : IClassFixture<EvalWorld>
         Assert.Empty(Directory.GetDirectories(_w.Root, Path.GetFileName(output) + ".tmp-*"));   // no temp folder left
 
         var m = JsonNode.Parse(File.ReadAllText(Path.Combine(output, "metrics.json")))!.AsObject();
-        Assert.Equal(new[] { "conditions", "task", "labels", "class_prior", "model", "data", "created" }, m.Select(kv => kv.Key).ToArray());
+        Assert.Equal(new[] { "conditions", "task", "labels", "class_prior", "model", "data", "created", "softprompt_version", "seed", "eval_config" }, m.Select(kv => kv.Key).ToArray());
+        Assert.Equal(42, m["seed"]!.GetValue<int>());
+        Assert.Equal(2, m["eval_config"]!["few_shot"]!.GetValue<int>());      // the config as resolved (the option won)
+        Assert.False(string.IsNullOrEmpty(m["softprompt_version"]!.GetValue<string>()));
         Assert.Equal("classification", m["task"]!.GetValue<string>());
         Assert.Equal(new[] { "cold", "warm" }, m["labels"]!.AsArray().Select(x => x!.GetValue<string>()).ToArray());
         Assert.Equal(0.5, m["class_prior"]!.GetValue<double>(), 9);
         var conds = m["conditions"]!.AsArray().Select(x => x!.AsObject()).ToList();
+        // Soft conditions are named by what the adapter says of itself (the trainer records the exported step).
+        var step = JsonNode.Parse(File.ReadAllText(Path.Combine(_w.RunDir, "summary.json")))!["steps"]!.GetValue<int>();
+        var softName = conds[4]["name"]!.GetValue<string>();
+        Assert.Matches(@"^soft prompt, 4 tokens, step \d+$", softName);
         var expected = new (string Name, string Kind)[]
         {
             ("zero-shot", "zero-shot"), ("instruction 1", "instruction"), ("instruction 2", "instruction"), ("few-shot k=2", "few-shot"),
-            ("soft-prompt run/adapter", "soft-prompt"), ("prefix prefix-adapter", "prefix"), ("projected run/adapter", "projected"), ("searched searched", "searched"),
+            (softName, "soft-prompt"), ("prefix, 3 tokens", "prefix"), (softName + " projected onto tokens", "projected"), ("searched searched", "searched"),
         };
+        Assert.InRange(int.Parse(softName.Split(' ')[^1]), 1, step);
+        Assert.Equal(Path.GetFullPath(_w.AdapterDir), conds[4]["adapter"]!.GetValue<string>());
+        Assert.Equal(4, conds[4]["adapter_settings"]!["adapter_config"]!["num_virtual_tokens"]!.GetValue<int>());
+        Assert.Equal("prompt", conds[4]["adapter_settings"]!["recorded"]!["method"]!.GetValue<string>());
+        Assert.Equal(Path.GetFullPath(_w.AdapterDir), conds[6]["adapter"]!.GetValue<string>());
+        Assert.Null(conds[0]["adapter"]);
         Assert.Equal(expected, conds.Select(c => (c["name"]!.GetValue<string>(), c["kind"]!.GetValue<string>())).ToArray());
         foreach (var c in conds)
         {
@@ -102,6 +115,28 @@ public class EvalCommandTests : IClassFixture<EvalWorld>
         Assert.Contains("margin", report);
         Assert.Contains("no projected hard prompt", report);
         Assert.Contains("| gold \\ predicted |", report);
+    }
+
+    [Fact]
+    public void OneTrainingPlotDrawsEveryRunAndKnowsEachSelectedCheckpoint()
+    {
+        var output = NewOut();
+        var second = Path.Combine(_w.Root, "run-copy");
+        if (!Directory.Exists(second))
+        {
+            Directory.CreateDirectory(second);
+            File.Copy(Path.Combine(_w.RunDir, "metrics.jsonl"), Path.Combine(second, "metrics.jsonl"));
+        }
+        var (rc, _, stderr) = Run("eval", "--model", _w.ModelDir, "--data", _w.TestFile, "--output", output, "--max-examples", "4", "--run", _w.RunDir, "--run", second);
+        Assert.True(rc == 0, stderr);
+        Assert.True(File.Exists(Path.Combine(output, "training.png")));
+        Assert.False(File.Exists(Path.Combine(output, "training-2.png")));
+        Assert.True(File.Exists(Path.Combine(output, "training-1_metrics.jsonl")) && File.Exists(Path.Combine(output, "training-2_metrics.jsonl")));
+        Assert.Contains("](training.png)", File.ReadAllText(Path.Combine(output, "report.md")));
+        // The marked step is the one the exported adapter records; a folder without an adapter has none.
+        var recorded = int.Parse(SoftPrompt.IO.SafeTensors.ReadHeader(Path.Combine(_w.AdapterDir, Adapter.WeightsFile)).Metadata["softprompt.step"]);
+        Assert.Equal(recorded, SoftPrompt.Training.TrainingPlot.SelectedStep(_w.RunDir, preferExported: true));
+        Assert.Null(SoftPrompt.Training.TrainingPlot.SelectedStep(second, preferExported: true));
     }
 
     [Fact]
