@@ -75,7 +75,7 @@ public static class Cli
         {
             Console.Error.WriteLine($"error: {inner.Message}");
             if (Environment.GetEnvironmentVariable("SOFTPROMPT_DEBUG") == "1") Console.Error.WriteLine(inner);
-            return 2;
+            return inner is Opro.RemoteServiceException remote ? remote.ExitCode : 2; // endpoint failures: 3-6 (see docs/opro.md)
         }
         if (inner is OperationCanceledException) { Console.Error.WriteLine("cancelled."); return 130; }
         Console.Error.WriteLine($"error: {inner.GetType().Name}: {inner.Message}");
