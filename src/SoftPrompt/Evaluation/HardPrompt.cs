@@ -39,8 +39,10 @@ public sealed record HardPrompt
         if (!File.Exists(path)) throw new SoftPromptException($"{path}: hard prompt file not found.");
         try
         {
-            var hp = JsonSerializer.Deserialize<HardPrompt>(File.ReadAllText(path)) ?? throw new SoftPromptException($"{path}: empty file.");
-            if (hp.TokenIds.Length == 0 && hp.Text.Length == 0) throw new SoftPromptException($"{path}: neither 'text' nor 'token_ids' is given.");
+            var json = File.ReadAllText(path);
+            var hp = JsonSerializer.Deserialize<HardPrompt>(json) ?? throw new SoftPromptException($"{path}: empty file.");
+            // An empty prompt written out as such ("text": "", e.g. OPRO finding the zero-shot prompt best) is valid.
+            if (hp.TokenIds.Length == 0 && hp.Text.Length == 0 && !(System.Text.Json.Nodes.JsonNode.Parse(json) is System.Text.Json.Nodes.JsonObject o0 && o0.ContainsKey("text"))) throw new SoftPromptException($"{path}: neither 'text' nor 'token_ids' is given.");
             return hp;
         }
         catch (JsonException e) { throw new SoftPromptException($"{path}: invalid JSON ({e.Message})."); }
