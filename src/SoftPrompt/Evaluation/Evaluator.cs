@@ -90,6 +90,8 @@ public static class Evaluator
         else { task = o.Task; reason = "--task"; }
         if (task == "generation" && o.Labels is not null) throw new SoftPromptException("--labels applies to classification; this evaluation is a generation task (--task).");
 
+        if (o.Rubric is not null && task != "generation") throw new SoftPromptException("--rubric (the judge metric) applies to generation tasks; this evaluation is classification.");
+        using var judge = o.Rubric is null ? null : JudgeClient(o);
         using var lm = LanguageModel.Load(o.Model!, o.Device, o.Dtype);
         var tok = lm.RequireTokenizer();
         var model = lm.Model;
@@ -147,6 +149,7 @@ public static class Evaluator
             {
                 log?.Invoke($"evaluating {c.Name} on {examples.Count} examples ...");
                 results.Add(EvaluateCondition(c, examples, o, lm, tok, ct, padId, notes));
+                if (judge is not null) AddJudgeScore(results[^1], judge, Opro.Judge.ReadRubric(o.Rubric!), notes);
             }
             double? prior = ct is null ? null : ClassificationMetrics.MajorityClassAccuracy(examples.Select(ct.Gold).ToList());
             return new EvalResult(task, reason, ct?.Labels, prior, Path.GetFullPath(o.Model!), Path.GetFullPath(o.Data!), DateTimeOffset.Now, results, notes.Distinct().ToList());
@@ -155,6 +158,26 @@ public static class Evaluator
         {
             foreach (var m in methods) m.Dispose();
         }
+    }
+
+    /// <summary>The LLM judge of --rubric (OpenAI-compatible endpoint; errors are one-line, the key never shown).</summary>
+    static Microsoft.Extensions.AI.IChatClient JudgeClient(EvalOptions o)
+    {
+        var (client, info) = Opro.ChatErrors.OpenAiCompatible(o.JudgeEndpoint!, o.JudgeModel!, o.JudgeApiKeyEnv, 3, TimeSpan.FromSeconds(120), "judge");
+        return new Opro.MeteredChatClient(client, new Opro.CallMeter(), judge: true, 4, info);
+    }
+
+    /// <summary>judge_score (mean 1-10 rating of the answers against the rubric) and judge_failures (replies without a
+    /// number, rated 1) into the condition's metrics, with the rating counts (metrics.json's judge_histogram; a note in the report).</summary>
+    static void AddJudgeScore(ConditionResult r, Microsoft.Extensions.AI.IChatClient judge, string rubric, List<string> notes)
+    {
+        var verdicts = Opro.Judge.RateAll(judge, rubric, r.Predictions.Select(p => (p.Input, p.Prediction)).ToList(), 4).GetAwaiter().GetResult();
+        var m = (Dictionary<string, double>)r.Metrics;
+        m["judge_score"] = verdicts.Length == 0 ? double.NaN : verdicts.Average(v => v.Rating);
+        m["judge_failures"] = verdicts.Count(v => !v.Parsed);
+        var hist = Opro.Judge.Histogram(verdicts);
+        for (int i = 0; i < 10; i++) m[EvalReport.JudgeRating + (i + 1)] = hist[i];
+        notes.Add($"{r.Name}: judge ratings 1..10: [{string.Join(", ", hist)}]");
     }
 
     static string SafeLabelField(DataOptions d, string task)

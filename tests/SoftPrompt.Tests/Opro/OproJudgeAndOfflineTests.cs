@@ -95,4 +95,40 @@ public class OproJudgeAndOfflineTests
         var metrics = Json(Path.Combine(report, "metrics.json"));
         Assert.Contains(metrics["conditions"]!.AsArray(), c => c!["kind"]!.GetValue<string>() == "searched");
     }
+
+    [Fact]
+    public void EvalAddsTheJudgeMetricForGenerationTasks()
+    {
+        using var tmp = new Fixtures.TempDir();
+        var data = SearchFixture.WriteTask(tmp["data.jsonl"], 6, 8);
+        File.WriteAllText(tmp["rubric.txt"], "Short answers are best.");
+        var server = FakeOpenAiServer.Start();
+        try
+        {
+            // Rated 6, except reviews of the film: no number (rated 1, counted as a failure).
+            server.Handler = r => FakeReply.Chat(r.UserText.Contains("Input:\nthe film") ? "hmm" : "Score: 6");
+            var report = tmp["report"];
+            var (rc, stdout, stderr) = CliRunner.Run("eval", "--model", SearchFixture.ModelDir, "--data", data, "--task", "generation", "--max-new-tokens", "3",
+                "--rubric", tmp["rubric.txt"], "--judge-endpoint", server.Endpoint, "--judge-model", "judge", "--output", report, "--threads", "1");
+            Assert.True(rc == 0, stderr + stdout);
+            var m = Json(Path.Combine(report, "metrics.json"));
+            var zero = m["conditions"]!.AsArray().Single(c => c!["kind"]!.GetValue<string>() == "zero-shot")!["metrics"]!;
+            var films = File.ReadAllLines(data).Count(l => l.Contains("the film"));
+            Assert.Equal((6.0 * (6 - films) + films) / 6, zero["judge_score"]!.GetValue<double>(), 9);
+            Assert.Equal(films, zero["judge_failures"]!.GetValue<double>());
+            Assert.Equal(6, server.Requests.Count);
+            var zeroCond = m["conditions"]!.AsArray().Single(c => c!["kind"]!.GetValue<string>() == "zero-shot")!;
+            Assert.Equal(new[] { films, 0, 0, 0, 0, 6 - films, 0, 0, 0, 0 }, zeroCond["judge_histogram"]!.AsArray().Select(x => x!.GetValue<int>()).ToArray());
+            var md = File.ReadAllText(Path.Combine(report, "report.md"));
+            Assert.Contains("judge_score", md);
+            Assert.Contains($"zero-shot: judge ratings 1..10: [{films}, 0, 0, 0, 0, {6 - films}, 0, 0, 0, 0]", md);
+            Assert.DoesNotContain("judge_rating_", md);
+
+            var (rcClass, _, errClass) = CliRunner.Run("eval", "--model", SearchFixture.ModelDir, "--data", data, "--rubric", tmp["rubric.txt"],
+                "--judge-endpoint", server.Endpoint, "--judge-model", "judge", "--output", tmp["report2"], "--threads", "1");
+            Assert.Equal(2, rcClass);
+            Assert.Contains("applies to generation tasks", errClass);
+        }
+        finally { server.DisposeAsync().AsTask().GetAwaiter().GetResult(); }
+    }
 }
