@@ -222,13 +222,18 @@ public class OproSearchTests
         var server = FakeOpenAiServer.Start();
         try
         {
-            server.Handler = r => FakeReply.Chat($"<INS>Instruction number {r.Index}.</INS>");
-            var (rc, _, err) = CliRunner.Run(Args(train, tmp["run"], server, "--steps", "5", "--max-calls", "4"));
+            // An over-long and an empty instruction are failed candidates; the run goes on.
+            server.Handler = r => FakeReply.Chat(r.Index == 1 ? "<INS>" + new string('x', 81) + "</INS>" : r.Index == 2 ? "<INS> </INS>" : $"<INS>Instruction number {r.Index}.</INS>");
+            var (rc, _, err) = CliRunner.Run(Args(train, tmp["run"], server, "--steps", "5", "--max-calls", "4", "--max-instruction-chars", "80"));
             Assert.True(rc == 0, err);
             Assert.Equal(4, server.Requests.Count);
+            var log = Log(tmp["run"]);
+            Assert.Equal(new[] { "initial", "too_long", "empty", "scored", "scored" }, log.Select(r => r["status"]!.GetValue<string>()).Where(st => st != "skipped").ToArray());
+            Assert.Contains("81 characters", log[1]["detail"]!.GetValue<string>());
             var summary = Json(Path.Combine(tmp["run"], "summary.json"));
             Assert.Equal("max_calls", summary["stop_reason"]!.GetValue<string>());
             Assert.Equal(4, summary["calls"]!.GetValue<int>());
+            Assert.Equal(2, summary["rejected_empty_or_too_long"]!.GetValue<int>());
         }
         finally { server.DisposeAsync().AsTask().GetAwaiter().GetResult(); }
     }
