@@ -197,7 +197,7 @@ public static class Evaluator
         int truncated = 0;
         int[] Prompt(int i, int reserve)
         {
-            var ids = PromptBuilder.Truncate(HardPrompt.BuildPromptIds(tok, c.HardFor(i).TokenIds, examples[i].Prompt), tok.PrefixIds.Count, maxLen - reserve, out bool cut);
+            var ids = PromptBuilder.Truncate(c.HardFor(i).PromptIds(tok, examples[i].Prompt), tok.PrefixIds.Count, maxLen - reserve, out bool cut);
             if (cut) truncated++;
             return ids;
         }

@@ -162,7 +162,7 @@ public sealed record HardPromptSearchOptions : Data.DataFields
     [Description("OPRO: best previous instructions (with scores, ascending) shown in the meta-prompt.")] public int Keep { get; init; } = 20;
     [Description("OPRO: sampling temperature of the optimizer.")] public double Temperature { get; init; } = 1.0;
     [Description("OPRO: training exemplars shown in the meta-prompt each step.")] public int Exemplars { get; init; } = 3;
-    [Description("OPRO: where the instruction goes: before_q (a line before the example's prompt) or q_begin (at its start, same line).")] public string InstructionPosition { get; init; } = "before_q";
+    [Description("OPRO: where the instruction goes: before_q (a line before the example's prompt text), q_begin (at its start), q_end (a line after it) or a_begin (after it, same line: after the answer cue of a template).")] public string InstructionPosition { get; init; } = "before_q";
     [Description("OPRO: a task description put at the top of the meta-prompt.")] public string? TaskDescription { get; init; }
     [Description("OPRO: an initial instruction scored at step 0 besides the zero-shot (empty) one.")] public string[] InitInstruction { get; init; } = Array.Empty<string>();
     [Description("OPRO: longest accepted instruction, in characters (longer ones are failed candidates).")] public int MaxInstructionChars { get; init; } = 300;
@@ -217,7 +217,7 @@ public sealed record HardPromptSearchOptions : Data.DataFields
         Req(Keep >= 1, $"--keep must be at least 1 (got {Keep}).");
         Req(Temperature >= 0 && Temperature <= 2, $"--temperature must be in [0, 2] (got {Temperature}).");
         Req(Exemplars >= 0, $"--exemplars must be >= 0 (got {Exemplars}).");
-        Req(InstructionPosition is "before_q" or "q_begin", $"--instruction-position '{InstructionPosition}': expected before_q or q_begin (q_end and a_begin are not supported: a hard prompt goes before the example's prompt text).");
+        Req(InstructionPosition is "before_q" or "q_begin" or "q_end" or "a_begin", $"--instruction-position '{InstructionPosition}': expected before_q, q_begin, q_end or a_begin.");
         Req(MaxInstructionChars >= 1, $"--max-instruction-chars must be at least 1 (got {MaxInstructionChars}).");
         Req(Objective is "auto" or "accuracy" or "exact_match" or "loss" or "judge", $"--objective '{Objective}': expected auto, accuracy, exact_match, loss or judge.");
         Req(Objective != "judge" || Rubric is not null, "--objective judge needs --rubric FILE.");

@@ -71,7 +71,7 @@ public static class HardPromptSearchJob
         var trainName = Path.GetFileName(Path.GetFullPath(o.Train!));
         var hp = new HardPrompt
         {
-            Text = result.Text, TokenIds = result.TokenIds, Score = result.Score, Objective = result.Objective,
+            Text = result.Text, TokenIds = result.TokenIds, Score = result.Score, Objective = result.Objective, Position = opro ? objective.HardPromptPosition : null,
             Source = opro
                 ? $"search-hard-prompt (opro, optimizer {oproRun?.OptimizerName ?? "custom"}, {result.Steps} steps, seed {o.Seed}, {trainName})"
                 : $"search-hard-prompt (gradient-guided, k={o.PromptLength}, {result.Steps} steps, seed {o.Seed}, {trainName})",

@@ -30,6 +30,7 @@ public sealed class TargetLossObjective : IGradientPromptObjective, IInstruction
     readonly Dictionary<string, double> _scoreCache = new();
     // Instruction (OPRO) scoring: the metric, the classification task for accuracy, the instruction's position.
     readonly string _metric = "neg_loss", _position = "before_q";
+    readonly bool _after; // q_end / a_begin: the instruction follows the example's prompt text
     readonly ClassificationTask? _ct;
     readonly int _maxNewTokens;
     readonly int[] _stopIds = Array.Empty<int>();
@@ -86,6 +87,7 @@ public sealed class TargetLossObjective : IGradientPromptObjective, IInstruction
         if (o.Strategy == "opro")
         {
             _position = o.InstructionPosition; _maxNewTokens = o.MaxNewTokens;
+            _after = _position is "q_end" or "a_begin";
             var data = o.DataOptions();
             var all = search.Concat(heldOut ?? Array.Empty<Example>()).ToList();
             string objective = o.Objective;
@@ -128,7 +130,7 @@ public sealed class TargetLossObjective : IGradientPromptObjective, IInstruction
         int room = _maxLength - _prefix.Length - ids.Length - x.Target.Length;
         if (room < 0) throw new SoftPromptException($"{x.Source.Location}: a {ids.Length}-token hard prompt and the {x.Target.Length}-token target do not fit in --max-length {_maxLength}.");
         var text = x.Text.Length > room ? x.Text[^room..] : x.Text;
-        return new TokenizedExample([.. _prefix, .. ids, .. text], x.Target);
+        return new TokenizedExample(_after ? [.. _prefix, .. text, .. ids] : [.. _prefix, .. ids, .. text], x.Target);
     }
 
     /// <summary>The search example <paramref name="index"/> with <paramref name="ids"/> as hard prompt (for checks and eval).</summary>
@@ -260,9 +262,15 @@ public sealed class TargetLossObjective : IGradientPromptObjective, IInstruction
     public int ScoreSetCount => _scoreSet.Length;
 
     /// <summary>before_q: the instruction on its own line before the example's prompt (as eval's instructions);
-    /// q_begin: at the start of the prompt, followed by a space. The empty instruction is the zero-shot prompt.</summary>
-    public int[] InstructionIds(string instruction) =>
-        instruction.Length == 0 ? Array.Empty<int>() : _tok.Encode(instruction + (_position == "q_begin" ? " " : "\n"), false);
+    /// q_begin: at the start of the prompt, followed by a space; q_end: on a new line after the prompt text; a_begin:
+    /// after the prompt text (its answer cue) after a space. The empty instruction is the zero-shot prompt.</summary>
+    public int[] InstructionIds(string instruction) => instruction.Length == 0 ? Array.Empty<int>() : _tok.Encode(_position switch
+    {
+        "q_begin" => instruction + " ", "q_end" => "\n" + instruction, "a_begin" => " " + instruction, _ => instruction + "\n",
+    }, false);
+
+    /// <summary>Where the instruction's ids go in a <see cref="HardPrompt"/>: null (before the prompt text) or "after".</summary>
+    public string? HardPromptPosition => _after ? "after" : null;
 
     public (string Prompt, string Target) ExampleText(int index) => (_search[index].Source.Prompt, _search[index].Source.Target);
 
@@ -307,7 +315,7 @@ public sealed class TargetLossObjective : IGradientPromptObjective, IInstruction
             cancel.ThrowIfCancellationRequested();
             var x = _search[examples[j]];
             using var scope = torch.NewDisposeScope();
-            var prompt = PromptBuilder.Truncate([.. _prefix, .. ids, .. x.Text], _prefix.Length, _maxLength - _maxNewTokens, out _);
+            var prompt = PromptBuilder.Truncate(_after ? [.. _prefix, .. x.Text, .. ids] : [.. _prefix, .. ids, .. x.Text], _prefix.Length, _maxLength - _maxNewTokens, out _);
             var r = Inference.Generator.Generate(_model, prompt, new Inference.GenerationOptions { MaxNewTokens = _maxNewTokens, EosIds = _stopIds });
             var text = _tok.Decode(r.NewIds, skipSpecialTokens: true);
             result[j] = (text.IndexOf('\n') is int nl and >= 0 ? text[..nl] : text).Trim();

@@ -43,7 +43,10 @@ public static class MetaPrompt
 
     /// <summary>An exemplar with the instruction slot marked where <paramref name="position"/> puts it.</summary>
     public static string Exemplar(string prompt, string target, string position) =>
-        "input:\n" + (position == "q_begin" ? $"{Open} {prompt}" : $"{Open}\n{prompt}") + "\noutput:\n" + target.Trim();
+        "input:\n" + position switch
+        {
+            "q_begin" => $"{Open} {prompt}", "q_end" => $"{prompt}\n{Open}", "a_begin" => $"{prompt} {Open}", _ => $"{Open}\n{prompt}",
+        } + "\noutput:\n" + target.Trim();
 
     public static string Chat(IReadOnlyList<ScoredInstruction> kept, IReadOnlyList<(string Prompt, string Target)> exemplars,
         string metric, string position, string? taskDescription)

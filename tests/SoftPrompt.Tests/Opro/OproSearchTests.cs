@@ -157,6 +157,9 @@ public class OproSearchTests
             var (rcHtml, errHtml) = Go(_ => new FakeReply(200, "<html>proxy login</html>"));
             Assert.Equal(6, rcHtml);
             Assert.Contains("not the JSON of a chat completion", errHtml);
+            var (rcSlow, errSlow) = Go(_ => { Thread.Sleep(2500); return FakeReply.Chat("<INS>late</INS>"); }, "--request-timeout", "1");
+            Assert.Equal(3, rcSlow);
+            Assert.Contains("no reply within the timeout", errSlow);
             var (rcEnv, errEnv) = Go(_ => FakeReply.Chat("x"), "--api-key-env", "SOFTPROMPT_TEST_UNSET_VARIABLE");
             Assert.Equal(2, rcEnv);
             Assert.Contains("SOFTPROMPT_TEST_UNSET_VARIABLE", errEnv);
@@ -234,6 +237,36 @@ public class OproSearchTests
             Assert.Equal("max_calls", summary["stop_reason"]!.GetValue<string>());
             Assert.Equal(4, summary["calls"]!.GetValue<int>());
             Assert.Equal(2, summary["rejected_empty_or_too_long"]!.GetValue<int>());
+        }
+        finally { server.DisposeAsync().AsTask().GetAwaiter().GetResult(); }
+    }
+
+    [Fact]
+    public void AnInstructionAfterTheAnswerCueIsShownSoScoredSoAndPlacedSoByEval()
+    {
+        using var tmp = new Fixtures.TempDir();
+        var train = SearchFixture.WriteTask(tmp["train.jsonl"], 8, 9);
+        var server = FakeOpenAiServer.Start();
+        try
+        {
+            server.Handler = r => FakeReply.Chat($"<INS>Answer number {r.Index}:</INS>");
+            var run = tmp["run"];
+            var (rc, _, err) = CliRunner.Run(Args(train, run, server, "--steps", "1", "--instruction-position", "a_begin", "--init-instruction", "Answer:"));
+            Assert.True(rc == 0, err);
+            Assert.Matches("input:\nthe [a-z]+ was [a-z]+\\. answer: <INS>\noutput:\n(yes|no)", server.Requests[0].UserText);
+            var hp = HardPrompt.Load(run);
+            Assert.Equal("after", hp.Position);
+            using var lm = SoftPrompt.Inference.LanguageModel.Load(SearchFixture.ModelDir);
+            var tok = lm.RequireTokenizer();
+            // "after": prefix, the example's prompt text, then the instruction (with its leading space).
+            var after = new HardPrompt { Text = " Answer:", TokenIds = tok.Encode(" Answer:", false), Position = "after" };
+            Assert.Equal(tok.PrefixIds.Concat(tok.Encode("the film was good. answer:", false)).Concat(after.TokenIds).ToArray(), after.PromptIds(tok, "the film was good. answer:"));
+            Assert.Equal(tok.PrefixIds.Concat(after.TokenIds).Concat(tok.Encode("x", false)).ToArray(), (after with { Position = null }).PromptIds(tok, "x"));
+            var entries = OproTrajectory.Load(Path.Combine(run, OproTrajectory.FileName)).Entries;
+            Assert.Contains(entries, e => e.Text == "Answer:");
+            Assert.True(hp.Text.Length == 0 || hp.Text.StartsWith(' '), hp.Text);
+            var (rcEval, outEval, errEval) = CliRunner.Run("eval", "--model", SearchFixture.ModelDir, "--data", train, "--searched", run, "--output", tmp["report"], "--threads", "1");
+            Assert.True(rcEval == 0, errEval + outEval);
         }
         finally { server.DisposeAsync().AsTask().GetAwaiter().GetResult(); }
     }
