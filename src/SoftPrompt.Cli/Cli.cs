@@ -140,6 +140,7 @@ public static class Cli
         if (inner is OperationCanceledException) { Console.Error.WriteLine("cancelled."); return 130; }
         var (code, message) = inner switch
         {
+            Opro.RemoteServiceException remote => (remote.ExitCode, inner.Message), // endpoint failures: 3-6 (docs/opro.md)
             SoftPromptException => (2, inner.Message),
             UnauthorizedAccessException => (2, $"permission denied: {inner.Message}"),
             FileNotFoundException or DirectoryNotFoundException => (2, inner.Message),

@@ -15,27 +15,43 @@ public static class SearchCommand
 {
     public static Command Create()
     {
-        var cmd = new Command("search-hard-prompt", "Search a readable hard prompt of k tokens (AutoPrompt / HotFlip: gradient-proposed token swaps, kept when they lower the target loss); writes RUN_DIR/hard_prompt.json for eval.");
+        var resume = new Option<string>("--resume") { Description = "Continue the OPRO run in this folder from its trajectory (its config.json, then any options given, e.g. more --steps)." };
+        var cmd = new Command("search-hard-prompt", "Search a hard prompt: --strategy gradient (default; AutoPrompt / HotFlip: gradient-proposed token swaps of k tokens, kept when they lower the target loss) or --strategy opro (an LLM proposes instructions, the frozen model scores them); writes RUN_DIR/hard_prompt.json for eval.") { resume };
         var options = new RecordOptions<HardPromptSearchOptions>(cmd);
         cmd.SetAction((pr, cancel) =>
         {
-            var o = options.Bind(pr);
+            var resumeDir = pr.GetValue(resume);
+            var o = options.Bind(pr, resumeDir is not null ? ResumeOptions(resumeDir) : null);
+            if (resumeDir is not null) o = o with { Output = resumeDir };
             using var interruption = new Interruption(cancel);
-            var result = ConsoleProgress.Run(p => { var r = new SearchReporter(p); return HardPromptSearchJob.Run(o, r, r.Message, interruption.Token); });
+            var result = ConsoleProgress.Run(p => { var r = new SearchReporter(p); return HardPromptSearchJob.Run(o, r, r.Message, interruption.Token, resume: resumeDir is not null); });
             var reporter = ConsoleProgress.Results; // closing lines are results: stdout
             if (result.StopReason == "cancelled")
             {
-                Console.Error.WriteLine($"interrupted at step {result.Steps}; the best prompt so far, \"{result.Text}\", is saved in {Path.GetFullPath(Path.Combine(o.Output!, HardPrompt.FileName))} (eval takes it as it is; a new search needs another --output)");
+                Console.Error.WriteLine(o.Strategy == "opro"
+                    ? $"interrupted at step {result.Steps}; the trajectory is saved; continue with: softprompt search-hard-prompt --resume {Interruption.Quote(o.Output!)}"
+                    : $"interrupted at step {result.Steps}; the best prompt so far, \"{result.Text}\", is saved in {Path.GetFullPath(Path.Combine(o.Output!, HardPrompt.FileName))} (eval takes it as it is; a new search needs another --output)");
                 return Task.FromResult(interruption.ExitCode);
             }
-            reporter.Message(string.Format(CultureInfo.InvariantCulture, "done: {0} steps ({1}), {2} swaps accepted; target loss {3:F4} -> {4:F4}",
-                result.Steps, result.StopReason, result.Accepted, result.InitialScore, result.Score));
+            reporter.Message(result.Objective == "target_loss"
+                ? string.Format(CultureInfo.InvariantCulture, "done: {0} steps ({1}), {2} swaps accepted; target loss {3:F4} -> {4:F4}",
+                    result.Steps, result.StopReason, result.Accepted, result.InitialScore, result.Score)
+                : string.Format(CultureInfo.InvariantCulture, "done: {0} steps ({1}), {2} instructions scored; {3} {4:F4} (zero-shot) -> {5:F4}; {6} calls, {7} tokens",
+                    result.Steps, result.StopReason, result.Accepted, result.Objective, result.InitialScore, result.Score,
+                    result.Details?["calls"], result.Details?["total_tokens"]));
             if (result.SelectMetric is not null) reporter.Message(string.Format(CultureInfo.InvariantCulture, "held-out {0}: {1:F4}", result.SelectMetric, result.SelectValue));
             reporter.Message($"hard prompt: \"{result.Text}\" [{string.Join(",", result.TokenIds)}]");
             reporter.Message($"written: {Path.GetFullPath(Path.Combine(o.Output!, HardPrompt.FileName))}");
             return Task.FromResult(0);
         });
         return cmd;
+    }
+
+    static HardPromptSearchOptions ResumeOptions(string runDir)
+    {
+        var path = Path.Combine(runDir, HardPromptSearchJob.ConfigFile);
+        if (!File.Exists(path)) throw new SoftPromptException($"--resume {runDir}: no {HardPromptSearchJob.ConfigFile} there; is it a search run folder?");
+        return OptionsRecord.FromFile(path, new HardPromptSearchOptions());
     }
 
     /// <summary>The search's progress on the shared <see cref="ConsoleProgress"/> (stderr): a bar on a terminal, a
@@ -47,7 +63,7 @@ public static class SearchCommand
         public void Report(HardPromptSearchProgress p)
         {
             if (!_begun) { progress.Begin("hard-prompt search", p.TotalSteps); _begun = true; }
-            progress.Update(p.Step, string.Format(CultureInfo.InvariantCulture, "step {0}/{1}  best score-set loss {2:F4}", p.Step, p.TotalSteps, p.BestScore),
+            progress.Update(p.Step, string.Format(CultureInfo.InvariantCulture, "step {0}/{1}  best {2} {3:F4}", p.Step, p.TotalSteps, p.HigherIsBetter ? "score" : "score-set loss", p.BestScore),
                 HardPromptSearchJob.Line(p), force: true);
         }
 

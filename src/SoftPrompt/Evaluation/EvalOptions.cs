@@ -35,6 +35,11 @@ public sealed record EvalOptions : Data.DataFields
     [Description("Generation: answer normalisation before comparing, comma-separated steps of lowercase, punctuation, articles, whitespace (or none).")] public string Normalize { get; init; } = "lowercase,punctuation,articles,whitespace";
     [Description("Generation: separator of several gold answers in one output field, e.g. \"|\" (default: none).")] public string? AnswerSeparator { get; init; }
 
+    [Description("Generation: rubric file for an LLM judge metric (judge_score: mean 1-10 rating of each answer against the rubric).")] public string? Rubric { get; init; }
+    [Description("Generation: OpenAI-compatible endpoint of the judge for --rubric, e.g. http://127.0.0.1:11434/v1.")] public string? JudgeEndpoint { get; init; }
+    [Description("Generation: judge model name at --judge-endpoint.")] public string? JudgeModel { get; init; }
+    [Description("Generation: environment variable holding the judge endpoint's API key (never logged or written).")] public string? JudgeApiKeyEnv { get; init; }
+
     [Description("Examples per batch for the loss.")] public int BatchSize { get; init; } = 8;
     [Description("Random seed (few-shot draws, sampling).")] public int Seed { get; init; } = 42;
     [Description("auto, cpu, cuda or cuda:N.")] public string Device { get; init; } = "auto";
@@ -66,6 +71,8 @@ public sealed record EvalOptions : Data.DataFields
         if (InstructionsFile is not null) Req(File.Exists(InstructionsFile), $"--instructions-file {InstructionsFile}: file not found.");
         foreach (var s in Searched)
             Req(File.Exists(s) || File.Exists(Path.Combine(s, HardPrompt.FileName)), $"--searched {s}: no such hard prompt file{(Directory.Exists(s) ? $" ({HardPrompt.FileName} is not in that folder)" : "")}.");
+        Req(Rubric is null || (JudgeEndpoint is not null && JudgeModel is not null), "--rubric needs --judge-endpoint and --judge-model (the LLM judge).");
+        if (Rubric is not null) Req(File.Exists(Rubric), $"--rubric {Rubric}: file not found.");
         foreach (var p in Prompt) Req(Directory.Exists(p), $"--prompt {p}: adapter folder not found.");
         foreach (var r in Run) Req(File.Exists(Path.Combine(r, "metrics.jsonl")), $"--run {r}: no metrics.jsonl there; is it a training run folder?");
     }

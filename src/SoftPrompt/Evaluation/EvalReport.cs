@@ -19,6 +19,9 @@ public static class EvalReport
     static readonly JsonSerializerOptions Compact = new() { WriteIndented = false, Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
     static string F(double x) => double.IsFinite(x) ? x.ToString("F4", CultureInfo.InvariantCulture) : "-";
 
+    /// <summary>Metric keys judge_rating_1..10 hold the judge's rating counts: metrics.json lists them as judge_histogram.</summary>
+    public const string JudgeRating = "judge_rating_";
+
     /// <summary>metrics.json's object.</summary>
     public static JsonObject MetricsJson(EvalResult r)
     {
@@ -26,8 +29,10 @@ public static class EvalReport
         foreach (var c in r.Conditions)
         {
             var m = new JsonObject();
-            foreach (var (k, v) in c.Metrics) m[k] = double.IsFinite(v) ? v : null;
+            foreach (var (k, v) in c.Metrics) if (!k.StartsWith(JudgeRating, StringComparison.Ordinal)) m[k] = double.IsFinite(v) ? v : null;
             var o = new JsonObject { ["name"] = c.Name, ["kind"] = c.Kind, ["n"] = c.N, ["metrics"] = m };
+            if (c.Metrics.ContainsKey(JudgeRating + "1"))
+                o["judge_histogram"] = new JsonArray(Enumerable.Range(1, 10).Select(i => (JsonNode)(int)c.Metrics[JudgeRating + i]).ToArray());
             if (c.PromptText is not null) o["prompt_text"] = c.PromptText;
             if (c.AdapterPath is not null) o["adapter"] = c.AdapterPath;
             if (c.AdapterSettings is not null) o["adapter_settings"] = c.AdapterSettings.DeepClone();
@@ -57,7 +62,7 @@ public static class EvalReport
     /// <summary>The metrics table with aligned columns (text) or as Markdown.</summary>
     public static string Table(EvalResult r, bool markdown)
     {
-        var keys = r.Conditions.SelectMany(c => c.Metrics.Keys).Distinct().ToList();
+        var keys = r.Conditions.SelectMany(c => c.Metrics.Keys).Where(k => !k.StartsWith(JudgeRating, StringComparison.Ordinal)).Distinct().ToList();
         var head = new[] { "condition", "kind", "n" }.Concat(keys).ToArray();
         var rows = r.Conditions.Select(c => new[] { c.Name, c.Kind, c.N.ToString(CultureInfo.InvariantCulture) }
             .Concat(keys.Select(k => c.Metrics.TryGetValue(k, out var v) ? F(v) : "-")).ToArray()).ToList();

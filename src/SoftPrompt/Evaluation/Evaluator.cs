@@ -113,6 +113,8 @@ public static class Evaluator
 
         if (task == "classification" && o.Labels is not null) ClassificationTask.CheckLabels(all, dataOptions, o.Labels, o.Data!); // before the model load
         TorchRuntime.SetThreads(o.Threads); // warnings only: the report's stderr stays for the evaluation's own notes
+        if (o.Rubric is not null && task != "generation") throw new SoftPromptException("--rubric (the judge metric) applies to generation tasks; this evaluation is classification.");
+        using var judge = o.Rubric is null ? null : JudgeClient(o);
         using var lm = LanguageModel.Load(o.Model!, o.Device, o.Dtype);
         var tok = lm.RequireTokenizer();
         var model = lm.Model;
@@ -176,6 +178,7 @@ public static class Evaluator
                 Action<int> done = units => progress?.Report(new EvalProgress(c.Name, index, conditions.Count, units, 2 * n, n));
                 var result = EvaluateCondition(c, examples, o, lm, tok, ct, padId, notes, done);
                 results.Add(c.AdapterDir is null ? result : result with { AdapterPath = c.AdapterDir, AdapterSettings = AdapterSettings(c.AdapterDir) });
+                if (judge is not null) AddJudgeScore(results[^1], judge, Opro.Judge.ReadRubric(o.Rubric!), notes);
             }
             double? prior = ct is null ? null : ClassificationMetrics.MajorityClassAccuracy(examples.Select(ct.Gold).ToList());
             return new EvalResult(task, reason, ct?.Labels, prior, Path.GetFullPath(o.Model!), Path.GetFullPath(o.Data!), DateTimeOffset.Now, results, notes.Distinct().ToList())
@@ -187,6 +190,26 @@ public static class Evaluator
         {
             foreach (var m in methods) m.Dispose();
         }
+    }
+
+    /// <summary>The LLM judge of --rubric (OpenAI-compatible endpoint; errors are one-line, the key never shown).</summary>
+    static Microsoft.Extensions.AI.IChatClient JudgeClient(EvalOptions o)
+    {
+        var (client, info) = Opro.ChatErrors.OpenAiCompatible(o.JudgeEndpoint!, o.JudgeModel!, o.JudgeApiKeyEnv, 3, TimeSpan.FromSeconds(120), "judge");
+        return new Opro.MeteredChatClient(client, new Opro.CallMeter(), judge: true, 4, info);
+    }
+
+    /// <summary>judge_score (mean 1-10 rating of the answers against the rubric) and judge_failures (replies without a
+    /// number, rated 1) into the condition's metrics, with the rating counts (metrics.json's judge_histogram; a note in the report).</summary>
+    static void AddJudgeScore(ConditionResult r, Microsoft.Extensions.AI.IChatClient judge, string rubric, List<string> notes)
+    {
+        var verdicts = Opro.Judge.RateAll(judge, rubric, r.Predictions.Select(p => (p.Input, p.Prediction)).ToList(), 4).GetAwaiter().GetResult();
+        var m = (Dictionary<string, double>)r.Metrics;
+        m["judge_score"] = verdicts.Length == 0 ? double.NaN : verdicts.Average(v => v.Rating);
+        m["judge_failures"] = verdicts.Count(v => !v.Parsed);
+        var hist = Opro.Judge.Histogram(verdicts);
+        for (int i = 0; i < 10; i++) m[EvalReport.JudgeRating + (i + 1)] = hist[i];
+        notes.Add($"{r.Name}: judge ratings 1..10: [{string.Join(", ", hist)}]");
     }
 
     static string SafeLabelField(DataOptions d, string task)
@@ -206,7 +229,7 @@ public static class Evaluator
         int truncated = 0;
         int[] Prompt(int i, int reserve)
         {
-            var ids = PromptBuilder.Truncate(HardPrompt.BuildPromptIds(tok, c.HardFor(i).TokenIds, examples[i].Prompt), tok.PrefixIds.Count, maxLen - reserve, out bool cut);
+            var ids = PromptBuilder.Truncate(c.HardFor(i).PromptIds(tok, examples[i].Prompt), tok.PrefixIds.Count, maxLen - reserve, out bool cut);
             if (cut) truncated++;
             return ids;
         }

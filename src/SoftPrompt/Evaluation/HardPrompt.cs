@@ -19,12 +19,20 @@ public sealed record HardPrompt
     [JsonPropertyName("score")] public double? Score { get; init; }
     [JsonPropertyName("objective")] public string? Objective { get; init; }
     [JsonPropertyName("source")] public string? Source { get; init; }
+    /// <summary>Where the ids go: null / "before" the example's prompt text (the default), or "after" it (OPRO's q_end and
+    /// a_begin instruction positions; the separator is part of the ids).</summary>
+    [JsonPropertyName("position")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public string? Position { get; init; }
 
     public const string FileName = "hard_prompt.json";
 
     /// <summary>Prompt ids for an example: tokenizer prefix (BOS) + hard prompt ids + the example's prompt text.</summary>
     public static int[] BuildPromptIds(HfTokenizer tok, IReadOnlyList<int> hardPromptIds, string promptText) =>
         tok.PrefixIds.Concat(hardPromptIds).Concat(tok.Encode(promptText, addSpecialTokens: false)).ToArray();
+
+    /// <summary>This prompt's ids for an example, placed as <see cref="Position"/> says.</summary>
+    public int[] PromptIds(HfTokenizer tok, string promptText) => Position == "after"
+        ? tok.PrefixIds.Concat(tok.Encode(promptText, addSpecialTokens: false)).Concat(TokenIds).ToArray()
+        : BuildPromptIds(tok, TokenIds, promptText);
 
     /// <summary>A hard prompt from text (an instruction, demonstrations): its tokens without special tokens.</summary>
     public static HardPrompt FromText(HfTokenizer tok, string text, string? source = null) =>
@@ -42,7 +50,9 @@ public sealed record HardPrompt
         {
             var hp = JsonSerializer.Deserialize<HardPrompt>(text, new JsonSerializerOptions { AllowDuplicateProperties = false }) ?? throw new SoftPromptException($"{path}: empty file.");
             if (hp.Text is null || hp.TokenIds is null) throw new SoftPromptException($"{path}: 'text' must be a string and 'token_ids' an array of integers, not null.");
-            if (hp.TokenIds.Length == 0 && hp.Text.Length == 0) throw new SoftPromptException($"{path}: neither 'text' nor 'token_ids' is given.");
+            if (hp.Position is not (null or "before" or "after")) throw new SoftPromptException($"{path}: 'position' is \"{hp.Position}\"; expected \"before\" or \"after\".");
+            // An empty prompt written out as such ("text": "", e.g. OPRO finding the zero-shot prompt best) is valid.
+            if (hp.TokenIds.Length == 0 && hp.Text.Length == 0 && !(System.Text.Json.Nodes.JsonNode.Parse(text) is System.Text.Json.Nodes.JsonObject o0 && o0.ContainsKey("text"))) throw new SoftPromptException($"{path}: neither 'text' nor 'token_ids' is given.");
             return hp;
         }
         catch (JsonException e) { throw IO.JsonFile.Invalid(path, text, e); }

@@ -39,24 +39,33 @@ public interface IGradientPromptObjective : IPromptObjective
 }
 
 /// <summary>
-/// A hard-prompt search strategy. <see cref="GradientGuidedSearch"/> (HotFlip / AutoPrompt) implements it.
+/// An objective that scores whole instructions (text), higher is better, as OPRO needs: the instruction is turned into
+/// hard-prompt ids at the configured position and scored on the fixed score set by the task's metric (rank-classification
+/// accuracy, exact match, minus the target loss) or by an LLM judge. <see cref="TargetLossObjective"/> implements it,
+/// so both strategies share the data, the score set, the prompt layout and the held-out selection.
 /// </summary>
-/// <remarks>
-/// How OPRO (Yang et al. 2023, "Large Language Models as Optimizers") would implement it, not done here:
-/// keep a list of (instruction text, score) pairs, seeded with the initial prompt scored by
-/// <see cref="IPromptObjective.Score"/>. Each step builds a meta-prompt holding the best pairs so far in ascending
-/// order of quality (score shown as e.g. 100·exp(−loss) or accuracy), a few training examples, and the request
-/// "write a new instruction that is different from the old ones and has a higher score"; POSTs it N times (or with
-/// <c>n</c>) to <c>{endpoint}/v1/chat/completions</c> (<c>{"model": ..., "messages": [{"role": "user", "content":
-/// meta}], "temperature": 1.0}</c>, bearer key from an environment variable) of any OpenAI-compatible server; parses
-/// each reply's instruction text; turns it into ids with <see cref="IPromptObjective.Encode"/> (length free, not k);
-/// scores all of them on a minibatch with <see cref="IPromptObjective.Loss"/>, and the best few on the score set;
-/// keeps the top pairs, reports progress through the same <see cref="HardPromptSearchProgress"/>, and returns the
-/// best by <see cref="IPromptObjective.Select"/> (else by score) as a <see cref="HardPromptSearchResult"/>. Its
-/// options (endpoint, model, temperature, candidates per step, pairs kept) would extend
-/// <see cref="HardPromptSearchOptions"/> with a <c>strategy</c> key. Only the candidate generation differs; scoring,
-/// logging and the output files are shared.
-/// </remarks>
+public interface IInstructionObjective : IPromptObjective
+{
+    /// <summary>What <see cref="ScoreInstructions"/> measures: accuracy, exact_match, neg_loss or judge.</summary>
+    string Metric { get; }
+    /// <summary>Examples in the fixed score set.</summary>
+    int ScoreSetCount { get; }
+    /// <summary>The hard-prompt ids of an instruction (empty for the empty, zero-shot instruction).</summary>
+    int[] InstructionIds(string instruction);
+    /// <summary>Each instruction's metric on the score set (higher is better), with a note (e.g. failed judge replies).</summary>
+    InstructionScore[] ScoreInstructions(IReadOnlyList<string> instructions, CancellationToken cancel = default);
+    /// <summary>The prompt text and target text of search example <paramref name="index"/> (for exemplars).</summary>
+    (string Prompt, string Target) ExampleText(int index);
+}
+
+/// <summary>One instruction's score; <paramref name="Failures"/> counts sub-results that failed (judge replies without a number).</summary>
+public sealed record InstructionScore(double Score, int Failures = 0, string? Note = null);
+
+/// <summary>
+/// A hard-prompt search strategy. <see cref="GradientGuidedSearch"/> (HotFlip / AutoPrompt) and
+/// <see cref="Opro.OproSearch"/> (Yang et al. 2023, "Large Language Models as Optimizers") implement it; scoring,
+/// logging, selection and the run folder are shared by <see cref="HardPromptSearchJob"/>.
+/// </summary>
 public interface IHardPromptOptimizer
 {
     HardPromptSearchResult Optimize(IPromptObjective objective, HardPromptSearchOptions options, int[] initialIds,
@@ -84,7 +93,17 @@ public sealed record HardPromptSearchProgress
     public required string BestText { get; init; }
     public required TimeSpan Elapsed { get; init; }
     public required TimeSpan Eta { get; init; }
+    /// <summary>Strategies that propose many candidates per step (OPRO) list them here: one log row each.</summary>
+    public IReadOnlyList<SearchCandidate>? Candidates { get; init; }
+    /// <summary>Extra text for the progress line (calls, tokens used).</summary>
+    public string? Status { get; init; }
+    /// <summary>Whether <see cref="BestScore"/> is higher-is-better (OPRO's metrics) rather than a loss.</summary>
+    public bool HigherIsBetter { get; init; }
 }
+
+/// <summary>One proposed candidate of a step: its text, its score (null when it was not scored) and what happened to it
+/// (scored, initial, duplicate, parse_failed, empty, too_long, error).</summary>
+public sealed record SearchCandidate(int Step, string Text, double? Score, string Status, string? Detail = null);
 
 public sealed record HardPromptSearchResult
 {
@@ -99,6 +118,10 @@ public sealed record HardPromptSearchResult
     public required int Steps { get; init; }
     public required int Accepted { get; init; }
     public required string StopReason { get; init; }
+    /// <summary>What <see cref="Score"/> measures ("target_loss" for the gradient search; OPRO's metric otherwise).</summary>
+    public string Objective { get; init; } = "target_loss";
+    /// <summary>Strategy-specific facts for the run summary (calls, tokens, wall time).</summary>
+    public System.Text.Json.Nodes.JsonObject? Details { get; init; }
 }
 
 /// <summary>
@@ -121,11 +144,41 @@ public sealed record HardPromptSearchOptions : Data.DataFields
     [Description("Initial prompt text (repeated / truncated to k tokens); default: k copies of \" the\".")] public string? Init { get; init; }
     [Description("Allow every non-special token (default: only tokens that decode to letters, spaces and punctuation).")] public bool AllTokens { get; init; }
     [Description("Evaluate the current prompt on the score set (and held-out data) every N steps, and at the end.")] public int EvalEvery { get; init; } = 10;
-    [Description("Examples of the score set (a seeded sample of the search data; 0 = all).")] public int ScoreExamples { get; init; } = 256;
+    [Description("Examples of the score set (a seeded sample of the search data; 0 = all; -1 = 256 for gradient, 100 for opro).")] public int ScoreExamples { get; init; } = -1;
+
+    /// <summary>The score-set size after the strategy default (-1) is resolved.</summary>
+    public int ResolvedScoreExamples => ScoreExamples >= 0 ? ScoreExamples : Strategy == "opro" ? 100 : 256;
     [Description("Held-out metric that picks the final prompt: loss, or accuracy (rank classification over the labels).")] public string SelectBy { get; init; } = "loss";
     [Description("Label set for select_by=accuracy, comma-separated (default: the distinct targets).")] public string? Labels { get; init; }
     [Description("Rows (candidates x examples) per forward pass when evaluating candidates.")] public int ForwardBatch { get; init; } = 64;
     [Description("Random seed: same seed, same data, same result.")] public int Seed { get; init; } = 42;
+
+    [Description("Search strategy: gradient (token swaps proposed by the gradient) or opro (an LLM proposes whole instructions; Yang et al. 2023).")] public string Strategy { get; init; } = "gradient";
+    [Description("OPRO: OpenAI-compatible endpoint of the optimizer LLM, e.g. http://127.0.0.1:11434/v1 (POST {endpoint}/chat/completions).")] public string? OptimizerEndpoint { get; init; }
+    [Description("OPRO: model name at --optimizer-endpoint.")] public string? OptimizerModel { get; init; }
+    [Description("OPRO: run the optimizer in-process on this local Hugging Face model folder instead of an endpoint.")] public string? OptimizerModelDir { get; init; }
+    [Description("OPRO: name of the environment variable holding the endpoint's API key (sent as a bearer token; never logged or written).")] public string? ApiKeyEnv { get; init; }
+    [Description("OPRO: instructions sampled from the optimizer per step.")] public int CandidatesPerStep { get; init; } = 8;
+    [Description("OPRO: best previous instructions (with scores, ascending) shown in the meta-prompt.")] public int Keep { get; init; } = 20;
+    [Description("OPRO: sampling temperature of the optimizer.")] public double Temperature { get; init; } = 1.0;
+    [Description("OPRO: training exemplars shown in the meta-prompt each step.")] public int Exemplars { get; init; } = 3;
+    [Description("OPRO: where the instruction goes: before_q (a line before the example's prompt text), q_begin (at its start), q_end (a line after it) or a_begin (after it, same line: after the answer cue of a template).")] public string InstructionPosition { get; init; } = "before_q";
+    [Description("OPRO: a task description put at the top of the meta-prompt.")] public string? TaskDescription { get; init; }
+    [Description("OPRO: an initial instruction scored at step 0 besides the zero-shot (empty) one.")] public string[] InitInstruction { get; init; } = Array.Empty<string>();
+    [Description("OPRO: longest accepted instruction, in characters (longer ones are failed candidates).")] public int MaxInstructionChars { get; init; } = 300;
+    [Description("OPRO: the score maximised: auto (accuracy for classification data, else loss), accuracy, exact_match, loss or judge.")] public string Objective { get; init; } = "auto";
+    [Description("OPRO: rubric file for --objective judge (what the judge scores each output 1-10 against).")] public string? Rubric { get; init; }
+    [Description("OPRO: endpoint of the judge LLM (default: the optimizer's).")] public string? JudgeEndpoint { get; init; }
+    [Description("OPRO: judge model name (default: the optimizer's).")] public string? JudgeModel { get; init; }
+    [Description("OPRO: environment variable with the judge endpoint's key (default: --api-key-env).")] public string? JudgeApiKeyEnv { get; init; }
+    [Description("OPRO: concurrent optimizer / judge calls.")] public int Parallel { get; init; } = 4;
+    [Description("OPRO: stop after this many optimizer + judge calls (0 = no limit).")] public int MaxCalls { get; init; }
+    [Description("OPRO: stop after this many tokens (prompt + completion, as reported by the server; 0 = no limit).")] public int MaxTokensBudget { get; init; }
+    [Description("OPRO: retries of a call on 408/429/5xx and transport errors (exponential backoff, honouring Retry-After).")] public int MaxRetries { get; init; } = 3;
+    [Description("OPRO: seconds before one call times out.")] public int RequestTimeout { get; init; } = 120;
+    [Description("OPRO: maximum tokens of one optimizer reply.")] public int OptimizerMaxTokens { get; init; } = 256;
+    [Description("OPRO: best instructions (by score) also scored on the held-out data to pick the final one.")] public int ValidateTop { get; init; } = 3;
+    [Description("OPRO: tokens generated per example for --objective exact_match and judge.")] public int MaxNewTokens { get; init; } = 32;
 
     [Description("Append the end-of-sequence token to each target.")] public bool AddEos { get; init; }
     [Description("Maximum tokens per example, hard prompt included (example text is truncated from the left).")] public int MaxLength { get; init; } = 256;
@@ -150,7 +203,7 @@ public sealed record HardPromptSearchOptions : Data.DataFields
         Req(EvalCandidates >= 1, $"--eval-candidates must be at least 1 (got {EvalCandidates}).");
         Req(BatchSize >= 1, $"--batch-size must be at least 1 (got {BatchSize}).");
         Req(EvalEvery >= 1, $"--eval-every must be at least 1 (got {EvalEvery}).");
-        Req(ScoreExamples >= 0, $"--score-examples must be >= 0 (got {ScoreExamples}).");
+        Req(ScoreExamples >= -1, $"--score-examples must be >= 0 (got {ScoreExamples}).");
         Req(ForwardBatch >= 1, $"--forward-batch must be at least 1 (got {ForwardBatch}).");
         Req(SelectBy is "loss" or "accuracy", $"--select-by '{SelectBy}': expected loss or accuracy.");
         Req(ValidationSplit >= 0 && ValidationSplit < 1, "--validation-split must be in [0, 1).");
@@ -162,5 +215,28 @@ public sealed record HardPromptSearchOptions : Data.DataFields
             Req(v <= Big, $"{name} {v}: expected at most {Big}.");
         Req(MaxLength <= 1 << 20, $"--max-length {MaxLength}: expected at most {1 << 20}.");
         Req(Threads >= 0, $"--threads {Threads}: expected 0 (automatic) or a positive number.");
+        Req(Strategy is "gradient" or "opro", $"--strategy '{Strategy}': expected gradient or opro.");
+        if (Strategy != "opro") return;
+        Req(OptimizerEndpoint is null != (OptimizerModelDir is null), "--strategy opro needs exactly one of --optimizer-endpoint (an OpenAI-compatible server) or --optimizer-model-dir (a local model).");
+        Req(OptimizerEndpoint is null || !string.IsNullOrWhiteSpace(OptimizerModel), "--optimizer-model is required with --optimizer-endpoint.");
+        Req(CandidatesPerStep >= 1, $"--candidates-per-step must be at least 1 (got {CandidatesPerStep}).");
+        Req(Keep >= 1, $"--keep must be at least 1 (got {Keep}).");
+        Req(Temperature >= 0 && Temperature <= 2, $"--temperature must be in [0, 2] (got {Temperature}).");
+        Req(Exemplars >= 0, $"--exemplars must be >= 0 (got {Exemplars}).");
+        Req(InstructionPosition is "before_q" or "q_begin" or "q_end" or "a_begin", $"--instruction-position '{InstructionPosition}': expected before_q, q_begin, q_end or a_begin.");
+        Req(MaxInstructionChars >= 1, $"--max-instruction-chars must be at least 1 (got {MaxInstructionChars}).");
+        Req(Objective is "auto" or "accuracy" or "exact_match" or "loss" or "judge", $"--objective '{Objective}': expected auto, accuracy, exact_match, loss or judge.");
+        Req(Objective != "judge" || Rubric is not null, "--objective judge needs --rubric FILE.");
+        Req(Rubric is null || File.Exists(Rubric), $"--rubric {Rubric}: file not found.");
+        Req(JudgeEndpoint is null || JudgeModel is not null || OptimizerModel is not null, "--judge-endpoint needs --judge-model.");
+        Req(Parallel >= 1, $"--parallel must be at least 1 (got {Parallel}).");
+        Req(MaxCalls >= 0, $"--max-calls must be >= 0 (got {MaxCalls}).");
+        Req(MaxTokensBudget >= 0, $"--max-tokens-budget must be >= 0 (got {MaxTokensBudget}).");
+        Req(MaxRetries >= 0 && MaxRetries <= 10, $"--max-retries must be in [0, 10] (got {MaxRetries}).");
+        Req(RequestTimeout >= 1, $"--request-timeout must be at least 1 second (got {RequestTimeout}).");
+        Req(OptimizerMaxTokens >= 1, $"--optimizer-max-tokens must be at least 1 (got {OptimizerMaxTokens}).");
+        Req(ValidateTop >= 1, $"--validate-top must be at least 1 (got {ValidateTop}).");
+        Req(MaxNewTokens >= 1, $"--max-new-tokens must be at least 1 (got {MaxNewTokens}).");
+        foreach (var i in InitInstruction) Req(i.Trim().Length > 0 && i.Length <= MaxInstructionChars, $"--init-instruction \"{i}\": empty or longer than --max-instruction-chars {MaxInstructionChars}.");
     }
 }

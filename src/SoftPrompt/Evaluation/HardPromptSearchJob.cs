@@ -21,25 +21,30 @@ public static class HardPromptSearchJob
     public const string LogFile = "search_log.jsonl", SummaryFile = "search_summary.json", ConfigFile = "config.json";
 
     public static HardPromptSearchResult Run(HardPromptSearchOptions o, IProgress<HardPromptSearchProgress>? progress = null,
-        Action<string>? message = null, CancellationToken cancel = default, IHardPromptOptimizer? optimizer = null)
+        Action<string>? message = null, CancellationToken cancel = default, IHardPromptOptimizer? optimizer = null, bool resume = false)
     {
         o.Validate();
+        o = o with { ScoreExamples = o.ResolvedScoreExamples };
+        bool opro = o.Strategy == "opro";
         var runDir = o.Output!;
         if (File.Exists(runDir)) throw new SoftPromptException($"--output {runDir}: is a file, expected a run folder.");
-        // Locked (created, proven writable) before anything is read; held to the end. A failed search leaves no folder
-        // it created (a search has no checkpoint to resume).
+        if (resume && !opro) throw new SoftPromptException("--resume continues an OPRO run (--strategy opro); a gradient search is restarted instead.");
+        var trajectoryPath = Path.Combine(runDir, Opro.OproTrajectory.FileName);
+        if (resume && !File.Exists(trajectoryPath)) throw new SoftPromptException($"--resume {runDir}: no {Opro.OproTrajectory.FileName} there; is it an OPRO run folder?");
+        // Locked (created, proven writable) before anything is read; held to the end. A failed gradient search leaves no
+        // folder it created (it has no checkpoint to resume); a failed OPRO run keeps its trajectory for --resume.
         var runLock = RunLock.Acquire(runDir);
         bool ok = false;
         try
         {
-            var r = RunLocked(o, progress, message, cancel, optimizer, runDir);
+            var r = RunLocked(o, progress, message, cancel, optimizer, runDir, resume, trajectoryPath);
             ok = true;
             return r;
         }
         finally
         {
             runLock.Dispose();
-            if (!ok)
+            if (!ok && !File.Exists(trajectoryPath))
                 try
                 {
                     if (runLock.CreatedFolder) Directory.Delete(runDir, recursive: true);
@@ -50,10 +55,13 @@ public static class HardPromptSearchJob
     }
 
     static HardPromptSearchResult RunLocked(HardPromptSearchOptions o, IProgress<HardPromptSearchProgress>? progress,
-        Action<string>? message, CancellationToken cancel, IHardPromptOptimizer? optimizer, string runDir)
+        Action<string>? message, CancellationToken cancel, IHardPromptOptimizer? optimizer, string runDir, bool resume, string trajectoryPath)
     {
-        if (File.Exists(Path.Combine(runDir, HardPrompt.FileName)))
+        bool opro = o.Strategy == "opro";
+        if (!resume && File.Exists(Path.Combine(runDir, HardPrompt.FileName)))
             throw new SoftPromptException($"{runDir} already holds a search result ({HardPrompt.FileName}); choose another --output.");
+        if (!resume && opro && File.Exists(trajectoryPath))
+            throw new SoftPromptException($"{runDir} holds an unfinished OPRO run; continue it with --resume {runDir}, or choose another --output.");
         torch.manual_seed(o.Seed);
 
         // Data first: a broken dataset stops the run before the model is loaded.
@@ -80,34 +88,60 @@ public static class HardPromptSearchJob
         using var lm = LanguageModel.Load(o.Model!, o.Device, o.Dtype);
         var tok = lm.RequireTokenizer();
         var objective = new TargetLossObjective(lm.Model, tok, search, heldOut, o);
-        var init = InitialIds(tok, objective.Allowed, o.PromptLength, o.Init);
         message?.Invoke($"{search.Count} search examples ({objective.ScoreSet.Count} in the score set), {heldOut.Count} held out; " +
-                        $"{objective.Allowed.Count(a => a)} allowed tokens; model {lm.Model.Config.ModelType} on {lm.Model.Device}");
-        message?.Invoke($"initial prompt ({o.PromptLength} tokens): \"{tok.Decode(init)}\"");
+                        (opro ? $"objective {objective.Metric}; " : $"{objective.Allowed.Count(a => a)} allowed tokens; ") + $"model {lm.Model.Config.ModelType} on {lm.Model.Device}");
+        using var oproRun = opro && optimizer is null ? Opro.OproRun.Create(o, lm, objective, trajectoryPath, resume, message) : null;
+        var init = opro ? Array.Empty<int>() : InitialIds(tok, objective.Allowed, o.PromptLength, o.Init);
+        if (!opro) message?.Invoke($"initial prompt ({o.PromptLength} tokens): \"{tok.Decode(init)}\"");
 
         AtomicFile.WriteAllText(Path.Combine(runDir, ConfigFile), OptionsRecord.ToJson(o));
         var logPath = Path.Combine(runDir, LogFile);
         var rows = new List<string>();
+        if (resume && File.Exists(logPath))
+        {
+            // Keep the rows of the steps the trajectory holds (a step in flight when the run stopped is redone).
+            int done = Opro.OproTrajectory.Load(trajectoryPath).Step;
+            rows.AddRange(File.ReadAllLines(logPath).Where(l => l.Length > 0 && RowStep(l) is int st && st <= done));
+        }
         var logger = new LogWriter(rows, logPath, progress);
-        var result = (optimizer ?? new GradientGuidedSearch()).Optimize(objective, o, init, logger, cancel);
+        var result = (optimizer ?? (IHardPromptOptimizer?)oproRun?.Search ?? new GradientGuidedSearch()).Optimize(oproRun?.Objective ?? objective, o, init, logger, cancel);
         WriteLog(rows, logPath);
 
+        var trainName = Path.GetFileName(Path.GetFullPath(o.Train!));
         var hp = new HardPrompt
         {
-            Text = result.Text, TokenIds = result.TokenIds, Score = result.Score, Objective = "target_loss",
-            Source = $"search-hard-prompt (gradient-guided, k={o.PromptLength}, {result.Steps} steps, seed {o.Seed}, {Path.GetFileName(Path.GetFullPath(o.Train!))})",
+            Text = result.Text, TokenIds = result.TokenIds, Score = result.Score, Objective = result.Objective, Position = opro ? objective.HardPromptPosition : null,
+            Source = opro
+                ? $"search-hard-prompt (opro, optimizer {oproRun?.OptimizerName ?? "custom"}, {result.Steps} steps, seed {o.Seed}, {trainName})"
+                : $"search-hard-prompt (gradient-guided, k={o.PromptLength}, {result.Steps} steps, seed {o.Seed}, {trainName})",
         };
         var summary = new JsonObject
         {
-            ["strategy"] = "gradient_guided", ["steps"] = result.Steps, ["accepted_swaps"] = result.Accepted, ["stop_reason"] = result.StopReason,
+            ["strategy"] = opro ? "opro" : "gradient_guided", ["steps"] = result.Steps, ["accepted_swaps"] = result.Accepted, ["stop_reason"] = result.StopReason,
             ["initial_text"] = tok.Decode(result.InitialIds), ["initial_token_ids"] = new JsonArray(result.InitialIds.Select(i => (JsonNode)i).ToArray()),
-            ["initial_score"] = result.InitialScore, ["score"] = result.Score, ["objective"] = "target_loss",
+            ["initial_score"] = result.InitialScore, ["score"] = result.Score, ["objective"] = result.Objective,
             ["score_examples"] = objective.ScoreSet.Count, ["held_out_examples"] = objective.HeldOutCount,
             ["select_metric"] = result.SelectMetric, ["select_value"] = result.SelectValue,
         };
-        AtomicFile.WriteAllText(Path.Combine(runDir, SummaryFile), JsonFile.Write(summary, indented: true) + "\n");
+        if (opro) summary.Remove("accepted_swaps");
+        if (result.Details is not null) foreach (var kv in result.Details) summary[kv.Key] = kv.Value?.DeepClone();
+        var summaryText = JsonFile.Write(summary, indented: true) + "\n";
+        AtomicFile.WriteAllText(Path.Combine(runDir, SummaryFile), summaryText);
+        if (opro)
+        {
+            AtomicFile.WriteAllText(Path.Combine(runDir, "summary.json"), summaryText);
+            if (File.Exists(trajectoryPath))
+                try { Opro.OproPlot.Write(Opro.OproTrajectory.Load(trajectoryPath), Path.Combine(runDir, "opro.png")); }
+                catch (Exception e) when (e is not SoftPromptException) { message?.Invoke($"warning: opro.png not written ({e.GetType().Name}: {e.Message})"); }
+        }
         hp.Save(Path.Combine(runDir, HardPrompt.FileName)); // last: its presence marks a finished search
         return result;
+    }
+
+    static int? RowStep(string line)
+    {
+        try { return JsonNode.Parse(line)?["step"]?.GetValue<int>(); }
+        catch (Exception e) when (e is JsonException or InvalidOperationException or FormatException) { return null; }
     }
 
     /// <summary>The starting prompt: the init text's tokens repeated / truncated to k, else k copies of " the"
@@ -137,6 +171,20 @@ public static class HardPromptSearchJob
     {
         public void Report(HardPromptSearchProgress p)
         {
+            if (p.Candidates is not null)
+            {
+                // One row per proposed candidate (parse failures and duplicates too), then the file is rewritten.
+                foreach (var c in p.Candidates)
+                {
+                    var r = new JsonObject { ["step"] = c.Step, ["text"] = c.Text, ["score"] = c.Score, ["status"] = c.Status };
+                    if (c.Detail is not null) r["detail"] = c.Detail;
+                    r["best"] = p.BestScore; r["elapsed_s"] = Math.Round(p.Elapsed.TotalSeconds, 3);
+                    rows.Add(r.ToJsonString());
+                }
+                WriteLog(rows, path);
+                next?.Report(p);
+                return;
+            }
             var row = new JsonObject
             {
                 ["step"] = p.Step, ["loss"] = p.Loss, ["loss_before"] = p.LossBefore, ["accepted"] = p.Accepted, ["position"] = p.Position,
@@ -152,10 +200,13 @@ public static class HardPromptSearchJob
         }
     }
 
-    /// <summary>A one-line summary of a progress report, for consoles and logs. Each number says what it is: the
-    /// current prompt's loss on this step's minibatch, and the best prompt's loss on the fixed score set (the two are
-    /// measured on different examples).</summary>
-    public static string Line(HardPromptSearchProgress p) => string.Format(CultureInfo.InvariantCulture,
+    /// <summary>A one-line summary of a progress report, for consoles and logs. Each number says what it is: for the
+    /// gradient search the current prompt's loss on this step's minibatch and the best prompt's loss on the fixed score
+    /// set (measured on different examples); for OPRO the best instruction's score and the step's counts.</summary>
+    public static string Line(HardPromptSearchProgress p) => p.Candidates is not null ? string.Format(CultureInfo.InvariantCulture,
+        "step {0,3}/{1}  best: score {2,8:F4}  {3}  ETA {4}  best prompt: \"{5}\"", p.Step, p.TotalSteps, p.BestScore, p.Status,
+        p.Eta.TotalHours >= 1 ? $"{(int)p.Eta.TotalHours}h{p.Eta.Minutes:D2}m" : $"{p.Eta.Minutes}m{p.Eta.Seconds:D2}s", p.BestText.Replace("\n", "\\n"))
+        : string.Format(CultureInfo.InvariantCulture,
         "step {0,4}/{1}  current: minibatch loss {2,8:F4}  best: score-set loss {3,8:F4}  ETA {4}  best prompt: \"{5}\"",
         p.Step, p.TotalSteps, p.Loss, p.BestScore, p.Eta.TotalHours >= 1 ? $"{(int)p.Eta.TotalHours}h{p.Eta.Minutes:D2}m" : $"{p.Eta.Minutes}m{p.Eta.Seconds:D2}s",
         p.BestText.Replace("\n", "\\n"));

@@ -13,7 +13,7 @@ namespace SoftPrompt.Evaluation;
 /// layout of <see cref="HardPrompt.BuildPromptIds"/>. Holds a fixed, seeded score set (what results report) and
 /// optional held-out examples for the final pick.
 /// </summary>
-public sealed class TargetLossObjective : IGradientPromptObjective
+public sealed class TargetLossObjective : IGradientPromptObjective, IInstructionObjective
 {
     sealed record Item(int[] Text, int[] Target, Example Source);
 
@@ -28,6 +28,12 @@ public sealed class TargetLossObjective : IGradientPromptObjective
     readonly List<string> _labels = new();
     readonly List<int[]> _labelIds = new();
     readonly Dictionary<string, double> _scoreCache = new();
+    // Instruction (OPRO) scoring: the metric, the classification task for accuracy, the instruction's position.
+    readonly string _metric = "neg_loss", _position = "before_q";
+    readonly bool _after; // q_end / a_begin: the instruction follows the example's prompt text
+    readonly ClassificationTask? _ct;
+    readonly int _maxNewTokens;
+    readonly int[] _stopIds = Array.Empty<int>();
 
     public int ExampleCount => _search.Count;
     public IReadOnlyList<int> ScoreSet => _scoreSet;
@@ -60,7 +66,7 @@ public sealed class TargetLossObjective : IGradientPromptObjective
         _heldOut = (heldOut ?? Array.Empty<Example>()).Select(Tokenize).ToList();
 
         // Score set: every search example, or a seeded sample of ScoreExamples of them (kept in file order).
-        _scoreSet = DatasetSplit.SampleIndices(_search.Count, o.ScoreExamples, o.Seed, stream: 0x5C0BE);
+        _scoreSet = DatasetSplit.SampleIndices(_search.Count, o.ResolvedScoreExamples, o.Seed, stream: 0x5C0BE);
 
         _allowed = AllowedTokens(tok, model.Config.VocabSize, readableOnly: !o.AllTokens);
         if (!_allowed.Any(a => a)) throw new SoftPromptException("no vocabulary token passes the token filter; try --all-tokens.");
@@ -76,6 +82,27 @@ public sealed class TargetLossObjective : IGradientPromptObjective
                     throw new SoftPromptException($"{h.Source.Location}: target \"{h.Source.Target}\" is not one of the labels ({string.Join(", ", labels.Select(l => $"\"{l}\""))}).");
             _labels = labels;
             _labelIds = labels.Select(l => tok.Encode(l, false)).ToList();
+        }
+
+        if (o.Strategy == "opro")
+        {
+            _position = o.InstructionPosition; _maxNewTokens = o.MaxNewTokens;
+            _after = _position is "q_end" or "a_begin";
+            var data = o.DataOptions();
+            var all = search.Concat(heldOut ?? Array.Empty<Example>()).ToList();
+            string objective = o.Objective;
+            if (objective == "auto")
+            {
+                bool isClass = o.Labels is not null;
+                if (!isClass)
+                    try { isClass = ClassificationTask.Detect(all.Select(e => ClassificationTask.LabelOf(e, data.LabelField())).ToList()).IsClassification; }
+                    catch (SoftPromptException) { isClass = false; }
+                objective = isClass ? "accuracy" : "loss";
+            }
+            _metric = objective == "loss" ? "neg_loss" : objective;
+            if (_metric == "accuracy") _ct = ClassificationTask.Create(all, data, tok, o.Labels, o.Train ?? "the search data");
+            if (_metric is "exact_match" or "judge")
+                _stopIds = (tok.EosId is int eos ? new[] { eos } : Array.Empty<int>()).Concat(Evaluator.NewlineIds(tok)).Distinct().ToArray();
         }
     }
 
@@ -103,7 +130,7 @@ public sealed class TargetLossObjective : IGradientPromptObjective
         int room = _maxLength - _prefix.Length - ids.Length - x.Target.Length;
         if (room < 0) throw new SoftPromptException($"{x.Source.Location}: a {ids.Length}-token hard prompt and the {x.Target.Length}-token target do not fit in --max-length {_maxLength}.");
         var text = x.Text.Length > room ? x.Text[^room..] : x.Text;
-        return new TokenizedExample([.. _prefix, .. ids, .. text], x.Target);
+        return new TokenizedExample(_after ? [.. _prefix, .. text, .. ids] : [.. _prefix, .. ids, .. text], x.Target);
     }
 
     /// <summary>The search example <paramref name="index"/> with <paramref name="ids"/> as hard prompt (for checks and eval).</summary>
@@ -112,9 +139,9 @@ public sealed class TargetLossObjective : IGradientPromptObjective
     public int[] Encode(string text) => _tok.Encode(text, false);
     public string Decode(IReadOnlyList<int> ids) => _tok.Decode(ids);
 
-    void CheckIds(int[] ids)
+    void CheckIds(int[] ids, bool allowEmpty = true)
     {
-        if (ids.Length == 0) throw new SoftPromptException("a hard prompt needs at least one token.");
+        if (ids.Length == 0 && !allowEmpty) throw new SoftPromptException("a hard prompt needs at least one token.");
         foreach (var id in ids) if (id < 0 || id >= _model.Config.VocabSize) throw new SoftPromptException($"token id {id} is outside the model's vocabulary (size {_model.Config.VocabSize}).");
     }
 
@@ -175,7 +202,7 @@ public sealed class TargetLossObjective : IGradientPromptObjective
 
     public (double Loss, Tensor Grad) Gradient(int[] ids, IReadOnlyList<int> examples)
     {
-        CheckIds(ids);
+        CheckIds(ids, allowEmpty: false);
         if (examples.Count == 0) throw new SoftPromptException("the gradient needs at least one example.");
         using var scope = torch.NewDisposeScope();
         int k = ids.Length, p0 = _prefix.Length;
@@ -228,4 +255,74 @@ public sealed class TargetLossObjective : IGradientPromptObjective
         }
         return (double)correct / _heldOut.Count;
     }
+
+    // ---- instruction (text) scoring, for OPRO ----
+
+    public string Metric => _metric;
+    public int ScoreSetCount => _scoreSet.Length;
+
+    /// <summary>before_q: the instruction on its own line before the example's prompt (as eval's instructions);
+    /// q_begin: at the start of the prompt, followed by a space; q_end: on a new line after the prompt text; a_begin:
+    /// after the prompt text (its answer cue) after a space. The empty instruction is the zero-shot prompt.</summary>
+    public int[] InstructionIds(string instruction) => instruction.Length == 0 ? Array.Empty<int>() : _tok.Encode(_position switch
+    {
+        "q_begin" => instruction + " ", "q_end" => "\n" + instruction, "a_begin" => " " + instruction, _ => instruction + "\n",
+    }, false);
+
+    /// <summary>Where the instruction's ids go in a <see cref="HardPrompt"/>: null (before the prompt text) or "after".</summary>
+    public string? HardPromptPosition => _after ? "after" : null;
+
+    public (string Prompt, string Target) ExampleText(int index) => (_search[index].Source.Prompt, _search[index].Source.Target);
+
+    public InstructionScore[] ScoreInstructions(IReadOnlyList<string> instructions, CancellationToken cancel = default)
+    {
+        var ids = instructions.Select(InstructionIds).ToList();
+        var items = _scoreSet.Select(i => _search[i]).ToList();
+        switch (_metric)
+        {
+            case "neg_loss":
+                return LossOn(ids, items).Select(l => new InstructionScore(-l)).ToArray();
+            case "accuracy":
+                return ids.Select(c =>
+                {
+                    cancel.ThrowIfCancellationRequested();
+                    var scores = _ct!.Score(_model, null, items.Select(x => Build(c, x).PromptIds).ToList());
+                    int correct = items.Where((x, j) => scores[j].Best(lengthNormalize: false) == _ct.Gold(x.Source)).Count();
+                    return new InstructionScore((double)correct / items.Count);
+                }).ToArray();
+            case "exact_match":
+                return instructions.Select(text =>
+                {
+                    var outputs = GenerateOutputs(text, _scoreSet, cancel);
+                    int hits = items.Where((x, j) => AnswerMetrics.ExactMatch(outputs[j], x.Source.Target, ExactMatchSteps)).Count();
+                    return new InstructionScore((double)hits / items.Count);
+                }).ToArray();
+            default:
+                throw new SoftPromptException($"the '{_metric}' objective is scored by its own objective (e.g. the judge), not by the target model alone.");
+        }
+    }
+
+    static readonly string[] ExactMatchSteps = { "whitespace" };
+
+    /// <summary>The frozen model's greedy continuation of each search example with <paramref name="instruction"/> in place,
+    /// cut at the first newline and trimmed (what exact match and the judge look at).</summary>
+    public string[] GenerateOutputs(string instruction, IReadOnlyList<int> examples, CancellationToken cancel = default)
+    {
+        var ids = InstructionIds(instruction);
+        var result = new string[examples.Count];
+        for (int j = 0; j < examples.Count; j++)
+        {
+            cancel.ThrowIfCancellationRequested();
+            var x = _search[examples[j]];
+            using var scope = torch.NewDisposeScope();
+            var prompt = PromptBuilder.Truncate(_after ? [.. _prefix, .. x.Text, .. ids] : [.. _prefix, .. ids, .. x.Text], _prefix.Length, _maxLength - _maxNewTokens, out _);
+            var r = Inference.Generator.Generate(_model, prompt, new Inference.GenerationOptions { MaxNewTokens = _maxNewTokens, EosIds = _stopIds });
+            var text = _tok.Decode(r.NewIds, skipSpecialTokens: true);
+            result[j] = (text.IndexOf('\n') is int nl and >= 0 ? text[..nl] : text).Trim();
+        }
+        return result;
+    }
+
+    /// <summary>The score-set example indices (for objectives built on this one, like the judge).</summary>
+    public IReadOnlyList<int> ScoreSetIndices => _scoreSet;
 }

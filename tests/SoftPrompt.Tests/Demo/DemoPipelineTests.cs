@@ -33,8 +33,10 @@ public class DemoPipelineTests
         Assert.True(r2.Rc == 0, r2.Err + r2.Out);
         var r3 = Run("search-hard-prompt", "--config", "configs/demo-search.json", "--output", tmp["search"], "--steps", "2", "--eval-every", "1", "--score-examples", "16", "--threads", "1");
         Assert.True(r3.Rc == 0, r3.Err + r3.Out);
+        var r3b = Run("search-hard-prompt", "--config", "configs/demo-opro.json", "--output", tmp["opro"], "--steps", "1", "--candidates-per-step", "2", "--score-examples", "16", "--threads", "1");
+        Assert.True(r3b.Rc == 0, r3b.Err + r3b.Out);
         var r4 = Run("eval", "--config", "configs/demo-eval.json", "--output", tmp["report"], "--prompt", tmp["prompt/adapter"], "--prompt", tmp["prefix/adapter"],
-            "--searched", tmp["search"], "--run", tmp["prompt"], "--max-examples", "24", "--threads", "1");
+            "--searched", tmp["search"], "--searched", tmp["opro"], "--run", tmp["prompt"], "--max-examples", "24", "--threads", "1");
         Assert.True(r4.Rc == 0, r4.Err + r4.Out);
         Assert.Equal(tmp["report"], r4.Out.TrimEnd().Split('\n')[^1].Trim());
 
@@ -43,6 +45,7 @@ public class DemoPipelineTests
         var m = JsonNode.Parse(File.ReadAllText(tmp["report/metrics.json"]))!.AsObject();
         var kinds = m["conditions"]!.AsArray().Select(c => c!["kind"]!.GetValue<string>()).ToHashSet();
         foreach (var k in new[] { "zero-shot", "instruction", "few-shot", "soft-prompt", "prefix", "projected", "searched" }) Assert.Contains(k, kinds);
+        Assert.Equal(2, m["conditions"]!.AsArray().Count(c => c!["kind"]!.GetValue<string>() == "searched")); // gradient and OPRO
         foreach (var c in m["conditions"]!.AsArray())
         {
             Assert.Equal(24, c!["n"]!.GetValue<int>());
