@@ -39,6 +39,7 @@ public static class Cli
         Commands.EvalCommand.Create(),
         Commands.BenchRankCommand.Create(),
         Commands.PretrainCommand.Create(),
+        Commands.ServeCommand.Create(),
     };
 
     public static int Invoke(RootCommand root, string[] args)

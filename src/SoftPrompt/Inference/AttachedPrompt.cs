@@ -51,10 +51,11 @@ public sealed class AttachedPrompt : IDisposable
         return From(method, model, name);
     }
 
-    /// <summary>Marks a use; false when the prompt has been disposed (removed).</summary>
+    /// <summary>Marks a use; false when the prompt has been freed (disposed with no user left). A prompt disposed
+    /// while in use can still be acquired by whoever holds it, and is freed when the last user releases it.</summary>
     public bool TryAcquire()
     {
-        lock (_lock) { if (_disposeRequested) return false; _users++; return true; }
+        lock (_lock) { if (_disposed || (_disposeRequested && _users == 0)) return false; _users++; return true; }
     }
 
     public void Release()
