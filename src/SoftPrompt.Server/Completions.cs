@@ -65,6 +65,7 @@ sealed class Completions
         else _logprobs = f.Int("logprobs", 0, 20);
         _echo = !chat && f.Bool("echo", false);
         bool stream = f.Bool("stream", false);
+        if (f.Bool("ignore_eos", false)) _eos.Clear();   // vLLM's extension: generate max_tokens tokens (benchmarks)
         bool usageInStream = stream && f.Get("stream_options") is { ValueKind: JsonValueKind.Object } so && so.TryGetProperty("include_usage", out var iu) && iu.ValueKind == JsonValueKind.True;
         if (prompts.Count * n > o.MaxChoices) throw ApiError.BadField("n", $"{prompts.Count} prompts x n {n} exceed the server's cap of {o.MaxChoices} sequences per request.");
 

@@ -12,6 +12,7 @@ public sealed class ServerMetrics : IDisposable
     public Counter<long> Requests { get; }
     public Counter<long> PromptTokens { get; }
     public Counter<long> CompletionTokens { get; }
+    public Counter<long> Sequences { get; }
     public Histogram<double> RequestSeconds { get; }
     public Histogram<double> FirstTokenSeconds { get; }
     public Histogram<int> BatchRows { get; }
@@ -26,6 +27,7 @@ public sealed class ServerMetrics : IDisposable
         Requests = _meter.CreateCounter<long>("softprompt_requests", description: "HTTP requests by endpoint and status.");
         PromptTokens = _meter.CreateCounter<long>("softprompt_prompt_tokens", description: "Prompt tokens of completion requests.");
         CompletionTokens = _meter.CreateCounter<long>("softprompt_completion_tokens", description: "Generated tokens.");
+        Sequences = _meter.CreateCounter<long>("softprompt_sequences", description: "Finished sequences by finish reason (max_new_tokens, eos, cancelled: a stop string or a client that left, error).");
         RequestSeconds = _meter.CreateHistogram("softprompt_request_duration", "s", "Time from request to last byte.",
             advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = SecondsBuckets });
         FirstTokenSeconds = _meter.CreateHistogram("softprompt_time_to_first_token", "s", "Time from request to the first generated token.",

@@ -115,6 +115,7 @@ public sealed class SoftPromptServer : IAsyncDisposable
             int capacity = Math.Min(_o.MaxContext ?? positions, positions);
             var engine = new BatchEngine(lm.Model, new BatchEngineOptions { MaxBatch = _o.MaxBatch, MaxQueue = _o.MaxQueue, Capacity = capacity });
             engine.Stepped += Metrics.OnStep;
+            engine.SequenceFinished += reason => Metrics.Sequences.Add(1, new KeyValuePair<string, object?>("finish", reason));
             var reg = new AdapterRegistry(lm.Model, _o.MaxResidentAdapters);
             foreach (var (name, path) in _o.Adapters.Concat(discovered))
             {

@@ -111,6 +111,8 @@ public sealed class BatchEngine : IDisposable
     public int ActiveRows { get; private set; }
     /// <summary>Raised on the engine thread after each forward.</summary>
     public event Action<EngineStep>? Stepped;
+    /// <summary>Raised on the engine thread when a sequence ends, with its finish reason (max_new_tokens, eos, cancelled, error).</summary>
+    public event Action<string>? SequenceFinished;
 
     public BatchEngine(CausalLM model, BatchEngineOptions? options = null)
     {
@@ -307,6 +309,7 @@ public sealed class BatchEngine : IDisposable
         if (s.Finish is not null) return;
         s.Finish = reason;
         ReleasePrompt(s);
+        SequenceFinished?.Invoke(reason);
         s.Handle.Channel.Writer.TryComplete();
         s.Handle.Result.TrySetResult(new SequenceResult(s.Req.PromptIds.ToArray(), s.NewIds.ToArray(), s.LogProbs.ToArray(),
             s.Tops?.ToArray(), s.Handle.PromptLogProbs, reason));
@@ -340,6 +343,7 @@ public sealed class BatchEngine : IDisposable
             if (s.Finish is not null) continue;
             s.Finish = "error";
             ReleasePrompt(s);
+            SequenceFinished?.Invoke("error");
             s.Handle.Channel.Writer.TryComplete(e);
             s.Handle.Result.TrySetException(e);
         }
