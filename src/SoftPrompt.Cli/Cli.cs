@@ -40,6 +40,7 @@ public static class Cli
         Commands.BenchRankCommand.Create(),
         Commands.PretrainCommand.Create(),
         Commands.ServeCommand.Create(),
+        Commands.ServeBenchCommand.Create(),
     };
 
     public static int Invoke(RootCommand root, string[] args)

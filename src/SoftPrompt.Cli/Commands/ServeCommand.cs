@@ -62,3 +62,40 @@ public static class ServeCommand
         return 0;
     }
 }
+
+/// <summary>`softprompt serve-bench`: the server's load test and benchmark (batched vs one at a time vs one server per adapter).</summary>
+public static class ServeBenchCommand
+{
+    public static Command Create()
+    {
+        var model = new Option<string>("--model", "-m") { Description = "Model folder (or --shape)." };
+        var shape = new Option<string>("--shape") { Description = "Random weights of a named shape (e.g. gpt2-small); prompts are token ids." };
+        var clients = new Option<int>("--clients") { Description = "Concurrent clients.", DefaultValueFactory = _ => 32 };
+        var requests = new Option<int>("--requests") { Description = "Requests of the batched run.", DefaultValueFactory = _ => 2000 };
+        var unbatched = new Option<int>("--unbatched-requests") { Description = "Requests of the unbatched runs.", DefaultValueFactory = _ => 200 };
+        var maxTokens = new Option<int>("--max-tokens") { Description = "Tokens generated per request (greedy, ignore_eos).", DefaultValueFactory = _ => 8 };
+        var adapters = new Option<int>("--adapters") { Description = "Adapters (alternating prompt / prefix tuning).", DefaultValueFactory = _ => 4 };
+        var modes = new Option<string>("--modes") { Description = "Comma-separated: batched, sequential, per-adapter.", DefaultValueFactory = _ => "batched,sequential,per-adapter" };
+        var threads = Cli.ThreadsOption(); var format = Cli.FormatOption();
+        var cmd = new Command("serve-bench", "Load-test the server over loopback: throughput and latency of batched serving vs one request at a time vs one server per adapter; every reply checked against its single-request answer.")
+            { model, shape, clients, requests, unbatched, maxTokens, adapters, modes, threads, format };
+        cmd.SetAction(pr =>
+        {
+            TorchRuntime.SetThreads(pr.GetValue(threads));
+            var rows = ServeBenchmark.RunAsync(new ServeBenchOptions
+            {
+                Model = pr.GetValue(model), Shape = pr.GetValue(shape), Clients = pr.GetValue(clients), Requests = pr.GetValue(requests),
+                UnbatchedRequests = pr.GetValue(unbatched), MaxTokens = pr.GetValue(maxTokens), Adapters = pr.GetValue(adapters),
+                Modes = pr.GetValue(modes)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries),
+                Log = l => Console.Error.WriteLine($"[serve-bench] {l}"),
+            }).GetAwaiter().GetResult();
+            if (pr.GetValue(format) == "json") { Cli.WriteJson(rows); return rows.Any(r => r.Errors + r.Mismatches > 0) ? 1 : 0; }
+            Console.WriteLine("| mode | clients | requests | errors | mismatches | tokens/s | requests/s | p50 ms | p99 ms | RSS after warm-up -> end (MB) |");
+            Console.WriteLine("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+            foreach (var r in rows)
+                Console.WriteLine($"| {r.Mode} | {r.Clients} | {r.Requests} | {r.Errors} | {r.Mismatches} | {r.TokensPerS:F0} | {r.RequestsPerS:F1} | {r.P50Ms:F0} | {r.P99Ms:F0} | {r.RssWarmBytes / 1e6:F0} -> {r.RssEndBytes / 1e6:F0} |");
+            return rows.Any(r => r.Errors + r.Mismatches > 0) ? 1 : 0;
+        });
+        return cmd;
+    }
+}

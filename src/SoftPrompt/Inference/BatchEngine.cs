@@ -109,6 +109,8 @@ public sealed class BatchEngine : IDisposable
     public int QueueDepth => Volatile.Read(ref _queued);
     /// <summary>Sequences being decoded (read on the engine thread; approximate elsewhere).</summary>
     public int ActiveRows { get; private set; }
+    /// <summary>Tensors alive on the engine thread after its last step (TorchSharp's count): flat when nothing leaks.</summary>
+    public long LiveTensors { get; private set; }
     /// <summary>Raised on the engine thread after each forward.</summary>
     public event Action<EngineStep>? Stepped;
     /// <summary>Raised on the engine thread when a sequence ends, with its finish reason (max_new_tokens, eos, cancelled, error).</summary>
@@ -228,6 +230,7 @@ public sealed class BatchEngine : IDisposable
         if (_active.Count > 0) Decode();
         RemoveFinished();
         ActiveRows = _active.Count;
+        LiveTensors = DisposeScopeManager.Statistics.ThreadTotalLiveCount;
     }
 
     void Prefill(List<Seq> joins)

@@ -155,6 +155,26 @@ public class BatchEngineTests
     }
 
     [Fact]
+    public void TheEngineLeaksNoTensors()
+    {
+        using var w = new World("llama");
+        using var engine = new BatchEngine(w.Model, new BatchEngineOptions { MaxBatch = 4, MaxQueue = 64, Capacity = 64 });
+        long Run(int seed)
+        {
+            var hs = Enumerable.Range(0, 24).Select(i => engine.Submit(new SequenceRequest
+            {
+                PromptIds = Ids(seed + i, 2 + i % 7), Prompt = w.Prompts[i % w.Prompts.Count].Attached, TopLogprobs = i % 2, PromptLogprobs = i % 3 == 0,
+                Options = new GenerationOptions { MaxNewTokens = 1 + i % 5, Temperature = i % 4 == 1 ? 0.7 : 0, TopP = 0.9, Seed = i },
+            })).ToList();
+            foreach (var h in hs) h.Completion.GetAwaiter().GetResult();
+            return engine.LiveTensors;
+        }
+        long first = Run(0);
+        Assert.Equal(first, Run(100));
+        Assert.Equal(first, Run(200));
+    }
+
+    [Fact]
     public void QueueBoundsCancellationAndRemovedPrompts()
     {
         using var w = new World("llama");
