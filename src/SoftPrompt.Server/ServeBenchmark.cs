@@ -23,8 +23,11 @@ public sealed record ServeBenchOptions
     public int Adapters { get; init; } = 4;
     /// <summary>Distinct (adapter, prompt) pairs the requests draw from; each has a reference answer made alone.</summary>
     public int Pool { get; init; } = 64;
-    /// <summary>"batched", "sequential", "per-adapter" (one server per adapter, each decoding one request at a time).</summary>
+    /// <summary>"batched", "sequential", "per-adapter" (one server per adapter, each decoding one request at a time),
+    /// "generate" (generation speed with the KV cache at batch 1 and batch <see cref="Clients"/>, no HTTP).</summary>
     public IReadOnlyList<string> Modes { get; init; } = new[] { "batched", "sequential", "per-adapter" };
+    /// <summary>KV-cache entries per sequence (null: the model's positions; keep it small for wide models: the cache is preallocated for every row).</summary>
+    public int? MaxContext { get; init; }
     public int Seed { get; init; } = 1;
     public Action<string>? Log { get; init; }
 }
@@ -63,8 +66,13 @@ public static class ServeBenchmark
                 Enumerable.Range(0, rng.Next(4, 17)).Select(_ => rng.Next(1, vocab)).ToArray())).ToList();
             var work = Enumerable.Range(0, o.Requests).Select(_ => rng.Next(pool.Count)).ToList();
             var rows = new List<ServeBenchRow>();
+            if (!o.Modes.Any(m => m is "batched" or "sequential" or "per-adapter"))
+            {
+                if (o.Modes.Contains("generate")) rows.AddRange(GenerationSpeed(modelDir, vocab, o, rng));
+                return rows;
+            }
 
-            var baseOptions = new ServerOptions { ModelDir = modelDir, Port = 0, MaxBatch = o.Clients, MaxQueue = 4 * o.Clients, Adapters = adapters.Select(a => (a.Name, a.Dir)).ToList(), MaxTokens = Math.Max(512, o.MaxTokens) };
+            var baseOptions = new ServerOptions { ModelDir = modelDir, Port = 0, MaxBatch = o.Clients, MaxQueue = 4 * o.Clients, Adapters = adapters.Select(a => (a.Name, a.Dir)).ToList(), MaxTokens = Math.Max(512, o.MaxTokens), MaxContext = o.MaxContext };
             var (server, http) = await Start(baseOptions);
             Dictionary<int, Answer> reference = new();
             try
@@ -84,6 +92,7 @@ public static class ServeBenchmark
             }
             finally { http.Dispose(); await server.DisposeAsync(); }
 
+            if (o.Modes.Contains("generate")) rows.AddRange(GenerationSpeed(modelDir, vocab, o, rng));
             if (o.Modes.Contains("per-adapter"))
             {
                 o.Log?.Invoke($"per-adapter: {adapters.Count} servers without batching, {Math.Min(o.UnbatchedRequests, work.Count)} requests from {o.Clients} clients ...");
@@ -102,6 +111,30 @@ public static class ServeBenchmark
             return rows;
         }
         finally { try { Directory.Delete(tmp, true); } catch (IOException) { } }
+    }
+
+    /// <summary>Generation with the KV cache, no HTTP: tokens/s of <see cref="Generator"/> (batch 1) and of the engine at
+    /// batch 1 and batch <see cref="ServeBenchOptions.Clients"/> (greedy, no early stop, 16-token prompts).</summary>
+    static List<ServeBenchRow> GenerationSpeed(string modelDir, int vocab, ServeBenchOptions o, Random rng)
+    {
+        o.Log?.Invoke($"generation speed with the KV cache: batch 1 and {o.Clients}, {o.MaxTokens} tokens each ...");
+        using var model = ModelLoader.Load(modelDir);
+        int[] Prompt() => Enumerable.Range(0, 16).Select(_ => rng.Next(1, vocab)).ToArray();
+        var opt = new Inference.GenerationOptions { MaxNewTokens = o.MaxTokens };
+        var rows = new List<ServeBenchRow>();
+        ServeBenchRow Row(string mode, int batch, Action run)
+        {
+            run();   // warm-up
+            var sw = Stopwatch.StartNew();
+            run();
+            double secs = sw.Elapsed.TotalSeconds;
+            return new ServeBenchRow(mode, batch, batch, 0, 0, secs, batch * o.MaxTokens / secs, batch / secs, secs * 1000, secs * 1000, 0, Rss());
+        }
+        rows.Add(Row("generate: Generator (batch 1)", 1, () => { using var sc = NewDisposeScope(); Inference.Generator.Generate(model, Prompt(), opt); }));
+        foreach (int b in new[] { 1, o.Clients })
+            rows.Add(Row($"generate: engine (batch {b})", b, () => Inference.BatchEngine.GenerateAll(model,
+                Enumerable.Range(0, b).Select(_ => new Inference.SequenceRequest { PromptIds = Prompt(), Options = opt }).ToList(), maxBatch: b)));
+        return rows;
     }
 
     static async Task<(SoftPromptServer, HttpClient)> Start(ServerOptions o)

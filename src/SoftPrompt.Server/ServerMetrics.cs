@@ -8,7 +8,11 @@ namespace SoftPrompt.Server;
 public sealed class ServerMetrics : IDisposable
 {
     public const string MeterName = "SoftPrompt.Server";
+    static int _instances;
     readonly Meter _meter;
+    /// <summary>This server's meter: "SoftPrompt.Server", with a suffix for the second and later servers of one process
+    /// (tests, serve-bench), because an OpenTelemetry exporter listens to meters by name and would mix the servers.</summary>
+    public string Name { get; }
     public Counter<long> Requests { get; }
     public Counter<long> PromptTokens { get; }
     public Counter<long> CompletionTokens { get; }
@@ -23,7 +27,9 @@ public sealed class ServerMetrics : IDisposable
 
     public ServerMetrics(Func<int> queueDepth, Func<int> activeRows, Func<int> residentAdapters)
     {
-        _meter = new Meter(MeterName);
+        int n = Interlocked.Increment(ref _instances) - 1;
+        Name = n == 0 ? MeterName : $"{MeterName}.{n}";
+        _meter = new Meter(Name);
         Requests = _meter.CreateCounter<long>("softprompt_requests", description: "HTTP requests by endpoint and status.");
         PromptTokens = _meter.CreateCounter<long>("softprompt_prompt_tokens", description: "Prompt tokens of completion requests.");
         CompletionTokens = _meter.CreateCounter<long>("softprompt_completion_tokens", description: "Generated tokens.");

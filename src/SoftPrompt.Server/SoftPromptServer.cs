@@ -85,12 +85,12 @@ public sealed class SoftPromptServer : IAsyncDisposable
             if (ip is null) k.ListenLocalhost(o.Port); else k.Listen(ip, o.Port);
         });
         builder.Services.Configure<HostOptions>(h => h.ShutdownTimeout = TimeSpan.FromSeconds(o.DrainSeconds));
-        builder.Services.AddOpenTelemetry().WithMetrics(m => m.AddMeter(ServerMetrics.MeterName).AddPrometheusExporter());
-        var app = builder.Build();
-
         SoftPromptServer? self = null;
         var metrics = new ServerMetrics(() => self?.State?.Engine.QueueDepth ?? 0, () => self?.State?.Engine.ActiveRows ?? 0,
             () => self?.State?.Adapters.ResidentCount ?? 0);
+        builder.Services.AddOpenTelemetry().WithMetrics(m => m.AddMeter(metrics.Name).AddPrometheusExporter());
+        var app = builder.Build();
+
         self = new SoftPromptServer(o, app, key, metrics);
         self.Map();
         app.Lifetime.ApplicationStopping.Register(() =>

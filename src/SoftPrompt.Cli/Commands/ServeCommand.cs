@@ -76,16 +76,17 @@ public static class ServeBenchCommand
         var maxTokens = new Option<int>("--max-tokens") { Description = "Tokens generated per request (greedy, ignore_eos).", DefaultValueFactory = _ => 8 };
         var adapters = new Option<int>("--adapters") { Description = "Adapters (alternating prompt / prefix tuning).", DefaultValueFactory = _ => 4 };
         var modes = new Option<string>("--modes") { Description = "Comma-separated: batched, sequential, per-adapter.", DefaultValueFactory = _ => "batched,sequential,per-adapter" };
+        var maxContext = new Option<int?>("--max-context") { Description = "KV-cache entries per sequence (default: the model's positions)." };
         var threads = Cli.ThreadsOption(); var format = Cli.FormatOption();
         var cmd = new Command("serve-bench", "Load-test the server over loopback: throughput and latency of batched serving vs one request at a time vs one server per adapter; every reply checked against its single-request answer.")
-            { model, shape, clients, requests, unbatched, maxTokens, adapters, modes, threads, format };
+            { model, shape, clients, requests, unbatched, maxTokens, adapters, modes, maxContext, threads, format };
         cmd.SetAction(pr =>
         {
             TorchRuntime.SetThreads(pr.GetValue(threads));
             var rows = ServeBenchmark.RunAsync(new ServeBenchOptions
             {
                 Model = pr.GetValue(model), Shape = pr.GetValue(shape), Clients = pr.GetValue(clients), Requests = pr.GetValue(requests),
-                UnbatchedRequests = pr.GetValue(unbatched), MaxTokens = pr.GetValue(maxTokens), Adapters = pr.GetValue(adapters),
+                UnbatchedRequests = pr.GetValue(unbatched), MaxTokens = pr.GetValue(maxTokens), Adapters = pr.GetValue(adapters), MaxContext = pr.GetValue(maxContext),
                 Modes = pr.GetValue(modes)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries),
                 Log = l => Console.Error.WriteLine($"[serve-bench] {l}"),
             }).GetAwaiter().GetResult();

@@ -69,6 +69,18 @@ public class ServerTests : IClassFixture<ServerWorld>
     }
 
     [Fact]
+    public async Task ConcurrentTextRequestsGetTheirOwnAnswers()
+    {
+        var words = new[] { "joy", "pain", "calm", "storm", "bright", "dull", "kind", "cruel" };
+        var models = new[] { "base", "sent", "pre" };
+        var reqs = words.SelectMany((w, i) => new[] { (Model: models[i % 3], Prompt: $"Word: {w}\nSentiment:") }).Concat(words.Select((w, i) => (Model: models[(i + 1) % 3], Prompt: w + " is"))).ToList();
+        var alone = new List<string>();
+        foreach (var r in reqs) alone.Add((await ServerWorld.Post(Http, "/v1/completions", new { model = r.Model, prompt = r.Prompt, max_tokens = 6, temperature = 0 })).Body.GetProperty("choices")[0].GetProperty("text").GetString()!);
+        var together = await Task.WhenAll(reqs.Select(r => ServerWorld.Post(Http, "/v1/completions", new { model = r.Model, prompt = r.Prompt, max_tokens = 6, temperature = 0 })));
+        Assert.Equal(alone, together.Select(t => t.Body.GetProperty("choices")[0].GetProperty("text").GetString()!));
+    }
+
+    [Fact]
     public async Task StreamingGivesTheSameTextAsOneResponse()
     {
         foreach (var model in new[] { "sent", "pre" })
