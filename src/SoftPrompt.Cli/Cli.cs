@@ -52,6 +52,8 @@ public static class Cli
         Commands.EvalCommand.Create(),
         Commands.BenchRankCommand.Create(),
         Commands.PretrainCommand.Create(),
+        Commands.ServeCommand.Create(),
+        Commands.ServeBenchCommand.Create(),
         Commands.GoldenCommand.Create(), // hidden: fidelity check for the GPU kit (scripts/gpu/run.sh)
     };
 

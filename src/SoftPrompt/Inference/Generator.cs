@@ -78,7 +78,7 @@ public static class Generator
         return new GenerationResult(promptIds.ToArray(), newIds.ToArray(), reason, scores?.ToArray());
     }
 
-    static int Pick(Tensor logits, GenerationOptions opt, torch.Generator? gen)
+    internal static int Pick(Tensor logits, GenerationOptions opt, torch.Generator? gen)
     {
         if (opt.Temperature <= 0) return (int)logits.argmax().item<long>();
         var l = logits / opt.Temperature;

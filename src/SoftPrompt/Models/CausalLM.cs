@@ -14,7 +14,8 @@ public sealed class ForwardArgs
     public Tensor? InputsEmbeds { get; init; }
     /// <summary>[B or 1, n, hidden] extra embeddings placed before the tokens (they take positions first).</summary>
     public Tensor? PrefixEmbeds { get; init; }
-    /// <summary>[B, past + n + T] with 1 = attend, 0 = padding (covers the cache, the prefix embeddings and the tokens).</summary>
+    /// <summary>[B, past + n + T] with 1 = attend, 0 = padding (covers the cache, the prefix embeddings and the tokens);
+    /// or a complete boolean mask [B, 1, n + T, S] (true = attend) used as given, e.g. from <see cref="KvCache.BeginRaggedStep"/>.</summary>
     public Tensor? AttentionMask { get; init; }
     /// <summary>[B, n + T] positions; default past..past+n+T-1 (Hugging Face's default, which ignores padding).</summary>
     public Tensor? PositionIds { get; init; }
@@ -182,6 +183,7 @@ public sealed partial class CausalLM : IDisposable
     /// </summary>
     Tensor? BuildMask(Tensor? attentionMask, long B, long T, int past)
     {
+        if (attentionMask is { } full && full.dim() == 4) return full.to(ScalarType.Bool).to(Device);
         long S = past + T;
         bool window = Config.SlidingWindow is int w && S > w;
         // Without padding or a window, a single query attends to the whole cache, and a cache-free pass is

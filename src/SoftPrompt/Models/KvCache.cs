@@ -14,7 +14,7 @@ namespace SoftPrompt.Models;
 /// </list>
 /// Keys are stored as given: prefix keys are never rotated (PEFT's convention: they are already-rotated entries).
 /// </summary>
-public sealed class KvCache : IDisposable
+public sealed partial class KvCache : IDisposable
 {
     readonly Tensor?[] _k, _v;
     readonly bool _prealloc;
@@ -67,6 +67,7 @@ public sealed class KvCache : IDisposable
     /// <summary>Adds this step's keys/values for one layer; returns all keys/values (past + new) to attend over.</summary>
     public (Tensor Keys, Tensor Values) Update(int layer, Tensor k, Tensor v)
     {
+        if (_ragged is not null) return RaggedUpdate(layer, k, v);
         int t = (int)k.shape[2];
         _pending = t;
         if (_prealloc)
@@ -91,11 +92,16 @@ public sealed class KvCache : IDisposable
     }
 
     /// <summary>Called by the model once every layer has been updated for this step.</summary>
-    public void Commit() { Length += _pending; _pending = 0; }
+    public void Commit()
+    {
+        if (_ragged is not null) { RaggedCommit(); return; }
+        Length += _pending; _pending = 0;
+    }
 
     /// <summary>Shortens the cache to <paramref name="length"/> positions (reuse a shared prefix for another continuation).</summary>
     public void Truncate(int length)
     {
+        if (_ragged is not null) throw new InvalidOperationException("A ragged cache is shortened per row (ResetRow).");
         if (length > Length) throw new ArgumentOutOfRangeException(nameof(length));
         if (!_prealloc)
             for (int l = 0; l < NumLayers; l++)

@@ -1,0 +1,90 @@
+using System.Text;
+using System.Text.Json.Nodes;
+
+namespace SoftPrompt.Server;
+
+public sealed record ChatMessage(string Role, string Content);
+
+/// <summary>
+/// Chat prompt formats by family, recognised from the <c>chat_template</c> in tokenizer_config.json. Hugging Face
+/// stores a Jinja template; rather than embed a Jinja interpreter for three well-known formats, each family's
+/// layout is written out here (the formats are fixed by the model families, and a template from another family is
+/// refused with a clear message instead of being rendered wrongly).
+/// </summary>
+public sealed class ChatTemplate
+{
+    public string Family { get; }
+    /// <summary>Strings that end the assistant's turn (their token ids are added to the stop ids).</summary>
+    public IReadOnlyList<string> EndOfTurn { get; }
+    readonly Func<IReadOnlyList<ChatMessage>, string> _render;
+
+    ChatTemplate(string family, string[] eot, Func<IReadOnlyList<ChatMessage>, string> render) { Family = family; EndOfTurn = eot; _render = render; }
+
+    /// <summary>The prompt text: the conversation, then the opening of the assistant's turn.</summary>
+    public string Render(IReadOnlyList<ChatMessage> messages) => _render(messages);
+
+    public static ChatTemplate ChatMl { get; } = new("chatml", new[] { "<|im_end|>" }, ms =>
+    {
+        var sb = new StringBuilder();
+        foreach (var m in ms) sb.Append("<|im_start|>").Append(m.Role).Append('\n').Append(m.Content).Append("<|im_end|>\n");
+        return sb.Append("<|im_start|>assistant\n").ToString();
+    });
+
+    public static ChatTemplate Llama3 { get; } = new("llama3", new[] { "<|eot_id|>" }, ms =>
+    {
+        var sb = new StringBuilder("<|begin_of_text|>");
+        foreach (var m in ms) sb.Append("<|start_header_id|>").Append(m.Role).Append("<|end_header_id|>\n\n").Append(m.Content.Trim()).Append("<|eot_id|>");
+        return sb.Append("<|start_header_id|>assistant<|end_header_id|>\n\n").ToString();
+    });
+
+    /// <summary>Mistral / Llama 2 instruct: a system message is put before the first user turn.</summary>
+    public static ChatTemplate Inst { get; } = new("mistral-inst", new[] { "</s>" }, ms =>
+    {
+        var sb = new StringBuilder("<s>");
+        string? system = null;
+        foreach (var m in ms)
+        {
+            switch (m.Role)
+            {
+                case "system": system = system is null ? m.Content : system + "\n\n" + m.Content; break;
+                case "user":
+                    var content = system is null ? m.Content : system + "\n\n" + m.Content;
+                    system = null;
+                    sb.Append("[INST] ").Append(content.Trim()).Append(" [/INST]");
+                    break;
+                case "assistant": sb.Append(' ').Append(m.Content.Trim()).Append("</s>"); break;
+            }
+        }
+        return sb.ToString();
+    });
+
+    /// <summary>The family of the model folder's chat template; null when it has none or one of another family
+    /// (<paramref name="why"/> says which).</summary>
+    public static ChatTemplate? Detect(string modelDir, out string why)
+    {
+        var path = Path.Combine(modelDir, "tokenizer_config.json");
+        why = $"{path}: no chat_template";
+        if (!File.Exists(path)) { why = $"{modelDir}: no tokenizer_config.json with a chat_template"; return null; }
+        string? template = null;
+        try
+        {
+            var node = JsonNode.Parse(File.ReadAllText(path))?["chat_template"];
+            if (node is JsonValue v && v.TryGetValue<string>(out var s)) template = s;
+            else if (node is JsonArray arr)   // [{"name": "default", "template": "..."}, ...]
+                template = arr.OfType<JsonObject>().FirstOrDefault(o => o["name"]?.GetValue<string>() == "default")?["template"]?.GetValue<string>();
+        }
+        catch (Exception e) when (e is System.Text.Json.JsonException or InvalidOperationException) { why = $"{path}: unreadable ({e.Message})"; return null; }
+        if (template is null) return null;
+        return FromTemplate(template, out why, path);
+    }
+
+    public static ChatTemplate? FromTemplate(string template, out string why, string source = "chat_template")
+    {
+        why = "";
+        if (template.Contains("<|im_start|>")) return ChatMl;
+        if (template.Contains("<|start_header_id|>")) return Llama3;
+        if (template.Contains("[INST]")) return Inst;
+        why = $"{source}: the chat template is not one of the supported families (ChatML/Qwen, Llama 3, Mistral/Llama 2 [INST])";
+        return null;
+    }
+}
