@@ -75,7 +75,7 @@ public class OproJudgeAndOfflineTests
             "--optimizer-model-dir", SearchFixture.ModelDir, "--steps", "2", "--candidates-per-step", "3", "--score-examples", "8", "--validation-split", "0.25",
             "--select-by", "accuracy", "--optimizer-max-tokens", "12", "--init-instruction", "the movie answer", "--threads", "1");
         Assert.True(rc == 0, stderr + stdout);
-        Assert.Contains("chat format none", stdout);
+        Assert.Contains("chat format none", stderr); // an informational message: stderr
         var summary = Json(Path.Combine(run, "summary.json"));
         Assert.Equal(6, summary["optimizer_calls"]!.GetValue<int>());
         Assert.True(summary["total_tokens"]!.GetValue<long>() > 0);

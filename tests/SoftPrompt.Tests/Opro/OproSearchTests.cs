@@ -115,7 +115,7 @@ public class OproSearchTests
             // Always 500: 1 + 2 retries, then exit 6 with one line; the trajectory on disk is still valid (step 0).
             int before = server.Requests.Count;
             server.Handler = _ => FakeReply.Error(500, "boom");
-            var (rc2, _, err2) = CliRunner.Run(Args(train, tmp["fail"], server, "--max-retries", "2"));
+            var (rc2, _, err2) = CliRunner.Run(Args(train, tmp["fail"], server, "--max-retries", "2", "--quiet")); // --quiet: errors only on stderr
             Assert.Equal(6, rc2);
             Assert.Equal(3, server.Requests.Count - before);
             var line = Assert.Single(err2.Trim().Split('\n'));
@@ -141,7 +141,7 @@ public class OproSearchTests
             (int Rc, string Err) Go(Func<RecordedRequest, FakeReply> handler, params string[] extra)
             {
                 server.Handler = handler;
-                var (rc, _, err) = CliRunner.Run(Args(train, tmp["run-" + Guid.NewGuid().ToString("N")[..6]], server, extra.Concat(new[] { "--max-retries", "0" }).ToArray()));
+                var (rc, _, err) = CliRunner.Run(Args(train, tmp["run-" + Guid.NewGuid().ToString("N")[..6]], server, extra.Concat(new[] { "--max-retries", "0", "--quiet" }).ToArray())); // --quiet: errors only on stderr
                 Assert.Single(err.Trim().Split('\n'));
                 Assert.DoesNotContain(key, err);
                 return (rc, err);
