@@ -79,7 +79,8 @@ else
     SRC=$WORK/native; cp -a "$KIT/torchsharp-native/src/Native" "$SRC"
     # TorchSharp builds with -Werror; a newer libtorch's headers may warn (deprecations), which must not stop this build.
     sed -i 's/^\(\s*add_definitions(-Werror)\)/# \1/' "$SRC/CMakeLists.txt"
-    export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+    export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}   # Hopper; Torch's CMake config asks (the binding has no CUDA code)
+    command -v nvcc >/dev/null && export CUDACXX=${CUDACXX:-$(command -v nvcc)}
     run_step native_configure cmake -S "$SRC" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$TORCH_CMAKE" \
       -DLIBTORCH_PATH="$TORCH_CMAKE/Torch" -DCMAKE_CXX_FLAGS="-Wno-error -w" || exit 1
     run_step native_build cmake --build "$BUILD_DIR" -j "$(nproc)" || exit 1
