@@ -416,7 +416,7 @@ public class ServeProcessTests
 /// logprobs within 1e-4), none fails, and the server's resident memory stays flat after warm-up (the engine's
 /// live-tensor count is checked exactly in BatchEngineTests).</summary>
 [Collection("Server")]
-public class ServeLoadTests
+public class ServeLoadTests(Xunit.Abstractions.ITestOutputHelper output)
 {
     [Fact]
     public async Task ThirtyTwoClientsFourAdaptersTwoThousandRequests()
@@ -435,6 +435,7 @@ public class ServeLoadTests
             },
         });
         var r = Assert.Single(rows);
+        output.WriteLine(r.ToString());
         Assert.Equal(2000, r.Requests);
         Assert.Equal(0, r.Errors);
         Assert.Equal(0, r.Mismatches);
