@@ -262,6 +262,9 @@ public class ServerTests : IClassFixture<ServerWorld>
         var metrics = await http.GetStringAsync("/metrics");
         var line = metrics.Split('\n').First(l => l.StartsWith("softprompt_resident_adapters"));
         Assert.EndsWith(" 1", line.Trim());
+        // Names with slashes work in every route.
+        Assert.Equal(200, (await ServerWorld.Send(http, HttpMethod.Get, "/v1/models/a/adapter")).Status);
+        Assert.Equal(200, (await ServerWorld.Send(http, HttpMethod.Delete, "/v1/adapters/b/adapter")).Status);
     }
 
     [Fact]
@@ -331,6 +334,36 @@ public class ServerTests : IClassFixture<ServerWorld>
         while (Cancelled(await Http.GetStringAsync("/metrics")) <= before && sw.Elapsed < TimeSpan.FromSeconds(30)) await Task.Delay(50);
         Assert.True(Cancelled(await Http.GetStringAsync("/metrics")) > before);
     }
+}
+
+/// <summary>`softprompt serve` command-line errors: one clear line, exit 2 (in-process CLI runs redirect the console,
+/// hence the Console collection).</summary>
+[Collection("Console")]
+public class ServeCliTests : IClassFixture<ServerWorld>
+{
+    readonly ServerWorld _w;
+    public ServeCliTests(ServerWorld w) => _w = w;
+
+    [Fact]
+    public async Task ServeCommandLineErrorsAreClearAndExit2()
+    {
+        foreach (var (args, mentions) in new[]
+        {
+            (new[] { "serve", "--model", _w.Tmp["nowhere"] }, "does not exist"),
+            (new[] { "serve", "--model", _w.ModelDir, "--adapter", "oops" }, "NAME=ADAPTER_DIR"),
+            (new[] { "serve", "--model", _w.ModelDir, "--adapter", $"x={_w.Tmp["nowhere"]}" }, "does not exist"),
+            (new[] { "serve", "--model", _w.ModelDir, "--host", "example.org" }, "not an IP address"),
+            (new[] { "serve", "--model", _w.ModelDir, "--port", _w.Server.Address.Port.ToString() }, "cannot listen"),
+            (new[] { "serve", "--model", _w.ModelDir, "--port", "0", "--adapter", $"f={_w.ForeignDir}" }, "another model"),
+        })
+        {
+            var (rc, _, err) = await Task.Run(() => Tests.Cli.CliRunner.Run(args));
+            Assert.True(rc == 2, $"{string.Join(" ", args)}: rc {rc}, {err}");
+            Assert.Contains(mentions, err);
+            Assert.DoesNotContain("   at ", err);
+        }
+    }
+
 }
 
 /// <summary>`softprompt serve` as a child process (the test folder's softprompt.dll), for what only a process shows:
