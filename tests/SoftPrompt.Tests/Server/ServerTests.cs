@@ -211,6 +211,25 @@ public class ServerTests : IClassFixture<ServerWorld>
     }
 
     [Fact]
+    public async Task WithoutALoadedModelEveryApiCallIs503()
+    {
+        using var tmp = new Fixtures.TempDir();
+        File.Copy(Path.Combine(_w.ModelDir, "config.json"), tmp["config.json"]);
+        File.WriteAllText(tmp["model.safetensors"], "not a safetensors file");
+        var server = await SoftPromptServer.StartAsync(new ServerOptions { ModelDir = tmp.Path, Port = 0 });
+        await using var _ = server;
+        using var http = new HttpClient { BaseAddress = server.Address };
+        await Assert.ThrowsAnyAsync<Exception>(() => server.Ready.WaitAsync(TimeSpan.FromSeconds(60)));
+        var (h, hb) = await ServerWorld.Send(http, HttpMethod.Get, "/health");
+        Assert.Equal(503, h);
+        Assert.Equal("failed", hb.GetProperty("status").GetString());
+        Assert.Equal(503, (await ServerWorld.Send(http, HttpMethod.Get, "/v1/models")).Status);
+        var (c, cb) = await ServerWorld.Post(http, "/v1/completions", new { model = "base", prompt = "x" });
+        Assert.Equal(503, c);
+        Assert.Equal("server_error", cb.GetProperty("error").GetProperty("type").GetString());
+    }
+
+    [Fact]
     public async Task AdaptersAreAddedAndRemovedWhileServing()
     {
         var (s1, added) = await ServerWorld.Post(Http, "/v1/adapters", new { name = "hot", path = _w.PromptDir });
