@@ -38,6 +38,7 @@ sealed class Completions
     string _model = "";
     string[] _stops = Array.Empty<string>();
     HashSet<int> _eos = new();
+    readonly List<string> _chatStops = new();
 
     public Completions(SoftPromptServer srv, SoftPromptServer.Loaded s, HttpContext ctx)
     {
@@ -59,7 +60,7 @@ sealed class Completions
         double temperature = f.Double("temperature", 0, 2) ?? 1.0;
         double topP = f.Double("top_p", 0, 1, minExclusive: true) ?? 1.0;
         long? seed = f.Long("seed");
-        _stops = f.Stop();
+        _stops = f.Stop().Concat(_chatStops).ToArray();
         int n = f.Int("n", 1, o.MaxChoices) ?? 1;
         if (chat) _logprobs = f.Bool("logprobs", false) ? f.Int("top_logprobs", 0, 20) ?? 0 : null;
         else _logprobs = f.Int("logprobs", 0, 20);
@@ -206,7 +207,11 @@ sealed class Completions
             } : throw ApiError.BadField(where, $"'{where}.content' is required.");
             msgs.Add(new ChatMessage(role, content));
         }
-        foreach (var eot in tmpl.EndOfTurn) if (tok.TokenToId(eot) is int id && tok.SpecialTokens.ContainsKey(eot)) _eos.Add(id);
+        // The end of the assistant's turn stops generation: as a token id where the tokenizer has it as a special
+        // token, else as text.
+        foreach (var eot in tmpl.EndOfTurn)
+            if (tok.SpecialTokens.TryGetValue(eot, out var id)) _eos.Add(id);
+            else _chatStops.Add(eot);
         var text = tmpl.Render(msgs);
         return new List<PromptInput> { new(tok.Encode(text, addSpecialTokens: false), text) };
     }

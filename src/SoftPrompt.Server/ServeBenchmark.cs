@@ -30,7 +30,13 @@ public sealed record ServeBenchOptions
     public int? MaxContext { get; init; }
     public int Seed { get; init; } = 1;
     public Action<string>? Log { get; init; }
+    /// <summary>Starts a server for a run (default: in this process). The load test starts `softprompt serve` processes,
+    /// so that the memory measured is the server's alone.</summary>
+    public Func<ServerOptions, Task<BenchServer>>? Launch { get; init; }
 }
+
+/// <summary>A server the benchmark drives: its address, its resident memory in bytes, and how to stop it.</summary>
+public sealed record BenchServer(Uri Address, Func<long> ResidentBytes, Func<Task> Stop);
 
 /// <summary>Throughput (generated tokens per second), latency percentiles, correctness against the single-request
 /// answers, and the process's resident memory after warm-up and at the end, of one mode.</summary>
@@ -73,7 +79,8 @@ public static class ServeBenchmark
             }
 
             var baseOptions = new ServerOptions { ModelDir = modelDir, Port = 0, MaxBatch = o.Clients, MaxQueue = 4 * o.Clients, Adapters = adapters.Select(a => (a.Name, a.Dir)).ToList(), MaxTokens = Math.Max(512, o.MaxTokens), MaxContext = o.MaxContext };
-            var (server, http) = await Start(baseOptions);
+            var launch = o.Launch ?? InProcess;
+            var (server, http) = await Start(launch, baseOptions);
             Dictionary<int, Answer> reference = new();
             try
             {
@@ -82,30 +89,31 @@ public static class ServeBenchmark
                 if (o.Modes.Contains("sequential"))
                 {
                     o.Log?.Invoke($"sequential: {Math.Min(o.UnbatchedRequests, work.Count)} requests one at a time ...");
-                    rows.Add(await Drive("sequential", 1, work.Take(o.UnbatchedRequests).ToList(), pool, reference, o.MaxTokens, _ => http));
+                    rows.Add(await Drive("sequential", 1, work.Take(o.UnbatchedRequests).ToList(), pool, reference, o.MaxTokens, _ => http, server.ResidentBytes));
                 }
                 if (o.Modes.Contains("batched"))
                 {
                     o.Log?.Invoke($"batched: {work.Count} requests from {o.Clients} clients ...");
-                    rows.Add(await Drive("batched", o.Clients, work, pool, reference, o.MaxTokens, _ => http));
+                    rows.Add(await Drive("batched", o.Clients, work, pool, reference, o.MaxTokens, _ => http, server.ResidentBytes));
                 }
             }
-            finally { http.Dispose(); await server.DisposeAsync(); }
+            finally { http.Dispose(); await server.Stop(); }
 
             if (o.Modes.Contains("generate")) rows.AddRange(GenerationSpeed(modelDir, vocab, o, rng));
             if (o.Modes.Contains("per-adapter"))
             {
                 o.Log?.Invoke($"per-adapter: {adapters.Count} servers without batching, {Math.Min(o.UnbatchedRequests, work.Count)} requests from {o.Clients} clients ...");
-                var servers = new Dictionary<string, (SoftPromptServer S, HttpClient H)>();
+                var servers = new Dictionary<string, (BenchServer S, HttpClient H)>();
                 try
                 {
                     foreach (var a in adapters)
-                        servers[a.Name] = await Start(baseOptions with { MaxBatch = 1, MaxQueue = 4 * o.Clients, Adapters = new[] { (a.Name, a.Dir) } });
-                    rows.Add(await Drive("per-adapter", o.Clients, work.Take(o.UnbatchedRequests).ToList(), pool, reference, o.MaxTokens, p => servers[p.Adapter].H));
+                        servers[a.Name] = await Start(launch, baseOptions with { MaxBatch = 1, MaxQueue = 4 * o.Clients, Adapters = new[] { (a.Name, a.Dir) } });
+                    rows.Add(await Drive("per-adapter", o.Clients, work.Take(o.UnbatchedRequests).ToList(), pool, reference, o.MaxTokens, p => servers[p.Adapter].H,
+                        () => servers.Values.Select(x => x.S.ResidentBytes()).Distinct().Sum()));
                 }
                 finally
                 {
-                    foreach (var (s, h) in servers.Values) { h.Dispose(); await s.DisposeAsync(); }
+                    foreach (var (s, h) in servers.Values) { h.Dispose(); await s.Stop(); }
                 }
             }
             return rows;
@@ -137,10 +145,16 @@ public static class ServeBenchmark
         return rows;
     }
 
-    static async Task<(SoftPromptServer, HttpClient)> Start(ServerOptions o)
+    static async Task<BenchServer> InProcess(ServerOptions o)
     {
         var s = await SoftPromptServer.StartAsync(o);
         await s.Ready;
+        return new BenchServer(s.Address, Rss, async () => await s.DisposeAsync());
+    }
+
+    static async Task<(BenchServer, HttpClient)> Start(Func<ServerOptions, Task<BenchServer>> launch, ServerOptions o)
+    {
+        var s = await launch(o);
         return (s, new HttpClient { BaseAddress = s.Address, Timeout = TimeSpan.FromMinutes(10) });
     }
 
@@ -154,7 +168,8 @@ public static class ServeBenchmark
         return (new Answer(c.GetProperty("text").GetString()!, lps), doc.RootElement.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
     }
 
-    static async Task<ServeBenchRow> Drive(string mode, int clients, List<int> work, List<Pair> pool, Dictionary<int, Answer> reference, int maxTokens, Func<Pair, HttpClient> route)
+    static async Task<ServeBenchRow> Drive(string mode, int clients, List<int> work, List<Pair> pool, Dictionary<int, Answer> reference, int maxTokens,
+        Func<Pair, HttpClient> route, Func<long> rss)
     {
         int next = -1, errors = 0, mismatches = 0, done = 0;
         long tokens = 0, rssWarm = 0;
@@ -180,13 +195,13 @@ public static class ServeBenchmark
                     if (a.Text != want.Text || a.LogProbs.Length != want.LogProbs.Length || a.LogProbs.Zip(want.LogProbs).Any(x => Math.Abs(x.First - x.Second) > 1e-4))
                         Interlocked.Increment(ref mismatches);
                 }
-                if (Interlocked.Increment(ref done) == warmAt) Interlocked.Exchange(ref rssWarm, Rss());
+                if (Interlocked.Increment(ref done) == warmAt) Interlocked.Exchange(ref rssWarm, rss());
             }
         })));
         double secs = sw.Elapsed.TotalSeconds;
         var sorted = latencies.OrderBy(x => x).ToArray();
         double Pct(double q) => sorted[(int)Math.Round(q * (sorted.Length - 1))];
-        return new ServeBenchRow(mode, clients, work.Count, errors, mismatches, secs, tokens / secs, work.Count / secs, Pct(0.5), Pct(0.99), rssWarm, Rss());
+        return new ServeBenchRow(mode, clients, work.Count, errors, mismatches, secs, tokens / secs, work.Count / secs, Pct(0.5), Pct(0.99), rssWarm, rss());
     }
 
     static long Rss()

@@ -98,7 +98,13 @@ public sealed class SoftPromptServer : IAsyncDisposable
             self._draining = true;
             self.State?.Engine.StopAsync(drain: true);   // running and queued sequences finish; new ones get 503
         });
-        await app.StartAsync(cancel);
+        try { await app.StartAsync(cancel); }
+        catch (IOException e)   // Kestrel: the address is taken or cannot be bound
+        {
+            await app.DisposeAsync();
+            metrics.Dispose();
+            throw new SoftPromptException($"cannot listen on {o.Host}:{o.Port}: {e.Message}");
+        }
         var addr = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
         self.Address = new Uri(addr.Replace("[::]", "127.0.0.1").Replace("0.0.0.0", "127.0.0.1"));
         _ = Task.Run(() => self.Load(discovered));
@@ -171,7 +177,7 @@ public sealed class SoftPromptServer : IAsyncDisposable
             return State is null ? Results.Json(new { status = "loading" }, statusCode: 503) : Results.Json(new { status = "ok" });
         });
         app.MapGet("/v1/models", () => Results.Json(new { @object = "list", data = Models(Need()) }, Json.Options));
-        app.MapGet("/v1/models/{name}", (string name) =>
+        app.MapGet("/v1/models/{**name}", (string name) =>
         {
             var m = Models(Need()).FirstOrDefault(x => x["id"] as string == name) ?? throw UnknownModel(name);
             return Results.Json(m, Json.Options);
@@ -191,7 +197,7 @@ public sealed class SoftPromptServer : IAsyncDisposable
             _o.Log?.Invoke($"adapter '{name}' added from {info.Path}");
             return Results.Json(ModelObject(info), Json.Options, statusCode: 201);
         });
-        app.MapDelete("/v1/adapters/{name}", (string name) =>
+        app.MapDelete("/v1/adapters/{**name}", (string name) =>
         {
             var s = Need();
             if (name == AdapterRegistry.BaseName) throw new ApiError(400, "the base model cannot be removed.", "name");

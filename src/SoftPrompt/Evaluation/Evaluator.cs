@@ -268,23 +268,22 @@ public static class Evaluator
                 .ToDictionary(g => g.Key, g => g.SelectMany(x => own[x.i]).Distinct().ToList());
             var eos = lm.EosIds.ToList();
             if (o.StopAtNewline) eos.AddRange(NewlineIds(tok));
-            var cache = new Dictionary<string, string>();
+            // Every continuation in one continuously batched run (BatchEngine: the tokens of one-at-a-time generation);
+            // greedy decoding generates each distinct prompt once.
+            var prompts = examples.Select((_, i) => Prompt(i, o.MaxNewTokens)).ToList();
+            var firstOf = new Dictionary<string, int>();
+            var todo = Enumerable.Range(0, examples.Count).Where(i => o.Temperature > 0 || firstOf.TryAdd(string.Join(",", prompts[i]), i)).ToList();
+            using var attached = c.Method is null ? null : AttachedPrompt.From(c.Method, model);
+            var generated = BatchEngine.GenerateAll(model, todo.Select(i => new SequenceRequest
+            {
+                PromptIds = prompts[i], Prompt = attached,
+                Options = new GenerationOptions { MaxNewTokens = o.MaxNewTokens, Temperature = o.Temperature, Seed = o.Seed + i, EosIds = eos },
+            }).ToList());
+            var texts = todo.Zip(generated).ToDictionary(x => x.First, x => tok.Decode(x.Second.NewIds, skipSpecialTokens: true));
             double em = 0, f1 = 0, any = 0;
             for (int i = 0; i < examples.Count; i++)
             {
-                var p = Prompt(i, o.MaxNewTokens);
-                var key = string.Join(",", p);
-                if (o.Temperature > 0 || !cache.TryGetValue(key, out var text))
-                {
-                    using var scope = torch.NewDisposeScope();
-                    using var noGrad = torch.no_grad();
-                    var r = Generator.Generate(model, p, new GenerationOptions
-                    {
-                        MaxNewTokens = o.MaxNewTokens, Temperature = o.Temperature, Seed = o.Seed + i, EosIds = eos,
-                    }, c.Method?.Inject(1));
-                    text = tok.Decode(r.NewIds, skipSpecialTokens: true);
-                    cache[key] = text;
-                }
+                var text = texts.TryGetValue(i, out var t) ? t : texts[firstOf[string.Join(",", prompts[i])]];
                 var answer = (o.StopAtNewline && text.IndexOf('\n') is int nl and >= 0 ? text[..nl] : text).Trim();
                 bool exact = AnswerMetrics.AnyExactMatch(answer, own[i], steps);
                 bool anyGold = AnswerMetrics.AnyExactMatch(answer, byInput[examples[i].Prompt], steps);
