@@ -9,12 +9,7 @@ namespace SoftPrompt.Tests.Training;
 /// <summary>Which checkpoint becomes the adapter, and what the run says about it (issue 12 class 7 / issue 13 item 4).</summary>
 public class SelectionTests
 {
-    static List<TokenizedExample> Task(int count, int seed)
-    {
-        var rng = new Random(seed);
-        return Enumerable.Range(0, count).Select(_ =>
-            new TokenizedExample(Enumerable.Range(0, rng.Next(3, 7)).Select(_ => rng.Next(20, 900)).ToArray(), new[] { 7, 11 })).ToList();
-    }
+    static List<TokenizedExample> Task(int count, int seed) => TrainerTests.Task(count, seed);
 
     static TrainOptions Options(string dir, int steps) => new()
     {

@@ -11,7 +11,7 @@ namespace SoftPrompt.Tests.Training;
 public class TrainerTests
 {
     /// <summary>A task a prompt can learn: after any 3-6 random tokens, answer token 7 then 11.</summary>
-    static List<TokenizedExample> Task(int count, int seed)
+    internal static List<TokenizedExample> Task(int count, int seed)
     {
         var rng = new Random(seed);
         return Enumerable.Range(0, count).Select(_ =>
