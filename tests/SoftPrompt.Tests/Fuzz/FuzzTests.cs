@@ -29,6 +29,9 @@ public class FuzzTests
             AssertClean(rc, err, c.Expect);
             if (c.NoOutput) Assert.False(Directory.Exists(Path.Combine(dir, "out")), $"{id}: the output folder was left behind");
             Assert.Empty(Directory.GetFileSystemEntries(dir, "out.tmp*"));
+            c.After?.Invoke(dir);
+            if (Directory.Exists(Path.Combine(dir, "out")) && c.Class != 4)
+                Assert.False(File.Exists(Path.Combine(dir, "out", SoftPrompt.IO.RunLock.FileName + ".info")), "the lock's holder file was left behind");
         }
         finally { FuzzLocks.ReleaseAll(); }
     }
