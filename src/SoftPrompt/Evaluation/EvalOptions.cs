@@ -67,7 +67,11 @@ public sealed record EvalOptions : Data.DataFields
         foreach (var s in Searched)
             Req(File.Exists(s) || File.Exists(Path.Combine(s, HardPrompt.FileName)), $"--searched {s}: no such hard prompt file{(Directory.Exists(s) ? $" ({HardPrompt.FileName} is not in that folder)" : "")}.");
         foreach (var p in Prompt) Req(Directory.Exists(p), $"--prompt {p}: adapter folder not found.");
-        foreach (var r in Run) Req(File.Exists(Path.Combine(r, "metrics.jsonl")), $"--run {r}: no metrics.jsonl there; is it a training run folder?");
+        foreach (var r in Run)
+        {
+            Req(File.Exists(Path.Combine(r, "metrics.jsonl")), $"--run {r}: no metrics.jsonl there; is it a training run folder?");
+            IO.InputFile.RequireRegular(Path.Combine(r, "metrics.jsonl"), "--run");
+        }
     }
 
     public IReadOnlyList<string> NormalizeSteps => Normalize.Trim() is "" or "none" ? Array.Empty<string>()

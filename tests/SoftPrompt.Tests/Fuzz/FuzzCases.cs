@@ -281,6 +281,16 @@ public static class FuzzCases
         }, "state.safetensors", NoOutput: false);
         yield return new("resume-no-checkpoint", 3, (w, d) => { var run = w.CopyRun(d); Directory.Delete(Path.Combine(run, "checkpoint"), true); return new[] { "train", "--resume", run }; }, "no checkpoint", NoOutput: false);
         yield return new("resume-wrong-method", 3, (w, d) => { var run = w.CopyRun(d); return new[] { "train", "--resume", run, "--method", "prefix" }; }, "checkpoint", NoOutput: false);
+        // A training curve (eval --run) that is not one: rows of other types, garbage, nothing.
+        foreach (var (name, content) in new[] { ("step-string", "{\"kind\": \"train\", \"step\": \"x\", \"loss\": 1}"), ("kind-number", "{\"kind\": 5, \"step\": 1}"),
+                     ("garbage", "not json at all"), ("empty", "") })
+            yield return new($"eval-run-metrics-{name}", 3, (w, d) =>
+            {
+                var run = Path.Combine(d, "run");
+                Directory.CreateDirectory(run);
+                File.WriteAllText(Path.Combine(run, "metrics.jsonl"), content + "\n");
+                return Eval(w, d, O("--run", run, "--max-examples", "2"));
+            }, "--run");
         // Dangling symbolic links where a file is expected.
         foreach (var file in new[] { "config.json", "model.safetensors", "tokenizer.json" })
             yield return new($"dangling-{file}", 3, (w, d) =>
