@@ -20,12 +20,9 @@ public class FuzzTests
         var c = FuzzCases.ById[id];
         var w = FuzzWorld.Instance;
         var dir = w.Dir(id);
-        string[] args;
-        try { args = c.Build(w, dir); }
-        finally { }
         try
         {
-            var (rc, _, err) = CliRunner.Run(args);
+            var (rc, _, err) = CliRunner.Run(c.Build(w, dir));
             AssertClean(rc, err, c.Expect);
             if (c.NoOutput) Assert.False(Directory.Exists(Path.Combine(dir, "out")), $"{id}: the output folder was left behind");
             Assert.Empty(Directory.GetFileSystemEntries(dir, "out.tmp*"));
