@@ -162,7 +162,7 @@ public static class PretrainCommand
         so.AddTo(c);
         c.SetAction(pr =>
         {
-            torch.set_num_threads(pr.GetValue(so.Threads));
+            SoftPrompt.Runtime.TorchRuntime.SetThreads(pr.GetValue(so.Threads), Console.Error.WriteLine); // capped at the cores, oversubscription said
             var (train, val, vocab) = LoadData(pr.GetValue(data)!);
             var o = so.Build(pr, vocab);
             using var t = new Pretrainer(o, train, val);
@@ -208,7 +208,7 @@ public static class PretrainCommand
         so.AddTo(c);
         c.SetAction(pr =>
         {
-            torch.set_num_threads(pr.GetValue(so.Threads));
+            SoftPrompt.Runtime.TorchRuntime.SetThreads(pr.GetValue(so.Threads), Console.Error.WriteLine); // capped at the cores, oversubscription said
             var (train, val, vocab) = LoadData(pr.GetValue(data)!);
             var runDir = pr.GetValue(run)!;
             Directory.CreateDirectory(runDir);

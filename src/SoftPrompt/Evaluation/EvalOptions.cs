@@ -74,7 +74,11 @@ public sealed record EvalOptions : Data.DataFields
         Req(Rubric is null || (JudgeEndpoint is not null && JudgeModel is not null), "--rubric needs --judge-endpoint and --judge-model (the LLM judge).");
         if (Rubric is not null) Req(File.Exists(Rubric), $"--rubric {Rubric}: file not found.");
         foreach (var p in Prompt) Req(Directory.Exists(p), $"--prompt {p}: adapter folder not found.");
-        foreach (var r in Run) Req(File.Exists(Path.Combine(r, "metrics.jsonl")), $"--run {r}: no metrics.jsonl there; is it a training run folder?");
+        foreach (var r in Run)
+        {
+            Req(File.Exists(Path.Combine(r, "metrics.jsonl")), $"--run {r}: no metrics.jsonl there; is it a training run folder?");
+            IO.InputFile.RequireRegular(Path.Combine(r, "metrics.jsonl"), "--run");
+        }
     }
 
     public IReadOnlyList<string> NormalizeSteps => Normalize.Trim() is "" or "none" ? Array.Empty<string>()

@@ -44,13 +44,7 @@ public static class HardPromptSearchJob
         finally
         {
             runLock.Dispose();
-            if (!ok && !File.Exists(trajectoryPath))
-                try
-                {
-                    if (runLock.CreatedFolder) Directory.Delete(runDir, recursive: true);
-                    else foreach (var f in new[] { RunLock.FileName, ConfigFile, LogFile, SummaryFile }) File.Delete(Path.Combine(runDir, f));
-                }
-                catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
+            if (!ok && !File.Exists(trajectoryPath)) runLock.RemoveWhatThisRunAdded(); // a failed OPRO run keeps its trajectory for --resume
         }
     }
 

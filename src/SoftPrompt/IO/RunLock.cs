@@ -19,6 +19,9 @@ public sealed class RunLock : IDisposable
     public string Path { get; }
     /// <summary>True when <see cref="Acquire"/> created the folder (a failed run then removes it).</summary>
     public bool CreatedFolder { get; private init; }
+    /// <summary>The folder, and what was in it before the lock was taken (to remove only what a failed run added).</summary>
+    public string Folder { get; private init; } = "";
+    HashSet<string> _before = new();
 
     RunLock(FileStream stream, string path, bool deleteOnDispose) { _stream = stream; Path = path; _deleteOnDispose = deleteOnDispose; }
 
@@ -27,13 +30,14 @@ public sealed class RunLock : IDisposable
     public static RunLock Acquire(string folder, string option = "--output")
     {
         bool existed = Directory.Exists(folder);
+        var before = existed ? Directory.GetFileSystemEntries(folder).Select(System.IO.Path.GetFileName).ToHashSet()! : new HashSet<string?>();
         try { Directory.CreateDirectory(folder); }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             throw new SoftPromptException($"{option} {folder}: cannot create the folder ({InputFile.OneLine(e.Message)}).");
         }
         var l = AcquireFile(System.IO.Path.Combine(folder, FileName), folder, option, deleteOnDispose: false);
-        return new RunLock(l._stream, l.Path, false) { CreatedFolder = !existed };
+        return new RunLock(l._stream, l.Path, false) { CreatedFolder = !existed, Folder = folder, _before = before.Where(n => n is not null).Select(n => n!).ToHashSet() };
     }
 
     /// <summary>
@@ -78,6 +82,24 @@ public sealed class RunLock : IDisposable
             throw new SoftPromptException($"{option} {folder}: cannot write there ({InputFile.OneLine(e.Message)}).");
         }
         return new RunLock(fs, path, deleteOnDispose);
+    }
+
+    /// <summary>
+    /// After a run failed: removes the folder when this lock created it, else the entries added since the lock was
+    /// taken (what was there before is left alone). Best effort; call after <see cref="Dispose"/>.
+    /// </summary>
+    public void RemoveWhatThisRunAdded()
+    {
+        try
+        {
+            if (CreatedFolder) { Directory.Delete(Folder, recursive: true); return; }
+            foreach (var entry in Directory.GetFileSystemEntries(Folder))
+            {
+                if (_before.Contains(System.IO.Path.GetFileName(entry))) continue;
+                if (Directory.Exists(entry)) Directory.Delete(entry, recursive: true); else File.Delete(entry);
+            }
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { /* the error being reported matters more */ }
     }
 
     static string Command()

@@ -20,8 +20,9 @@ public sealed class MetricsLog
                 if (string.IsNullOrWhiteSpace(line)) continue;
                 JsonObject? o;
                 try { o = JsonNode.Parse(line) as JsonObject; } catch (JsonException) { continue; } // a torn last line
-                if (o is null) continue;
-                if (truncateAfterStep is int s && (o["step"]?.GetValue<int>() ?? 0) > s) continue;
+                // A row without an integer step and a string kind is not one we wrote (a torn or edited line): skipped.
+                if (o is null || o["step"] is not JsonValue sv || !sv.TryGetValue<int>(out var step) || o["kind"] is not JsonValue kv || !kv.TryGetValue<string>(out _)) continue;
+                if (truncateAfterStep is int s && step > s) continue;
                 Rows.Add(o);
             }
             IO.AtomicFile.WriteAllText(path, string.Concat(Rows.Select(r => IO.JsonFile.Write(r) + "\n")));

@@ -45,24 +45,10 @@ public static class TrainingJob
         finally
         {
             runLock.Dispose();
-            if (!ok && !resume) RemoveUnfinished(runDir, existed: !runLock.CreatedFolder);
+            // A run that failed before its first checkpoint leaves nothing behind; with a checkpoint the folder stays for --resume.
+            if (!ok && !resume && !Directory.Exists(Path.Combine(runDir, "checkpoint")) && !Directory.Exists(Path.Combine(runDir, "checkpoint.old")))
+                runLock.RemoveWhatThisRunAdded();
         }
-    }
-
-    /// <summary>A run that failed before its first checkpoint leaves nothing behind: the folder is removed when this
-    /// run created it, else the files it wrote. With a checkpoint, the folder stays for --resume.</summary>
-    static void RemoveUnfinished(string runDir, bool existed)
-    {
-        try
-        {
-            if (Directory.Exists(Path.Combine(runDir, "checkpoint")) || Directory.Exists(Path.Combine(runDir, "checkpoint.old"))) return;
-            if (!existed) { Directory.Delete(runDir, recursive: true); return; }
-            foreach (var f in new[] { RunLock.FileName, ResolvedConfigFile, "metrics.jsonl", "training.png", "summary.json" })
-                File.Delete(Path.Combine(runDir, f));
-            foreach (var d in new[] { "best", "adapter", "checkpoint.tmp" })
-                if (Directory.Exists(Path.Combine(runDir, d))) Directory.Delete(Path.Combine(runDir, d), recursive: true);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { /* best effort: the error being reported matters more */ }
     }
 
     static TrainResult RunLocked(TrainOptions o, ITrainingReporter? reporter, bool resume, CancellationToken cancel, string runDir)

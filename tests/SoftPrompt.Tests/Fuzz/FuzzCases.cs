@@ -10,7 +10,8 @@ namespace SoftPrompt.Tests.Fuzz;
 /// 4 run-folder ownership, 5 output paths, 6 smaller ones).</param>
 /// <param name="Expect">What the one error line must name (a file, key or option).</param>
 /// <param name="NoOutput">The command's --output (DIR/out) must not exist afterwards.</param>
-public sealed record FuzzCase(string Id, int Class, Func<FuzzWorld, string, string[]> Build, string Expect, bool NoOutput = true);
+/// <param name="After">A further check on the case folder after the command (e.g. that files already there are intact).</param>
+public sealed record FuzzCase(string Id, int Class, Func<FuzzWorld, string, string[]> Build, string Expect, bool NoOutput = true, Action<string>? After = null);
 
 /// <summary>
 /// The malformed inputs, generated from the shipped model and the fixtures: every size key of config.json with every
@@ -280,6 +281,16 @@ public static class FuzzCases
         }, "state.safetensors", NoOutput: false);
         yield return new("resume-no-checkpoint", 3, (w, d) => { var run = w.CopyRun(d); Directory.Delete(Path.Combine(run, "checkpoint"), true); return new[] { "train", "--resume", run }; }, "no checkpoint", NoOutput: false);
         yield return new("resume-wrong-method", 3, (w, d) => { var run = w.CopyRun(d); return new[] { "train", "--resume", run, "--method", "prefix" }; }, "checkpoint", NoOutput: false);
+        // A training curve (eval --run) that is not one: rows of other types, garbage, nothing.
+        foreach (var (name, content) in new[] { ("step-string", "{\"kind\": \"train\", \"step\": \"x\", \"loss\": 1}"), ("kind-number", "{\"kind\": 5, \"step\": 1}"),
+                     ("garbage", "not json at all"), ("empty", "") })
+            yield return new($"eval-run-metrics-{name}", 3, (w, d) =>
+            {
+                var run = Path.Combine(d, "run");
+                Directory.CreateDirectory(run);
+                File.WriteAllText(Path.Combine(run, "metrics.jsonl"), content + "\n");
+                return Eval(w, d, O("--run", run, "--max-examples", "2"));
+            }, "--run");
         // Dangling symbolic links where a file is expected.
         foreach (var file in new[] { "config.json", "model.safetensors", "tokenizer.json" })
             yield return new($"dangling-{file}", 3, (w, d) =>
@@ -327,6 +338,22 @@ public static class FuzzCases
             yield return new($"output-in-proc-{cmd}", 5, (w, d) => build(w, d, O("--output", "/proc/softprompt-fuzz/out")), "--output");
             yield return new($"output-dangling-link-{cmd}", 5, (w, d) => { var l = Path.Combine(d, "link"); Directory.CreateSymbolicLink(l, "/proc/softprompt-fuzz-gone"); return build(w, d, O("--output", l)); }, "--output");
         }
+
+        // A failed run into an existing folder removes only what it added: what was there stays.
+        static void Intact(string d)
+        {
+            foreach (var f in new[] { "config.json", "notes.txt", "hard_prompt.json" })
+                if (File.Exists(Path.Combine(d, "keep-" + f))) Assert.Equal("mine", File.ReadAllText(Path.Combine(Out(d), f)));
+        }
+        static string[] Prepare(string d, string[] args, params string[] files)
+        {
+            Directory.CreateDirectory(Out(d));
+            foreach (var f in files) { File.WriteAllText(Path.Combine(Out(d), f), "mine"); File.WriteAllText(Path.Combine(d, "keep-" + f), ""); }
+            return args;
+        }
+        yield return new("output-existing-search-result", 5, (w, d) => Prepare(d, Search(w, d), "hard_prompt.json", "config.json", "notes.txt"), "already holds a search result", NoOutput: false, After: Intact);
+        yield return new("output-existing-folder-bad-data-train", 5, (w, d) => Prepare(d, Train(w, d, O("--train", Path.Combine(d, "missing.jsonl"))), "config.json", "notes.txt"), "missing.jsonl", NoOutput: false, After: Intact);
+        yield return new("output-existing-folder-bad-data-search", 5, (w, d) => Prepare(d, Search(w, d, O("--train", Path.Combine(d, "missing.jsonl"))), "config.json", "notes.txt"), "missing.jsonl", NoOutput: false, After: Intact);
 
         // ---- class 6: the smaller ones -----------------------------------------------------------------------------
         foreach (var (opt, v) in new[] { ("--temperature", "NaN"), ("--temperature", "Infinity"), ("--temperature", "-1"), ("--top-p", "NaN"), ("--top-p", "0"), ("--top-p", "1.5"),

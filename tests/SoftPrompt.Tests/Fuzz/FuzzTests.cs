@@ -20,15 +20,15 @@ public class FuzzTests
         var c = FuzzCases.ById[id];
         var w = FuzzWorld.Instance;
         var dir = w.Dir(id);
-        string[] args;
-        try { args = c.Build(w, dir); }
-        finally { }
         try
         {
-            var (rc, _, err) = CliRunner.Run(args);
+            var (rc, _, err) = CliRunner.Run(c.Build(w, dir));
             AssertClean(rc, err, c.Expect);
             if (c.NoOutput) Assert.False(Directory.Exists(Path.Combine(dir, "out")), $"{id}: the output folder was left behind");
             Assert.Empty(Directory.GetFileSystemEntries(dir, "out.tmp*"));
+            c.After?.Invoke(dir);
+            if (Directory.Exists(Path.Combine(dir, "out")) && c.Class != 4)
+                Assert.False(File.Exists(Path.Combine(dir, "out", SoftPrompt.IO.RunLock.FileName + ".info")), "the lock's holder file was left behind");
         }
         finally { FuzzLocks.ReleaseAll(); }
     }

@@ -176,6 +176,10 @@ public class TrainerTests
         Assert.Contains("NaN", e.Message);
         var state = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(tmp.Path, "checkpoint", "trainer_state.json")))!;
         Assert.InRange(state["Step"]!.GetValue<int>(), 2, 8);
+        // The message names the step that failed (within the run) and the checkpoint that really is on disk.
+        var failed = int.Parse(System.Text.RegularExpressions.Regex.Match(e.Message, @"stopped at step (\d+) of 40").Groups[1].Value);
+        Assert.InRange(failed, state["Step"]!.GetValue<int>() + 1, 40);
+        Assert.Contains($"(step {state["Step"]!.GetValue<int>()})", e.Message);
         var ckpt = SafeTensors.Load(Path.Combine(tmp.Path, "checkpoint", "state.safetensors"));
         foreach (var t in ckpt.Values.Where(t => t.is_floating_point())) Assert.True(t.isfinite().all().item<bool>());
         Assert.False(Directory.Exists(Path.Combine(tmp.Path, "adapter")), "no adapter is exported from a diverged run");
