@@ -50,7 +50,7 @@ public static class Benchmark
     public static BenchResult Run(BenchOptions o, Action<string>? log = null)
     {
         if (o.Batch < 1 || o.Seq < 2 || o.Steps < 1 || o.Warmup < 0 || o.VirtualTokens < 1 || o.TargetTokens < 0 || o.TargetTokens >= o.Seq)
-            throw new SoftPromptException("bench: need --batch >= 1, --seq >= 2, --steps >= 1, --warmup >= 0, --virtual-tokens >= 1, 0 <= --target-tokens < --seq.");
+            throw new SoftPromptException("bench: need --batch-size >= 1, --seq-len >= 2, --steps >= 1, --warmup >= 0, --virtual-tokens >= 1, 0 <= --target-tokens < --seq-len.");
         if (o.Method is not ("prompt" or "prefix")) throw new SoftPromptException($"--method '{o.Method}': expected prompt or prefix.");
         if ((o.Model is null) == (o.Shape is null)) throw new SoftPromptException("give exactly one of --model DIR or --shape NAME.");
         TorchRuntime.SetThreads(o.Threads);
@@ -58,7 +58,7 @@ public static class Benchmark
         var cfg = o.Model is not null ? ModelConfig.Load(o.Model) : ModelFactory.ShapeConfig(o.Shape!);
         var dtype = TorchRuntime.ResolveDType(o.Dtype, cfg.TorchDtype);
         if (cfg.Family == ArchFamily.Gpt2 && o.Seq + o.VirtualTokens > cfg.MaxPositions)
-            throw new SoftPromptException($"--seq {o.Seq} + --virtual-tokens {o.VirtualTokens} exceed the model's {cfg.MaxPositions} positions.");
+            throw new SoftPromptException($"--seq-len {o.Seq} + --virtual-tokens {o.VirtualTokens} exceed the model's {cfg.MaxPositions} positions.");
         using var model = o.Model is not null ? ModelLoader.Load(o.Model, device, dtype) : ModelFactory.Random(cfg, o.Seed, dtype, device);
         log?.Invoke($"{cfg.ModelType}: {cfg.NumLayers} layers x {cfg.HiddenSize}, vocab {cfg.VocabSize}, {model.ParameterCount / 1e6:F1} M parameters, {TorchRuntime.DTypeName(dtype)} on {device}");
 

@@ -2,7 +2,9 @@ using System.Globalization;
 
 namespace SoftPrompt.Training;
 
-/// <summary>A live progress line on a terminal; plain log lines (every <c>logEvery</c> steps) when output is redirected.</summary>
+/// <summary>A live progress line on a terminal; plain log lines (every <c>logEvery</c> steps) when output is redirected.
+/// The loss shown is the last step's (metrics.jsonl logs the mean per log interval). The CLI uses its own
+/// Spectre.Console progress (SoftPrompt.Cli.TrainProgress); this one is for library users.</summary>
 public sealed class ConsoleReporter(int logEvery = 10, TextWriter? output = null) : ITrainingReporter
 {
     readonly TextWriter _out = output ?? Console.Out;
@@ -11,7 +13,7 @@ public sealed class ConsoleReporter(int logEvery = 10, TextWriter? output = null
 
     public void Step(int step, int totalSteps, double loss, double lr, double tokensPerSecond, TimeSpan eta)
     {
-        string line = string.Format(CultureInfo.InvariantCulture, "step {0,5}/{1}  loss {2,8:F4}  lr {3:0.###e+0}  {4,8:F0} tok/s  ETA {5}",
+        string line = string.Format(CultureInfo.InvariantCulture, "step {0,5}/{1}  step loss {2,8:F4}  lr {3:0.###e+0}  {4,8:F0} tok/s  ETA {5}",
             step, totalSteps, loss, lr, tokensPerSecond, Eta(eta));
         if (_live)
         {

@@ -80,6 +80,24 @@ public class ReadmeCommandTests
         Assert.True(checkedCount >= 8, $"only {checkedCount} README commands found");
     }
 
+    /// <summary>
+    /// Runs scripts/check-readme.sh (pack, install the tool into a throwaway home, run the marked blocks as written).
+    /// About two minutes, so only where SOFTPROMPT_README_CHECK=1 (CI sets it in .ci/run); elsewhere it returns at once.
+    /// </summary>
+    [Fact, Trait("Category", "Slow")]
+    public void ReadmeBlocksMarkedToRunRunAsWritten()
+    {
+        if (Environment.GetEnvironmentVariable("SOFTPROMPT_README_CHECK") != "1" || !OperatingSystem.IsLinux()) return;
+        var psi = new System.Diagnostics.ProcessStartInfo("bash") { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = DemoPipelineTests.RepoRoot };
+        psi.ArgumentList.Add("scripts/check-readme.sh");
+        using var p = System.Diagnostics.Process.Start(psi)!;
+        var err = p.StandardError.ReadToEndAsync();
+        var output = p.StandardOutput.ReadToEnd();
+        Assert.True(p.WaitForExit(TimeSpan.FromMinutes(20)), "check-readme.sh did not finish");
+        Assert.True(p.ExitCode == 0, output + err.Result[^Math.Min(4000, err.Result.Length)..]);
+        Assert.Matches(@"README: \d+ blocks ran", output);
+    }
+
     [Fact]
     public void BlocksAndWordsAreExtractedAsBashWouldSplitThem()
     {
