@@ -57,7 +57,13 @@ public class FuzzChildProcessTests
         var c = Cases.Single(x => x.Id == id);
         var w = FuzzWorld.Instance;
         var dir = w.Dir("child-" + id);
-        var args = c.Build(w, dir);
+        try { Run(c, dir, c.Build(w, dir)); }
+        finally { FuzzWorld.Remove(dir); }
+    }
+
+    static void Run(ChildCase c, string dir, string[] args)
+    {
+        var id = c.Id;
         var exe = Path.Combine(AppContext.BaseDirectory, "softprompt");
         var psi = new ProcessStartInfo("bash") { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
         psi.ArgumentList.Add("-c");

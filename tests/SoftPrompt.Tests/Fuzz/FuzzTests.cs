@@ -30,7 +30,7 @@ public class FuzzTests
             if (Directory.Exists(Path.Combine(dir, "out")) && c.Class != 4)
                 Assert.False(File.Exists(Path.Combine(dir, "out", SoftPrompt.IO.RunLock.FileName + ".info")), "the lock's holder file was left behind");
         }
-        finally { FuzzLocks.ReleaseAll(); }
+        finally { FuzzLocks.ReleaseAll(); FuzzWorld.Remove(dir); }
     }
 
     /// <summary>The contract of an error: exit 2, one error line that names <paramref name="expect"/>, no stack trace.</summary>

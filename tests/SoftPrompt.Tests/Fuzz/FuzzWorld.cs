@@ -19,7 +19,7 @@ public sealed class FuzzWorld
     static readonly Lazy<FuzzWorld> Lazy = new(() => new FuzzWorld());
     public static FuzzWorld Instance => Lazy.Value;
 
-    public string Root { get; } = Path.Combine(Path.GetTempPath(), "softprompt-fuzz-" + Guid.NewGuid().ToString("N")[..8]);
+    public string Root { get; } = Path.Combine(Path.GetTempPath(), $"softprompt-fuzz-{Environment.ProcessId}-{Guid.NewGuid().ToString("N")[..8]}");
     public string Shipped { get; } = Path.Combine(Demo.DemoPipelineTests.RepoRoot, "models", "sp-llama-6m");
     public string Tiny => Fixtures.HfReference("llama");
     public string TrainData => Path.Combine(Root, "train.jsonl");
@@ -30,6 +30,7 @@ public sealed class FuzzWorld
 
     FuzzWorld()
     {
+        SweepStale();
         Directory.CreateDirectory(Root);
         AppDomain.CurrentDomain.ProcessExit += (_, _) => { try { Directory.Delete(Root, true); } catch { } };
         Fixtures.WriteSentimentTask(TrainData, 40, 1);
@@ -41,6 +42,22 @@ public sealed class FuzzWorld
             "--virtual-tokens", "2", "--eval-every", "1", "--threads", "1", "--validation-split", "0.2");
         if (rc != 0) throw new InvalidOperationException("fuzz world: the base training run failed: " + err);
     }
+
+    /// <summary>The test host does not always run exit handlers: worlds of test processes that are gone are removed here.</summary>
+    static void SweepStale()
+    {
+        foreach (var d in Directory.GetDirectories(Path.GetTempPath(), "softprompt-fuzz-*"))
+        {
+            var parts = Path.GetFileName(d).Split('-');
+            if (parts.Length < 4 || !int.TryParse(parts[2], out var pid) || pid == Environment.ProcessId) continue;
+            bool alive;
+            try { using var p = System.Diagnostics.Process.GetProcessById(pid); alive = !p.HasExited; } catch (ArgumentException) { alive = false; }
+            if (!alive) try { Directory.Delete(d, true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+        }
+    }
+
+    /// <summary>Removes a case's folder once it has been checked.</summary>
+    public static void Remove(string dir) { try { Directory.Delete(dir, true); } catch (IOException) { } catch (UnauthorizedAccessException) { } }
 
     /// <summary>A fresh, empty folder for one case.</summary>
     public string Dir(string id)
