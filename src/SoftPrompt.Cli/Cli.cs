@@ -16,7 +16,7 @@ public static class Cli
         .AcceptOnlyFromAmong("fp32", "bf16", "fp16", "auto");
     public static Option<string> FormatOption() => new Option<string>("--format") { Description = "Output format: text or json.", DefaultValueFactory = _ => "text" }
         .AcceptOnlyFromAmong("text", "json");
-    public static Option<string> PromptOption() => new("--prompt", "-p") { Description = "Prompt adapter folder (PEFT adapter_config.json + adapter_model.safetensors) to attach." };
+    public static Option<string> PromptOption() => new("--prompt", "-p") { Description = "Prompt adapter folder (PEFT adapter_config.json + adapter_model.safetensors), or a training run folder for its adapter/, to attach." };
     public static Option<int> ThreadsOption() => new("--threads") { Description = "CPU threads for libtorch (0 = all cores).", DefaultValueFactory = _ => 0 };
 
     /// <summary>Options of every --format json output; a non-finite number (a NaN score) is written as null.</summary>

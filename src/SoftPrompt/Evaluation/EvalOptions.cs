@@ -14,7 +14,7 @@ public sealed record EvalOptions : Data.DataFields
     [Description("Test data (JSONL, TSV or CSV).")] public string? Data { get; init; }
     [Description("Report folder (replaced only when the evaluation succeeds).")] public string? Output { get; init; }
 
-    [Description("Prompt adapter folder (PEFT prompt or prefix tuning); repeatable. Prompt-tuning adapters also give a 'projected' hard prompt.")] public string[] Prompt { get; init; } = Array.Empty<string>();
+    [Description("Prompt adapter folder (PEFT prompt or prefix tuning), or a training run folder for its adapter/; repeatable. Its recorded data settings are the defaults. Prompt-tuning adapters also give a 'projected' hard prompt.")] public string[] Prompt { get; init; } = Array.Empty<string>();
     [Description("Hand-written instruction placed before each example; repeatable.")] public string[] Instruction { get; init; } = Array.Empty<string>();
     [Description("File of instructions, one per line (blank lines and lines starting with # are skipped).")] public string? InstructionsFile { get; init; }
     [Description("Few-shot condition with K demonstrations drawn (seeded) from --shots-from (0 = none).")] public int FewShot { get; init; }
