@@ -40,7 +40,7 @@ public static class SearchCommand
                     result.Steps, result.StopReason, result.Accepted, result.Objective, result.InitialScore, result.Score,
                     result.Details?["calls"], result.Details?["total_tokens"]));
             if (result.SelectMetric is not null) reporter.Message(string.Format(CultureInfo.InvariantCulture, "held-out {0}: {1:F4}", result.SelectMetric, result.SelectValue));
-            reporter.Message($"hard prompt: \"{result.Text}\" [{string.Join(",", result.TokenIds)}]");
+            reporter.Message($"hard prompt: \"{result.Text.Replace("\n", "\\n")}\" [{string.Join(",", result.TokenIds)}]");
             reporter.Message($"written: {Path.GetFullPath(Path.Combine(o.Output!, HardPrompt.FileName))}");
             return Task.FromResult(0);
         });

@@ -163,7 +163,7 @@ public static class Evaluator
                 var hp = hp0.TokenIds.Length > 0 ? hp0 : hp0 with { TokenIds = tok.Encode(hp0.Text, addSpecialTokens: false) };
                 var bad = hp.TokenIds.FirstOrDefault(id => id < 0 || id >= model.Config.VocabSize, -1);
                 if (bad != -1) throw new SoftPromptException($"--searched {path}: token id {bad} is outside the model's vocabulary (size {model.Config.VocabSize}); was it searched on another model?");
-                conditions.Add(new Condition { Name = $"searched {SearchedLabel(path)}", Kind = "searched", Hard = hp });
+                conditions.Add(new Condition { Name = SearchedName(hp, path), Kind = "searched", Hard = hp });
             }
             MakeNamesUnique(conditions);
             log?.Invoke($"task: {task} ({reason}); {conditions.Count} conditions on {examples.Count} examples");
@@ -390,6 +390,16 @@ public static class Evaluator
         // A run folder's adapter/ or best/: name it by the run.
         if (name is "adapter" or "best" && Path.GetFileName(Path.GetDirectoryName(full)) is { Length: > 0 } run) return $"{run}/{name}";
         return name;
+    }
+
+    /// <summary>"searched (OPRO, 21 tokens) opro": how the prompt was found (from the file's "source", written by
+    /// search-hard-prompt), its length, and the run folder or file it came from.</summary>
+    static string SearchedName(HardPrompt hp, string path)
+    {
+        var source = hp.Source ?? "";
+        string? how = source.StartsWith("search-hard-prompt (opro", StringComparison.Ordinal) ? "OPRO"
+            : source.StartsWith("search-hard-prompt (gradient-guided", StringComparison.Ordinal) ? "gradient search" : null;
+        return how is null ? $"searched {SearchedLabel(path)}" : $"searched ({how}, {hp.TokenIds.Length} tokens) {SearchedLabel(path)}";
     }
 
     static string SearchedLabel(string path)

@@ -11,8 +11,8 @@ public static class OproPlot
         if (t.Entries.Count == 0) return;
         bool loss = t.Metric == "neg_loss";
         double Y(double s) => loss ? -s : s;
+        Fonts.Default = "DejaVu Sans"; // before the plot is made: its title and labels take the default then
         var plt = new Plot();
-        Fonts.Default = "DejaVu Sans";
         var all = plt.Add.ScatterPoints(t.Entries.Select(e => (double)e.Step).ToArray(), t.Entries.Select(e => Y(e.Score)).ToArray());
         all.LegendText = "instructions scored"; all.MarkerSize = 5; all.Color = Colors.Gray.WithAlpha(0.6);
         var steps = Enumerable.Range(0, t.Step + 1).ToArray();
@@ -25,6 +25,7 @@ public static class OproPlot
         bl.LegendText = "best so far"; bl.LineWidth = 2.5f; bl.MarkerSize = 0;
         plt.Title("OPRO optimisation");
         plt.XLabel("step");
+        plt.Axes.Bottom.TickGenerator = new ScottPlot.TickGenerators.NumericAutomatic { IntegerTicksOnly = true };
         plt.YLabel(t.Metric switch { "neg_loss" => "target loss (lower is better)", "judge" => "mean judge rating (1-10)", "exact_match" => "exact match", _ => t.Metric });
         plt.ShowLegend(loss ? Alignment.UpperRight : Alignment.LowerRight);
         var tmp = path + ".tmp.png";

@@ -93,7 +93,9 @@ public class OproJudgeAndOfflineTests
         var (rcEval, outEval, errEval) = CliRunner.Run("eval", "--model", SearchFixture.ModelDir, "--data", train, "--searched", run, "--output", report, "--max-examples", "8", "--threads", "1");
         Assert.True(rcEval == 0, errEval + outEval);
         var metrics = Json(Path.Combine(report, "metrics.json"));
-        Assert.Contains(metrics["conditions"]!.AsArray(), c => c!["kind"]!.GetValue<string>() == "searched");
+        var searched = Assert.Single(metrics["conditions"]!.AsArray(), c => c!["kind"]!.GetValue<string>() == "searched")!;
+        // Named by how it was found (the file's source), its length and its folder.
+        Assert.Equal($"searched (OPRO, {hp.TokenIds.Length} tokens) {Path.GetFileName(run)}", searched["name"]!.GetValue<string>());
     }
 
     [Fact]
