@@ -51,7 +51,7 @@ public sealed class AdapterRegistry : IDisposable
     {
         CheckName(name);
         lock (_lock) if (_entries.ContainsKey(name)) throw new InvalidOperationException($"an adapter named '{name}' is already served.");
-        var full = System.IO.Path.GetFullPath(path);
+        var full = System.IO.Path.GetFullPath(SoftPrompt.Tuning.Adapter.ResolveDir(path)); // a run folder stands for its adapter/
         var prompt = AttachedPrompt.Load(full, _model, name);
         var info = ReadInfo(name, full, prompt);
         lock (_lock)

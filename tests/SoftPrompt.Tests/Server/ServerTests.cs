@@ -240,6 +240,14 @@ public class ServerTests : IClassFixture<ServerWorld>
         Assert.Equal(200, s2);
         Assert.Equal(same.GetProperty("choices")[0].GetProperty("text").GetString(), c.GetProperty("choices")[0].GetProperty("text").GetString());
         Assert.Equal(409, (await ServerWorld.Post(Http, "/v1/adapters", new { name = "hot", path = _w.PrefixDir })).Status);
+        // A training run folder stands for its adapter/, as on the command line.
+        var run = _w.Tmp["run-folder"];
+        Directory.CreateDirectory(Path.Combine(run, "adapter"));
+        foreach (var f in Directory.GetFiles(_w.PromptDir)) File.Copy(f, Path.Combine(run, "adapter", Path.GetFileName(f)));
+        Assert.Equal(201, (await ServerWorld.Post(Http, "/v1/adapters", new { name = "from-run", path = run })).Status);
+        var (_, viaRun) = await ServerWorld.Post(Http, "/v1/completions", new { model = "from-run", prompt = "joy ->", max_tokens = 4, temperature = 0 });
+        Assert.Equal(same.GetProperty("choices")[0].GetProperty("text").GetString(), viaRun.GetProperty("choices")[0].GetProperty("text").GetString());
+        Assert.Equal(200, (await ServerWorld.Send(Http, HttpMethod.Delete, "/v1/adapters/from-run")).Status);
         var (s3, bad) = await ServerWorld.Post(Http, "/v1/adapters", new { name = "foreign", path = _w.ForeignDir });
         Assert.Equal(400, s3);
         Assert.Contains("another model", bad.GetProperty("error").GetProperty("message").GetString());
