@@ -6,7 +6,7 @@ namespace SoftPrompt.Tests.Models;
 
 /// <summary>
 /// <see cref="CausalLM.Logits"/> computes the head as W @ h^T without autograd on the CPU (a faster BLAS layout) and
-/// as F.linear with autograd: both give the same logits and the same shape for 1-, 2- and 3-d hidden states.
+/// as F.linear with autograd or few rows: both give the same logits and the same shape for 1-, 2- and 3-d hidden states.
 /// </summary>
 public class LogitsLayoutTests
 {
@@ -16,7 +16,7 @@ public class LogitsLayoutTests
         using var model = ModelLoader.Load(Fixtures.HfReference(name));
         using var scope = torch.NewDisposeScope();
         var gen = new Generator().manual_seed(7);
-        foreach (var shape in new[] { new long[] { model.Config.HiddenSize }, new long[] { 5, model.Config.HiddenSize }, new long[] { 3, 4, model.Config.HiddenSize } })
+        foreach (var shape in new[] { new long[] { model.Config.HiddenSize }, new long[] { 5, model.Config.HiddenSize }, new long[] { 200, model.Config.HiddenSize }, new long[] { 3, 50, model.Config.HiddenSize } })
         {
             var h = torch.randn(shape, generator: gen);
             var withGrad = model.Logits(h).detach();
