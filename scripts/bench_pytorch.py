@@ -12,6 +12,22 @@ prints both results as JSON lines, then the ratios (C# / PyTorch tokens per seco
 """
 import argparse, contextlib, json, math, os, resource, statistics, subprocess, sys, time
 
+
+def _blas_threads_from_argv(argv):
+    """--threads, read before torch is imported: Debian's torch (BLAS_INFO=generic) does not pass set_num_threads on
+    to OpenBLAS, which reads OPENBLAS_NUM_THREADS once when it loads (measured: --threads 1 used 2 cores for matmuls)."""
+    for i, x in enumerate(argv):
+        if x == "--threads" and i + 1 < len(argv):
+            return argv[i + 1]
+        if x.startswith("--threads="):
+            return x.split("=", 1)[1]
+    return None
+
+
+_t = _blas_threads_from_argv(sys.argv[1:])
+if _t and _t.isdigit() and int(_t) > 0:
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", _t)
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
