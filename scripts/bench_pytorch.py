@@ -12,6 +12,22 @@ prints both results as JSON lines, then the ratios (C# / PyTorch tokens per seco
 """
 import argparse, contextlib, json, math, os, resource, statistics, subprocess, sys, time
 
+
+def _blas_threads_from_argv(argv):
+    """--threads, read before torch is imported: Debian's torch (BLAS_INFO=generic) does not pass set_num_threads on
+    to OpenBLAS, which reads OPENBLAS_NUM_THREADS once when it loads (measured: --threads 1 used 2 cores for matmuls)."""
+    for i, x in enumerate(argv):
+        if x == "--threads" and i + 1 < len(argv):
+            return argv[i + 1]
+        if x.startswith("--threads="):
+            return x.split("=", 1)[1]
+    return None
+
+
+_t = _blas_threads_from_argv(sys.argv[1:])
+if _t and _t.isdigit() and int(_t) > 0:
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", _t)
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -196,8 +212,8 @@ def run_torch(a):
             return F.cross_entropy((hs[sel] @ base.wte.weight.t()).float(), lab[sel])
 
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
-    times, evals = [], []
-    for i in range(a.warmup + a.steps):
+    times, evals, eval_cpu = [], [], []
+    for i in range(0 if a.forward_only else a.warmup + a.steps):
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss = loss_fn()
@@ -208,16 +224,19 @@ def run_torch(a):
             times.append((time.perf_counter() - t0) * 1000)
     with torch.no_grad():
         for i in range(a.warmup + a.steps):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             loss_fn().item()
+            t1, c1 = time.perf_counter(), time.process_time()
             if i >= a.warmup:
-                evals.append((time.perf_counter() - t0) * 1000)
-    med, emed = statistics.median(times), statistics.median(evals)
+                evals.append((t1 - t0) * 1000)
+                eval_cpu.append((c1 - c0) * 1000)
+    med, emed = (0.0 if a.forward_only else statistics.median(times)), statistics.median(evals)
     peak, kind = peak_memory(device)
     return dict(impl=impl, torch=torch.__version__, blas=blas_info(), shape=a.shape, method=a.method, batch=B, seq=T, virtual_tokens=n, target_tokens=targets,
                 dtype=a.dtype, device=str(device), threads=torch.get_num_threads(), steps=a.steps, warmup=a.warmup,
-                step_ms_median=round(med, 2), tokens_per_s=round(B * T / (med / 1000), 1), eval_ms_median=round(emed, 2),
-                eval_tokens_per_s=round(B * T / (emed / 1000), 1), peak_memory_bytes=peak, peak_memory_kind=kind)
+                step_ms_median=round(med, 2), tokens_per_s=round(B * T / (med / 1000), 1) if med else 0.0, eval_ms_median=round(emed, 2),
+                eval_tokens_per_s=round(B * T / (emed / 1000), 1),
+                eval_cpu_ms_median=round(statistics.median(eval_cpu), 2), peak_memory_bytes=peak, peak_memory_kind=kind)
 
 
 def main():
@@ -235,13 +254,14 @@ def main():
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--minimal", action="store_true", help="use the minimal model even when transformers+peft are installed")
+    p.add_argument("--forward-only", action="store_true", help="time only the forward-only pass (no_grad), as evaluation and serving run it")
     p.add_argument("--softprompt", help="path of the softprompt executable: also run the C# side and print the ratios")
     a = p.parse_args()
     results = {}
     if a.softprompt:
         cmd = [a.softprompt, "bench", "--shape", a.shape, "--method", a.method, "--batch", str(a.batch), "--seq", str(a.seq),
                "--virtual-tokens", str(a.virtual_tokens), "--steps", str(a.steps), "--warmup", str(a.warmup), "--target-tokens", str(a.target_tokens),
-               "--dtype", a.dtype, "--device", a.device, "--threads", str(a.threads), "--format", "json"]
+               "--dtype", a.dtype, "--device", a.device, "--threads", str(a.threads), "--format", "json"] + (["--forward-only"] if a.forward_only else [])
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
         results["softprompt"] = json.loads(out)
         print(json.dumps({"side": "softprompt", **results["softprompt"]}))
@@ -252,8 +272,10 @@ def main():
     print(json.dumps({"side": "pytorch", **results["pytorch"]}))
     if a.softprompt:
         cs, py = results["softprompt"], results["pytorch"]
-        print(f"ratio tokens/s (C# / PyTorch {py['impl']}): train {cs['tokens_per_s'] / py['tokens_per_s']:.2f}x, "
-              f"forward {cs['eval_tokens_per_s'] / py['eval_tokens_per_s']:.2f}x; step time C# {cs['step_ms_median']:.1f} ms vs {py['step_ms_median']:.1f} ms")
+        print(f"ratio tokens/s (C# / PyTorch {py['impl']}): train {cs['tokens_per_s'] / py['tokens_per_s'] if py['tokens_per_s'] else float('nan'):.2f}x, "
+              f"forward {cs['eval_tokens_per_s'] / py['eval_tokens_per_s']:.2f}x; forward-only ms/batch C# {cs['eval_ms_median']:.1f} vs {py['eval_ms_median']:.1f} "
+              f"(C#/PyTorch {cs['eval_ms_median'] / py['eval_ms_median']:.2f}x; process CPU ms {cs.get('eval_cpu_ms_median', float('nan')):.1f} vs {py['eval_cpu_ms_median']:.1f}, "
+              f"{cs.get('eval_cpu_ms_median', float('nan')) / py['eval_cpu_ms_median']:.2f}x); step time C# {cs['step_ms_median']:.1f} ms vs {py['step_ms_median']:.1f} ms")
         if cs.get("peak_memory_bytes") and py.get("peak_memory_bytes"):
             print(f"peak memory C# / PyTorch: {cs['peak_memory_bytes'] / py['peak_memory_bytes']:.2f}x ({cs['peak_memory_bytes'] / 2**20:.0f} MiB vs {py['peak_memory_bytes'] / 2**20:.0f} MiB)")
 

@@ -19,9 +19,10 @@ public static class BenchCommand
         var warmup = new Option<int>("--warmup") { Description = "Untimed warm-up steps.", DefaultValueFactory = _ => 3 };
         var targets = new Option<int>("--target-tokens") { Description = "Loss positions per row (0 = all, as language modelling).", DefaultValueFactory = _ => 0 };
         var profile = new Option<bool>("--profile") { Description = "Also time forward, head + loss, backward and optimizer separately (median ms each)." };
+        var forwardOnly = new Option<bool>("--forward-only") { Description = "Time only the forward-only pass (no autograd, as evaluation and serving run it); the training fields are 0." };
         var dtype = Cli.DTypeOption(); var device = Cli.DeviceOption(); var format = Cli.FormatOption(); var threads = Cli.ThreadsOption();
         var cmd = new Command("bench", "Time a prompt-tuning / prefix-tuning training step: median step ms, tokens/s, forward-only tokens/s, peak memory.")
-            { model, shape, method, batch, seq, vt, steps, warmup, targets, profile, dtype, device, threads, format };
+            { model, shape, method, batch, seq, vt, steps, warmup, targets, profile, forwardOnly, dtype, device, threads, format };
         cmd.SetAction(pr =>
         {
             bool json = pr.GetValue(format) == "json";
@@ -29,7 +30,7 @@ public static class BenchCommand
             {
                 Model = pr.GetValue(model), Shape = pr.GetValue(shape), Method = pr.GetValue(method)!, Batch = pr.GetValue(batch), Seq = pr.GetValue(seq),
                 VirtualTokens = pr.GetValue(vt), Steps = pr.GetValue(steps), Warmup = pr.GetValue(warmup), TargetTokens = pr.GetValue(targets),
-                Dtype = pr.GetValue(dtype)!, Device = pr.GetValue(device)!, Threads = pr.GetValue(threads), Profile = pr.GetValue(profile),
+                Dtype = pr.GetValue(dtype)!, Device = pr.GetValue(device)!, Threads = pr.GetValue(threads), Profile = pr.GetValue(profile), ForwardOnly = pr.GetValue(forwardOnly),
             }, json ? null : Console.WriteLine);
             if (json)
             {
@@ -37,8 +38,8 @@ public static class BenchCommand
                 return 0;
             }
             Console.WriteLine($"{r.Method} tuning, batch {r.Batch} x {r.Seq} tokens (+{r.VirtualTokens} virtual), loss on {r.TargetTokens} positions/row, {r.Threads} threads");
-            Console.WriteLine($"train step  median {r.StepMsMedian:F1} ms (min {r.StepMsMin:F1})  {r.TokensPerS:F0} tokens/s");
-            Console.WriteLine($"forward     median {r.EvalMsMedian:F1} ms  {r.EvalTokensPerS:F0} tokens/s");
+            if (!pr.GetValue(forwardOnly)) Console.WriteLine($"train step  median {r.StepMsMedian:F1} ms (min {r.StepMsMin:F1})  {r.TokensPerS:F0} tokens/s");
+            Console.WriteLine($"forward     median {r.EvalMsMedian:F1} ms ({r.EvalCpuMsMedian:F1} CPU ms)  {r.EvalTokensPerS:F0} tokens/s");
             if (r.PhaseMsMedian is { } ph) Console.WriteLine("phases      " + string.Join("  ", ph.Select(kv => $"{kv.Key} {kv.Value:F1} ms")));
             Console.WriteLine($"peak memory {(r.PeakMemoryBytes is long b ? $"{b / 1048576.0:F0} MiB" : "n/a")} ({r.PeakMemoryKind}); allocator {r.Allocator}");
             return 0;

@@ -68,7 +68,7 @@ public static class Generator
             var ids = torch.tensor(next, ScalarType.Int64, model.Device).unsqueeze(0);
             var res = model.Forward(new ForwardArgs { InputIds = ids, PrefixEmbeds = first ? prompt.PrefixEmbeds : null, Cache = cache });
             first = false;
-            var logits = model.Logits(res.Hidden.narrow(1, res.Hidden.shape[1] - 1, 1)).view(-1);
+            var logits = model.Logits(res.Hidden.narrow(1, res.Hidden.shape[1] - 1, 1)).reshape(-1);
             if (scores != null) scores.Add(logits.cpu().data<float>().ToArray());
             int tok = Pick(logits, opt, gen);
             newIds.Add(tok);

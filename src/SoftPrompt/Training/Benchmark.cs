@@ -27,6 +27,8 @@ public sealed record BenchOptions
     /// <summary>Also time the phases of a step (forward, head + loss, backward, optimizer) separately. On CUDA this
     /// synchronises after each phase, so only the phase split is meaningful there, not the total.</summary>
     public bool Profile { get; init; }
+    /// <summary>Skip the training steps: time only the forward-only pass (what evaluation and serving run).</summary>
+    public bool ForwardOnly { get; init; }
 }
 
 public sealed record BenchResult(
@@ -36,6 +38,9 @@ public sealed record BenchResult(
 {
     /// <summary>With <see cref="BenchOptions.Profile"/>: median milliseconds of each phase of a training step.</summary>
     public IReadOnlyDictionary<string, double>? PhaseMsMedian { get; init; }
+    /// <summary>Median process CPU milliseconds (all threads) of one forward-only pass: far less sensitive to other
+    /// processes' load than <see cref="EvalMsMedian"/> on a shared machine (with --threads 1 it is the pass's own work).</summary>
+    public double EvalCpuMsMedian { get; init; }
     /// <summary>How the process's CPU allocator was set up (<see cref="TorchRuntime.ConfigureAllocator"/>).</summary>
     public string Allocator { get; init; } = TorchRuntime.AllocatorMode;
 }
@@ -79,7 +84,7 @@ public static class Benchmark
         int realTokens = o.Batch * o.Seq;
 
         var stepMs = new List<double>();
-        for (int i = 0; i < o.Warmup + o.Steps; i++)
+        for (int i = 0; i < (o.ForwardOnly ? 0 : o.Warmup + o.Steps); i++)
         {
             var sw = Stopwatch.StartNew();
             using (var scope = torch.NewDisposeScope())
@@ -93,16 +98,25 @@ public static class Benchmark
             if (i >= o.Warmup) stepMs.Add(sw.Elapsed.TotalMilliseconds);
         }
         var evalMs = new List<double>();
+        var evalCpuMs = new List<double>();
+        var evalBodyCpuMs = new List<double>(); // --profile: CPU ms of the transformer part of each forward-only pass
+        var self = Process.GetCurrentProcess();
         using (torch.no_grad())
             for (int i = 0; i < o.Warmup + o.Steps; i++)
             {
+                self.Refresh();
+                var cpu0 = self.TotalProcessorTime;
                 var sw = Stopwatch.StartNew();
                 using (var scope = torch.NewDisposeScope())
                 {
-                    var (nll, _) = PromptLoss.Compute(model, method, batch);
+                    var hidden = PromptLoss.Hidden(model, method, batch);
+                    if (o.Profile) { self.Refresh(); evalBodyCpuMs.Add((self.TotalProcessorTime - cpu0).TotalMilliseconds); }
+                    var (nll, _) = PromptLoss.Loss(model, batch, hidden);
                     nll.item<float>();
                 }
-                if (i >= o.Warmup) evalMs.Add(sw.Elapsed.TotalMilliseconds);
+                double ms = sw.Elapsed.TotalMilliseconds;
+                self.Refresh();
+                if (i >= o.Warmup) { evalMs.Add(ms); evalCpuMs.Add((self.TotalProcessorTime - cpu0).TotalMilliseconds); }
             }
         Dictionary<string, double>? phases = null;
         if (o.Profile)
@@ -115,7 +129,7 @@ public static class Benchmark
             var cpuSamples = names.ToDictionary(n => n, _ => new List<double>());
             var proc = Process.GetCurrentProcess();
             void Sync() { if (device.type == DeviceType.CUDA) torch.cuda.synchronize(device); }
-            for (int i = 0; i < o.Warmup + o.Steps; i++)
+            for (int i = 0; i < (o.ForwardOnly ? 0 : o.Warmup + o.Steps); i++)
             {
                 using var scope = torch.NewDisposeScope();
                 var t = new double[names.Length + 1];
@@ -141,15 +155,19 @@ public static class Benchmark
                 if (i < o.Warmup) continue;
                 for (int j = 0; j < names.Length; j++) { samples[names[j]].Add(t[j + 1] - t[j]); cpuSamples[names[j]].Add(c[j + 1] - c[j]); }
             }
-            phases = names.ToDictionary(n => n, n => Math.Round(Median(samples[n]), 2));
-            foreach (var n in names) phases[n + "_cpu"] = Math.Round(Median(cpuSamples[n]), 2);
+            phases = o.ForwardOnly ? new() : names.ToDictionary(n => n, n => Math.Round(Median(samples[n]), 2));
+            if (!o.ForwardOnly) foreach (var n in names) phases[n + "_cpu"] = Math.Round(Median(cpuSamples[n]), 2);
+            var body = evalBodyCpuMs.Skip(o.Warmup).ToList();
+            phases["eval_forward_cpu"] = Math.Round(Median(body), 2);
+            phases["eval_head_loss_cpu"] = Math.Round(Median(evalCpuMs.Zip(body, (a, b) => a - b).ToList()), 2);
         }
-        double med = Median(stepMs), evalMed = Median(evalMs);
+        // --forward-only: the training fields are 0 (not run).
+        double med = o.ForwardOnly ? 0 : Median(stepMs), evalMed = Median(evalMs);
         var (peak, kind) = PeakMemory(device);
         return new BenchResult(o.Model ?? "shape:" + o.Shape, cfg.ModelType, cfg.NumLayers, cfg.HiddenSize, cfg.VocabSize, model.ParameterCount,
             o.Method, o.Batch, o.Seq, o.VirtualTokens, targets, TorchRuntime.DTypeName(dtype), device.ToString(), torch.get_num_threads(), o.Steps, o.Warmup,
-            Math.Round(med, 2), Math.Round(stepMs.Min(), 2), Math.Round(realTokens / (med / 1000), 1), Math.Round(evalMed, 2), Math.Round(realTokens / (evalMed / 1000), 1), peak, kind)
-            { PhaseMsMedian = phases };
+            Math.Round(med, 2), o.ForwardOnly ? 0 : Math.Round(stepMs.Min(), 2), o.ForwardOnly ? 0 : Math.Round(realTokens / (med / 1000), 1), Math.Round(evalMed, 2), Math.Round(realTokens / (evalMed / 1000), 1), peak, kind)
+            { PhaseMsMedian = phases, EvalCpuMsMedian = Math.Round(Median(evalCpuMs), 2) };
     }
 
     static double Median(List<double> xs)
