@@ -270,4 +270,29 @@ public class OproSearchTests
         }
         finally { server.DisposeAsync().AsTask().GetAwaiter().GetResult(); }
     }
+
+    [Fact]
+    public void CancellingEndsTheStepInFlightAndStillWritesTheBestSoFar()
+    {
+        using var tmp = new Fixtures.TempDir();
+        var train = SearchFixture.WriteTask(tmp["train.jsonl"], 8, 10);
+        var server = FakeOpenAiServer.Start();
+        using var cts = new CancellationTokenSource();
+        try
+        {
+            server.Handler = r => { if (r.Index == 4) cts.Cancel(); return FakeReply.Chat($"<INS>Instruction {r.Index}.</INS>"); };
+            var o = new HardPromptSearchOptions
+            {
+                Strategy = "opro", Model = SearchFixture.ModelDir, Train = train, Output = tmp["run"], OptimizerEndpoint = server.Endpoint,
+                OptimizerModel = "m", Steps = 5, CandidatesPerStep = 3, Parallel = 1, ScoreExamples = 4, Threads = 1,
+            };
+            var result = HardPromptSearchJob.Run(o, cancel: cts.Token);
+            Assert.Equal("cancelled", result.StopReason);
+            Assert.Equal(1, result.Steps);
+            Assert.Equal(1, OproTrajectory.Load(Path.Combine(tmp["run"], OproTrajectory.FileName)).Step);
+            Assert.True(File.Exists(Path.Combine(tmp["run"], HardPrompt.FileName)));
+            Assert.DoesNotContain(Log(tmp["run"]), r => r["step"]!.GetValue<int>() == 2);
+        }
+        finally { server.DisposeAsync().AsTask().GetAwaiter().GetResult(); }
+    }
 }
