@@ -29,7 +29,7 @@ public static class SearchCommand
             if (result.StopReason == "cancelled")
             {
                 Console.Error.WriteLine(o.Strategy == "opro"
-                    ? $"interrupted at step {result.Steps}; the trajectory is saved; continue with: softprompt search-hard-prompt --resume {Interruption.Quote(o.Output!)}"
+                    ? $"interrupted at step {result.Steps}; the best instruction so far, \"{result.Text.Replace("\n", "\\n")}\", is saved in {Path.GetFullPath(Path.Combine(o.Output!, HardPrompt.FileName))} and the trajectory too; continue with: softprompt search-hard-prompt --resume {Interruption.Quote(o.Output!)}"
                     : $"interrupted at step {result.Steps}; the best prompt so far, \"{result.Text}\", is saved in {Path.GetFullPath(Path.Combine(o.Output!, HardPrompt.FileName))} (eval takes it as it is; a new search needs another --output)");
                 return Task.FromResult(interruption.ExitCode);
             }

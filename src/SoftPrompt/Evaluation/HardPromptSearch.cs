@@ -219,6 +219,11 @@ public sealed record HardPromptSearchOptions : Data.DataFields
         if (Strategy != "opro") return;
         Req(OptimizerEndpoint is null != (OptimizerModelDir is null), "--strategy opro needs exactly one of --optimizer-endpoint (an OpenAI-compatible server) or --optimizer-model-dir (a local model).");
         Req(OptimizerEndpoint is null || !string.IsNullOrWhiteSpace(OptimizerModel), "--optimizer-model is required with --optimizer-endpoint.");
+        static bool HttpUrl(string? u) => u is null || (Uri.TryCreate(u, UriKind.Absolute, out var uri) && uri.Scheme is "http" or "https");
+        Req(HttpUrl(OptimizerEndpoint), $"--optimizer-endpoint '{OptimizerEndpoint}': expected an http:// or https:// URL such as http://127.0.0.1:11434/v1.");
+        Req(HttpUrl(JudgeEndpoint), $"--judge-endpoint '{JudgeEndpoint}': expected an http:// or https:// URL such as http://127.0.0.1:11434/v1.");
+        foreach (var (opt, env) in new[] { ("--api-key-env", ApiKeyEnv), ("--judge-api-key-env", JudgeApiKeyEnv) })
+            Req(env is null || !string.IsNullOrEmpty(Environment.GetEnvironmentVariable(env)), $"{opt} {env}: that environment variable is not set or empty.");
         Req(CandidatesPerStep >= 1, $"--candidates-per-step must be at least 1 (got {CandidatesPerStep}).");
         Req(Keep >= 1, $"--keep must be at least 1 (got {Keep}).");
         Req(Temperature >= 0 && Temperature <= 2, $"--temperature must be in [0, 2] (got {Temperature}).");

@@ -134,9 +134,9 @@ public static class ChatErrors
                 case SocketException { SocketErrorCode: SocketError.HostNotFound or SocketError.NoData or SocketError.TryAgain }:
                     return new RemoteServiceException($"{where}: cannot resolve the host name (DNS): {HostOf(info.Endpoint)}.", 3);
                 case SocketException { SocketErrorCode: SocketError.ConnectionRefused }:
-                    return new RemoteServiceException($"{where}: connection refused; is the server running?", 3);
+                    return new RemoteServiceException($"{where}: connection refused{retried}; is the server running?", 3);
                 case SocketException se:
-                    return new RemoteServiceException($"{where}: cannot connect ({se.SocketErrorCode}).", 3);
+                    return new RemoteServiceException($"{where}: cannot connect ({se.SocketErrorCode}){retried}.", 3);
                 case AuthenticationException:
                     return new RemoteServiceException($"{where}: TLS handshake failed (certificate or protocol); check the URL's scheme and the server's certificate.", 3);
                 case TimeoutException or TaskCanceledException:

@@ -124,55 +124,60 @@ public sealed class OproSearch(IChatClient optimizer, CallMeter meter, bool plai
             firstStep = 1;
         }
 
-        for (int step = firstStep; step <= o.Steps; step++)
+        // Ctrl+C ends the step in flight (lost, as when killed); the steps done compete for the result as usual.
+        try
         {
-            if (cancel.IsCancellationRequested) { stop = "cancelled"; break; }
-            if (meter.Exhausted() is string why) { stop = why; break; }
-            var kept = MetaPrompt.Kept(t.Entries, o.Keep);
-            var rng = SplitMix64.For(o.Seed, stream: 0x0970_0000 + step);
-            var exemplarIdx = Enumerable.Range(0, io.ExampleCount).ToArray();
-            rng.Shuffle(exemplarIdx);
-            var exemplars = exemplarIdx.Take(Math.Min(o.Exemplars, io.ExampleCount)).Select(io.ExampleText).ToList();
-            string meta = plainMetaPrompt ? MetaPrompt.Plain(kept, io.Metric, o.TaskDescription) : MetaPrompt.Chat(kept, exemplars, io.Metric, o.InstructionPosition, o.TaskDescription);
+            for (int step = firstStep; step <= o.Steps; step++)
+            {
+                if (cancel.IsCancellationRequested) { stop = "cancelled"; break; }
+                if (meter.Exhausted() is string why) { stop = why; break; }
+                var kept = MetaPrompt.Kept(t.Entries, o.Keep);
+                var rng = SplitMix64.For(o.Seed, stream: 0x0970_0000 + step);
+                var exemplarIdx = Enumerable.Range(0, io.ExampleCount).ToArray();
+                rng.Shuffle(exemplarIdx);
+                var exemplars = exemplarIdx.Take(Math.Min(o.Exemplars, io.ExampleCount)).Select(io.ExampleText).ToList();
+                string meta = plainMetaPrompt ? MetaPrompt.Plain(kept, io.Metric, o.TaskDescription) : MetaPrompt.Chat(kept, exemplars, io.Metric, o.InstructionPosition, o.TaskDescription);
 
-            var replies = Sample(meta, o, step, cancel, out var budgetStop);
-            var rows = new List<SearchCandidate>();
-            var fresh = new List<string>();
-            foreach (var (reply, error) in replies)
-            {
-                if (error is not null) { rows.Add(new SearchCandidate(step, "", null, "skipped", error)); continue; }
-                t.Proposed++;
-                var text = MetaPrompt.Parse(reply, plainMetaPrompt);
-                string? status = text switch
+                var replies = Sample(meta, o, step, cancel, out var budgetStop);
+                var rows = new List<SearchCandidate>();
+                var fresh = new List<string>();
+                foreach (var (reply, error) in replies)
                 {
-                    null => "parse_failed",
-                    "" => "empty",
-                    _ when text.Length > o.MaxInstructionChars => "too_long",
-                    _ when !seen.Add(MetaPrompt.Normalize(text)) => "duplicate",
-                    _ => null,
-                };
-                if (status is null) { fresh.Add(text!); continue; }
-                if (status == "parse_failed") t.ParseFailures++; else if (status == "duplicate") t.Duplicates++; else t.Rejected++;
-                rows.Add(new SearchCandidate(step, text ?? "", null, status, status is "parse_failed" ? Shorten(reply) : status == "too_long" ? $"{text!.Length} characters > --max-instruction-chars {o.MaxInstructionChars}" : null));
-            }
-            double? bestBefore = Best()?.Score, stepBest = null;
-            if (fresh.Count > 0)
-            {
-                var scores = io.ScoreInstructions(fresh, cancel);
-                for (int i = 0; i < fresh.Count; i++)
-                {
-                    t.Entries.Add(new ScoredInstruction(fresh[i], scores[i].Score, step));
-                    t.JudgeFailures += scores[i].Failures;
-                    rows.Add(new SearchCandidate(step, fresh[i], scores[i].Score, "scored", scores[i].Note));
+                    if (error is not null) { rows.Add(new SearchCandidate(step, "", null, "skipped", error)); continue; }
+                    t.Proposed++;
+                    var text = MetaPrompt.Parse(reply, plainMetaPrompt);
+                    string? status = text switch
+                    {
+                        null => "parse_failed",
+                        "" => "empty",
+                        _ when text.Length > o.MaxInstructionChars => "too_long",
+                        _ when !seen.Add(MetaPrompt.Normalize(text)) => "duplicate",
+                        _ => null,
+                    };
+                    if (status is null) { fresh.Add(text!); continue; }
+                    if (status == "parse_failed") t.ParseFailures++; else if (status == "duplicate") t.Duplicates++; else t.Rejected++;
+                    rows.Add(new SearchCandidate(step, text ?? "", null, status, status is "parse_failed" ? Shorten(reply) : status == "too_long" ? $"{text!.Length} characters > --max-instruction-chars {o.MaxInstructionChars}" : null));
                 }
-                stepBest = scores.Max(s => s.Score);
+                double? bestBefore = Best()?.Score, stepBest = null;
+                if (fresh.Count > 0)
+                {
+                    var scores = io.ScoreInstructions(fresh, cancel);
+                    for (int i = 0; i < fresh.Count; i++)
+                    {
+                        t.Entries.Add(new ScoredInstruction(fresh[i], scores[i].Score, step));
+                        t.JudgeFailures += scores[i].Failures;
+                        rows.Add(new SearchCandidate(step, fresh[i], scores[i].Score, "scored", scores[i].Note));
+                    }
+                    stepBest = scores.Max(s => s.Score);
+                }
+                t.Step = step;
+                stepsThisRun++;
+                Report(step, rows, stepBest, bestBefore);
+                Save();
+                if (budgetStop is not null) { stop = budgetStop; break; }
             }
-            t.Step = step;
-            stepsThisRun++;
-            Report(step, rows, stepBest, bestBefore);
-            Save();
-            if (budgetStop is not null) { stop = budgetStop; break; }
         }
+        catch (OperationCanceledException) when (cancel.IsCancellationRequested) { stop = "cancelled"; }
 
         // Selection: the best few by score, then the held-out metric when there is held-out data.
         var top = t.Entries.GroupBy(e => MetaPrompt.Normalize(e.Text)).Select(g => g.OrderByDescending(e => e.Score).First())

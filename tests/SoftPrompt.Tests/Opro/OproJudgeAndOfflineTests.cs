@@ -30,39 +30,35 @@ public class OproJudgeAndOfflineTests
     }
 
     [Fact]
-    public void JudgeObjectiveScoresInstructionsByTheMeanRatingAndCountsRepliesWithoutANumber()
+    public async Task JudgeObjectiveScoresInstructionsByTheMeanRatingAndCountsRepliesWithoutANumber()
     {
         using var tmp = new Fixtures.TempDir();
         var train = SearchFixture.WriteTask(tmp["train.jsonl"], 12, 6);
         File.WriteAllText(tmp["rubric.txt"], "The answer is one word.\n");
-        var server = FakeOpenAiServer.Start();
-        try
-        {
-            // The judge likes outputs for reviews of good things (8) and cannot rate the others (no number: rated 1).
-            server.Handler = r => IsJudge(r)
-                ? FakeReply.Chat(System.Text.RegularExpressions.Regex.IsMatch(r.UserText, @"Input:\n.* was (good|great|lovely|fun)\.") ? "Score: 8" : "I cannot rate this.")
-                : FakeReply.Chat($"<INS>Reply in one word, number {r.Index}.</INS>");
-            var run = tmp["run"];
-            var (rc, stdout, stderr) = CliRunner.Run("search-hard-prompt", "--strategy", "opro", "--model", SearchFixture.ModelDir, "--train", train, "--output", run,
-                "--optimizer-endpoint", server.Endpoint, "--optimizer-model", "opt", "--judge-model", "judge", "--objective", "judge", "--rubric", tmp["rubric.txt"],
-                "--steps", "1", "--candidates-per-step", "2", "--score-examples", "6", "--max-new-tokens", "4", "--parallel", "2", "--threads", "1");
-            Assert.True(rc == 0, stderr + stdout);
-            var judged = server.Requests.Where(IsJudge).ToList();
-            Assert.Equal(3 * 6, judged.Count); // zero-shot + 2 candidates, 6 outputs each
-            Assert.All(judged, r => Assert.Equal("judge", r.Body["model"]!.GetValue<string>()));
-            Assert.All(judged, r => Assert.Contains("Rubric:\nThe answer is one word.", r.UserText));
-            int liked = judged.Count(r => System.Text.RegularExpressions.Regex.IsMatch(r.UserText, @"Input:\n.* was (good|great|lovely|fun)\.")) / 3;
-            double expected = (8.0 * liked + 1.0 * (6 - liked)) / 6;
-            var traj = OproTrajectory.Load(Path.Combine(run, OproTrajectory.FileName));
-            Assert.Equal("judge", traj.Metric);
-            Assert.All(traj.Entries, e => Assert.Equal(expected, e.Score, 9));
-            var summary = Json(Path.Combine(run, "summary.json"));
-            Assert.Equal(3 * (6 - liked), summary["judge_failures"]!.GetValue<int>());
-            Assert.Equal(18, summary["judge_calls"]!.GetValue<int>());
-            Assert.Equal(2, summary["optimizer_calls"]!.GetValue<int>());
-            Assert.Equal("judge", HardPrompt.Load(run).Objective);
-        }
-        finally { server.DisposeAsync().AsTask().GetAwaiter().GetResult(); }
+        await using var server = FakeOpenAiServer.Start();
+        // The judge likes outputs for reviews of good things (8) and cannot rate the others (no number: rated 1).
+        server.Handler = r => IsJudge(r)
+            ? FakeReply.Chat(System.Text.RegularExpressions.Regex.IsMatch(r.UserText, @"Input:\n.* was (good|great|lovely|fun)\.") ? "Score: 8" : "I cannot rate this.")
+            : FakeReply.Chat($"<INS>Reply in one word, number {r.Index}.</INS>");
+        var run = tmp["run"];
+        var (rc, stdout, stderr) = CliRunner.Run("search-hard-prompt", "--strategy", "opro", "--model", SearchFixture.ModelDir, "--train", train, "--output", run,
+            "--optimizer-endpoint", server.Endpoint, "--optimizer-model", "opt", "--judge-model", "judge", "--objective", "judge", "--rubric", tmp["rubric.txt"],
+            "--steps", "1", "--candidates-per-step", "2", "--score-examples", "6", "--max-new-tokens", "4", "--parallel", "2", "--threads", "1");
+        Assert.True(rc == 0, stderr + stdout);
+        var judged = server.Requests.Where(IsJudge).ToList();
+        Assert.Equal(3 * 6, judged.Count); // zero-shot + 2 candidates, 6 outputs each
+        Assert.All(judged, r => Assert.Equal("judge", r.Body["model"]!.GetValue<string>()));
+        Assert.All(judged, r => Assert.Contains("Rubric:\nThe answer is one word.", r.UserText));
+        int liked = judged.Count(r => System.Text.RegularExpressions.Regex.IsMatch(r.UserText, @"Input:\n.* was (good|great|lovely|fun)\.")) / 3;
+        double expected = (8.0 * liked + 1.0 * (6 - liked)) / 6;
+        var traj = OproTrajectory.Load(Path.Combine(run, OproTrajectory.FileName));
+        Assert.Equal("judge", traj.Metric);
+        Assert.All(traj.Entries, e => Assert.Equal(expected, e.Score, 9));
+        var summary = Json(Path.Combine(run, "summary.json"));
+        Assert.Equal(3 * (6 - liked), summary["judge_failures"]!.GetValue<int>());
+        Assert.Equal(18, summary["judge_calls"]!.GetValue<int>());
+        Assert.Equal(2, summary["optimizer_calls"]!.GetValue<int>());
+        Assert.Equal("judge", HardPrompt.Load(run).Objective);
     }
 
     [Fact]
@@ -99,38 +95,34 @@ public class OproJudgeAndOfflineTests
     }
 
     [Fact]
-    public void EvalAddsTheJudgeMetricForGenerationTasks()
+    public async Task EvalAddsTheJudgeMetricForGenerationTasks()
     {
         using var tmp = new Fixtures.TempDir();
         var data = SearchFixture.WriteTask(tmp["data.jsonl"], 6, 8);
         File.WriteAllText(tmp["rubric.txt"], "Short answers are best.");
-        var server = FakeOpenAiServer.Start();
-        try
-        {
-            // Rated 6, except reviews of the film: no number (rated 1, counted as a failure).
-            server.Handler = r => FakeReply.Chat(r.UserText.Contains("Input:\nthe film") ? "hmm" : "Score: 6");
-            var report = tmp["report"];
-            var (rc, stdout, stderr) = CliRunner.Run("eval", "--model", SearchFixture.ModelDir, "--data", data, "--task", "generation", "--max-new-tokens", "3",
-                "--rubric", tmp["rubric.txt"], "--judge-endpoint", server.Endpoint, "--judge-model", "judge", "--output", report, "--threads", "1");
-            Assert.True(rc == 0, stderr + stdout);
-            var m = Json(Path.Combine(report, "metrics.json"));
-            var zero = m["conditions"]!.AsArray().Single(c => c!["kind"]!.GetValue<string>() == "zero-shot")!["metrics"]!;
-            var films = File.ReadAllLines(data).Count(l => l.Contains("the film"));
-            Assert.Equal((6.0 * (6 - films) + films) / 6, zero["judge_score"]!.GetValue<double>(), 9);
-            Assert.Equal(films, zero["judge_failures"]!.GetValue<double>());
-            Assert.Equal(6, server.Requests.Count);
-            var zeroCond = m["conditions"]!.AsArray().Single(c => c!["kind"]!.GetValue<string>() == "zero-shot")!;
-            Assert.Equal(new[] { films, 0, 0, 0, 0, 6 - films, 0, 0, 0, 0 }, zeroCond["judge_histogram"]!.AsArray().Select(x => x!.GetValue<int>()).ToArray());
-            var md = File.ReadAllText(Path.Combine(report, "report.md"));
-            Assert.Contains("judge_score", md);
-            Assert.Contains($"zero-shot: judge ratings 1..10: [{films}, 0, 0, 0, 0, {6 - films}, 0, 0, 0, 0]", md);
-            Assert.DoesNotContain("judge_rating_", md);
+        await using var server = FakeOpenAiServer.Start();
+        // Rated 6, except reviews of the film: no number (rated 1, counted as a failure).
+        server.Handler = r => FakeReply.Chat(r.UserText.Contains("Input:\nthe film") ? "hmm" : "Score: 6");
+        var report = tmp["report"];
+        var (rc, stdout, stderr) = CliRunner.Run("eval", "--model", SearchFixture.ModelDir, "--data", data, "--task", "generation", "--max-new-tokens", "3",
+            "--rubric", tmp["rubric.txt"], "--judge-endpoint", server.Endpoint, "--judge-model", "judge", "--output", report, "--threads", "1");
+        Assert.True(rc == 0, stderr + stdout);
+        var m = Json(Path.Combine(report, "metrics.json"));
+        var zero = m["conditions"]!.AsArray().Single(c => c!["kind"]!.GetValue<string>() == "zero-shot")!["metrics"]!;
+        var films = File.ReadAllLines(data).Count(l => l.Contains("the film"));
+        Assert.Equal((6.0 * (6 - films) + films) / 6, zero["judge_score"]!.GetValue<double>(), 9);
+        Assert.Equal(films, zero["judge_failures"]!.GetValue<double>());
+        Assert.Equal(6, server.Requests.Count);
+        var zeroCond = m["conditions"]!.AsArray().Single(c => c!["kind"]!.GetValue<string>() == "zero-shot")!;
+        Assert.Equal(new[] { films, 0, 0, 0, 0, 6 - films, 0, 0, 0, 0 }, zeroCond["judge_histogram"]!.AsArray().Select(x => x!.GetValue<int>()).ToArray());
+        var md = File.ReadAllText(Path.Combine(report, "report.md"));
+        Assert.Contains("judge_score", md);
+        Assert.Contains($"zero-shot: judge ratings 1..10: [{films}, 0, 0, 0, 0, {6 - films}, 0, 0, 0, 0]", md);
+        Assert.DoesNotContain("judge_rating_", md);
 
-            var (rcClass, _, errClass) = CliRunner.Run("eval", "--model", SearchFixture.ModelDir, "--data", data, "--rubric", tmp["rubric.txt"],
-                "--judge-endpoint", server.Endpoint, "--judge-model", "judge", "--output", tmp["report2"], "--threads", "1");
-            Assert.Equal(2, rcClass);
-            Assert.Contains("applies to generation tasks", errClass);
-        }
-        finally { server.DisposeAsync().AsTask().GetAwaiter().GetResult(); }
+        var (rcClass, _, errClass) = CliRunner.Run("eval", "--model", SearchFixture.ModelDir, "--data", data, "--rubric", tmp["rubric.txt"],
+            "--judge-endpoint", server.Endpoint, "--judge-model", "judge", "--output", tmp["report2"], "--threads", "1");
+        Assert.Equal(2, rcClass);
+        Assert.Contains("applies to generation tasks", errClass);
     }
 }

@@ -98,33 +98,29 @@ public class OproSearchTests
     }
 
     [Fact]
-    public void RateLimitsAndServerErrorsAreRetriedUpToTheCapThenFailWithOneLine()
+    public async Task RateLimitsAndServerErrorsAreRetriedUpToTheCapThenFailWithOneLine()
     {
         using var tmp = new Fixtures.TempDir();
         var train = SearchFixture.WriteTask(tmp["train.jsonl"], 12, 2);
-        var server = FakeOpenAiServer.Start();
-        try
-        {
-            // Two 429s, then service: the run succeeds and the two failed requests were repeated.
-            server.Handler = r => r.Index == 1 ? FakeReply.Error(429) : r.Index == 2 ? FakeReply.Error(503) : FakeReply.Chat($"<INS>Instruction {r.Index}.</INS>");
-            var (rc, _, err) = CliRunner.Run(Args(train, tmp["ok"], server, "--steps", "1", "--max-retries", "2"));
-            Assert.True(rc == 0, err);
-            Assert.Equal(3 + 2, server.Requests.Count);
-            Assert.Equal(3, Log(tmp["ok"]).Count(r => r["status"]!.GetValue<string>() == "scored"));
+        await using var server = FakeOpenAiServer.Start();
+        // Two 429s, then service: the run succeeds and the two failed requests were repeated.
+        server.Handler = r => r.Index == 1 ? FakeReply.Error(429) : r.Index == 2 ? FakeReply.Error(503) : FakeReply.Chat($"<INS>Instruction {r.Index}.</INS>");
+        var (rc, _, err) = CliRunner.Run(Args(train, tmp["ok"], server, "--steps", "1", "--max-retries", "2"));
+        Assert.True(rc == 0, err);
+        Assert.Equal(3 + 2, server.Requests.Count);
+        Assert.Equal(3, Log(tmp["ok"]).Count(r => r["status"]!.GetValue<string>() == "scored"));
 
-            // Always 500: 1 + 2 retries, then exit 6 with one line; the trajectory on disk is still valid (step 0).
-            int before = server.Requests.Count;
-            server.Handler = _ => FakeReply.Error(500, "boom");
-            var (rc2, _, err2) = CliRunner.Run(Args(train, tmp["fail"], server, "--max-retries", "2", "--quiet")); // --quiet: errors only on stderr
-            Assert.Equal(6, rc2);
-            Assert.Equal(3, server.Requests.Count - before);
-            var line = Assert.Single(err2.Trim().Split('\n'));
-            Assert.Contains("server error 500 after 2 retries", line);
-            Assert.Contains("(server: boom)", line);
-            Assert.Equal(0, OproTrajectory.Load(Path.Combine(tmp["fail"], OproTrajectory.FileName)).Step);
-            Assert.False(File.Exists(Path.Combine(tmp["fail"], HardPrompt.FileName)));
-        }
-        finally { server.DisposeAsync().AsTask().GetAwaiter().GetResult(); }
+        // Always 500: 1 + 2 retries, then exit 6 with one line; the trajectory on disk is still valid (step 0).
+        int before = server.Requests.Count;
+        server.Handler = _ => FakeReply.Error(500, "boom");
+        var (rc2, _, err2) = CliRunner.Run(Args(train, tmp["fail"], server, "--max-retries", "2", "--quiet")); // --quiet: errors only on stderr
+        Assert.Equal(6, rc2);
+        Assert.Equal(3, server.Requests.Count - before);
+        var line = Assert.Single(err2.Trim().Split('\n'));
+        Assert.Contains("server error 500 after 2 retries", line);
+        Assert.Contains("(server: boom)", line);
+        Assert.Equal(0, OproTrajectory.Load(Path.Combine(tmp["fail"], OproTrajectory.FileName)).Step);
+        Assert.False(File.Exists(Path.Combine(tmp["fail"], HardPrompt.FileName)));
     }
 
     [Fact]
@@ -177,97 +173,106 @@ public class OproSearchTests
     sealed record FakeOpenAiServerEndpoint(string Endpoint);
 
     [Fact]
-    public void ResumeContinuesTheSameTrajectoryAfterAFailure()
+    public async Task ResumeContinuesTheSameTrajectoryAfterAFailure()
     {
         using var tmp = new Fixtures.TempDir();
         var train = SearchFixture.WriteTask(tmp["train.jsonl"], 12, 4);
-        var server = FakeOpenAiServer.Start();
-        try
-        {
-            // Step 1 is served, step 2 fails: exit 6, the trajectory holds steps 0 and 1.
-            server.Handler = r => r.Index <= 3 ? FakeReply.Chat($"<INS>First run instruction {r.Index}.</INS>") : FakeReply.Error(500);
-            var run = tmp["run"];
-            var (rc, _, err) = CliRunner.Run(Args(train, run, server, "--max-retries", "0"));
-            Assert.True(rc == 6, err);
-            var first = OproTrajectory.Load(Path.Combine(run, OproTrajectory.FileName));
-            Assert.Equal(1, first.Step);
-            Assert.Equal(4, first.Entries.Count);
+        await using var server = FakeOpenAiServer.Start();
+        // Step 1 is served, step 2 fails: exit 6, the trajectory holds steps 0 and 1.
+        server.Handler = r => r.Index <= 3 ? FakeReply.Chat($"<INS>First run instruction {r.Index}.</INS>") : FakeReply.Error(500);
+        var run = tmp["run"];
+        var (rc, _, err) = CliRunner.Run(Args(train, run, server, "--max-retries", "0"));
+        Assert.True(rc == 6, err);
+        var first = OproTrajectory.Load(Path.Combine(run, OproTrajectory.FileName));
+        Assert.Equal(1, first.Step);
+        Assert.Equal(4, first.Entries.Count);
 
-            // A fresh run into the same folder is refused; --resume continues (with more steps).
-            var (rcAgain, _, errAgain) = CliRunner.Run(Args(train, run, server));
-            Assert.Equal(2, rcAgain);
-            Assert.Contains("--resume", errAgain);
-            server.Handler = r => FakeReply.Chat($"<INS>Second run instruction {r.Index}.</INS>");
-            int before = server.Requests.Count;
-            var (rc2, _, err2) = CliRunner.Run("search-hard-prompt", "--resume", run, "--steps", "3");
-            Assert.True(rc2 == 0, err2);
-            Assert.Equal(2 * 3, server.Requests.Count - before); // steps 2 and 3 only
-            var second = OproTrajectory.Load(Path.Combine(run, OproTrajectory.FileName));
-            Assert.Equal(3, second.Step);
-            Assert.Equal(first.Entries, second.Entries.Take(first.Entries.Count));
-            Assert.Equal(4 + 6, second.Entries.Count);
-            Assert.Equal(first.OptimizerCalls + 6, second.OptimizerCalls);
-            var steps = Log(run).Select(r => r["step"]!.GetValue<int>()).ToList();
-            Assert.Equal(steps.Order(), steps);
-            Assert.Equal(new[] { 0, 1, 2, 3 }, steps.Distinct());
-            // Step 2's meta-prompt already held step 1's instructions: the trajectory was continued, not restarted.
-            Assert.Contains("First run instruction", server.Requests[before].UserText);
-            Assert.True(File.Exists(Path.Combine(run, HardPrompt.FileName)));
-        }
-        finally { server.DisposeAsync().AsTask().GetAwaiter().GetResult(); }
+        // A fresh run into the same folder is refused; --resume continues (with more steps).
+        var (rcAgain, _, errAgain) = CliRunner.Run(Args(train, run, server));
+        Assert.Equal(2, rcAgain);
+        Assert.Contains("--resume", errAgain);
+        server.Handler = r => FakeReply.Chat($"<INS>Second run instruction {r.Index}.</INS>");
+        int before = server.Requests.Count;
+        var (rc2, _, err2) = CliRunner.Run("search-hard-prompt", "--resume", run, "--steps", "3");
+        Assert.True(rc2 == 0, err2);
+        Assert.Equal(2 * 3, server.Requests.Count - before); // steps 2 and 3 only
+        var second = OproTrajectory.Load(Path.Combine(run, OproTrajectory.FileName));
+        Assert.Equal(3, second.Step);
+        Assert.Equal(first.Entries, second.Entries.Take(first.Entries.Count));
+        Assert.Equal(4 + 6, second.Entries.Count);
+        Assert.Equal(first.OptimizerCalls + 6, second.OptimizerCalls);
+        var steps = Log(run).Select(r => r["step"]!.GetValue<int>()).ToList();
+        Assert.Equal(steps.Order(), steps);
+        Assert.Equal(new[] { 0, 1, 2, 3 }, steps.Distinct());
+        // Step 2's meta-prompt already held step 1's instructions: the trajectory was continued, not restarted.
+        Assert.Contains("First run instruction", server.Requests[before].UserText);
+        Assert.True(File.Exists(Path.Combine(run, HardPrompt.FileName)));
     }
 
     [Fact]
-    public void BudgetStopsTheRunCleanly()
+    public async Task BudgetStopsTheRunCleanly()
     {
         using var tmp = new Fixtures.TempDir();
         var train = SearchFixture.WriteTask(tmp["train.jsonl"], 8, 5);
-        var server = FakeOpenAiServer.Start();
-        try
-        {
-            // An over-long and an empty instruction are failed candidates; the run goes on.
-            server.Handler = r => FakeReply.Chat(r.Index == 1 ? "<INS>" + new string('x', 81) + "</INS>" : r.Index == 2 ? "<INS> </INS>" : $"<INS>Instruction number {r.Index}.</INS>");
-            var (rc, _, err) = CliRunner.Run(Args(train, tmp["run"], server, "--steps", "5", "--max-calls", "4", "--max-instruction-chars", "80"));
-            Assert.True(rc == 0, err);
-            Assert.Equal(4, server.Requests.Count);
-            var log = Log(tmp["run"]);
-            Assert.Equal(new[] { "initial", "too_long", "empty", "scored", "scored" }, log.Select(r => r["status"]!.GetValue<string>()).Where(st => st != "skipped").ToArray());
-            Assert.Contains("81 characters", log[1]["detail"]!.GetValue<string>());
-            var summary = Json(Path.Combine(tmp["run"], "summary.json"));
-            Assert.Equal("max_calls", summary["stop_reason"]!.GetValue<string>());
-            Assert.Equal(4, summary["calls"]!.GetValue<int>());
-            Assert.Equal(2, summary["rejected_empty_or_too_long"]!.GetValue<int>());
-        }
-        finally { server.DisposeAsync().AsTask().GetAwaiter().GetResult(); }
+        await using var server = FakeOpenAiServer.Start();
+        // An over-long and an empty instruction are failed candidates; the run goes on.
+        server.Handler = r => FakeReply.Chat(r.Index == 1 ? "<INS>" + new string('x', 81) + "</INS>" : r.Index == 2 ? "<INS> </INS>" : $"<INS>Instruction number {r.Index}.</INS>");
+        var (rc, _, err) = CliRunner.Run(Args(train, tmp["run"], server, "--steps", "5", "--max-calls", "4", "--max-instruction-chars", "80"));
+        Assert.True(rc == 0, err);
+        Assert.Equal(4, server.Requests.Count);
+        var log = Log(tmp["run"]);
+        Assert.Equal(new[] { "initial", "too_long", "empty", "scored", "scored" }, log.Select(r => r["status"]!.GetValue<string>()).Where(st => st != "skipped").ToArray());
+        Assert.Contains("81 characters", log[1]["detail"]!.GetValue<string>());
+        var summary = Json(Path.Combine(tmp["run"], "summary.json"));
+        Assert.Equal("max_calls", summary["stop_reason"]!.GetValue<string>());
+        Assert.Equal(4, summary["calls"]!.GetValue<int>());
+        Assert.Equal(2, summary["rejected_empty_or_too_long"]!.GetValue<int>());
     }
 
     [Fact]
-    public void AnInstructionAfterTheAnswerCueIsShownSoScoredSoAndPlacedSoByEval()
+    public async Task AnInstructionAfterTheAnswerCueIsShownSoScoredSoAndPlacedSoByEval()
     {
         using var tmp = new Fixtures.TempDir();
         var train = SearchFixture.WriteTask(tmp["train.jsonl"], 8, 9);
-        var server = FakeOpenAiServer.Start();
-        try
+        await using var server = FakeOpenAiServer.Start();
+        server.Handler = r => FakeReply.Chat($"<INS>Answer number {r.Index}:</INS>");
+        var run = tmp["run"];
+        var (rc, _, err) = CliRunner.Run(Args(train, run, server, "--steps", "1", "--instruction-position", "a_begin", "--init-instruction", "Answer:"));
+        Assert.True(rc == 0, err);
+        Assert.Matches("input:\nthe [a-z]+ was [a-z]+\\. answer: <INS>\noutput:\n(yes|no)", server.Requests[0].UserText);
+        var hp = HardPrompt.Load(run);
+        Assert.Equal("after", hp.Position);
+        using var lm = SoftPrompt.Inference.LanguageModel.Load(SearchFixture.ModelDir);
+        var tok = lm.RequireTokenizer();
+        // "after": prefix, the example's prompt text, then the instruction (with its leading space).
+        var after = new HardPrompt { Text = " Answer:", TokenIds = tok.Encode(" Answer:", false), Position = "after" };
+        Assert.Equal(tok.PrefixIds.Concat(tok.Encode("the film was good. answer:", false)).Concat(after.TokenIds).ToArray(), after.PromptIds(tok, "the film was good. answer:"));
+        Assert.Equal(tok.PrefixIds.Concat(after.TokenIds).Concat(tok.Encode("x", false)).ToArray(), (after with { Position = null }).PromptIds(tok, "x"));
+        var entries = OproTrajectory.Load(Path.Combine(run, OproTrajectory.FileName)).Entries;
+        Assert.Contains(entries, e => e.Text == "Answer:");
+        Assert.True(hp.Text.Length == 0 || hp.Text.StartsWith(' '), hp.Text);
+        var (rcEval, outEval, errEval) = CliRunner.Run("eval", "--model", SearchFixture.ModelDir, "--data", train, "--searched", run, "--output", tmp["report"], "--threads", "1");
+        Assert.True(rcEval == 0, errEval + outEval);
+    }
+
+    [Fact]
+    public async Task CancellingEndsTheStepInFlightAndStillWritesTheBestSoFar()
+    {
+        using var tmp = new Fixtures.TempDir();
+        var train = SearchFixture.WriteTask(tmp["train.jsonl"], 8, 10);
+        await using var server = FakeOpenAiServer.Start();
+        using var cts = new CancellationTokenSource();
+        server.Handler = r => { if (r.Index == 4) cts.Cancel(); return FakeReply.Chat($"<INS>Instruction {r.Index}.</INS>"); };
+        var o = new HardPromptSearchOptions
         {
-            server.Handler = r => FakeReply.Chat($"<INS>Answer number {r.Index}:</INS>");
-            var run = tmp["run"];
-            var (rc, _, err) = CliRunner.Run(Args(train, run, server, "--steps", "1", "--instruction-position", "a_begin", "--init-instruction", "Answer:"));
-            Assert.True(rc == 0, err);
-            Assert.Matches("input:\nthe [a-z]+ was [a-z]+\\. answer: <INS>\noutput:\n(yes|no)", server.Requests[0].UserText);
-            var hp = HardPrompt.Load(run);
-            Assert.Equal("after", hp.Position);
-            using var lm = SoftPrompt.Inference.LanguageModel.Load(SearchFixture.ModelDir);
-            var tok = lm.RequireTokenizer();
-            // "after": prefix, the example's prompt text, then the instruction (with its leading space).
-            var after = new HardPrompt { Text = " Answer:", TokenIds = tok.Encode(" Answer:", false), Position = "after" };
-            Assert.Equal(tok.PrefixIds.Concat(tok.Encode("the film was good. answer:", false)).Concat(after.TokenIds).ToArray(), after.PromptIds(tok, "the film was good. answer:"));
-            Assert.Equal(tok.PrefixIds.Concat(after.TokenIds).Concat(tok.Encode("x", false)).ToArray(), (after with { Position = null }).PromptIds(tok, "x"));
-            var entries = OproTrajectory.Load(Path.Combine(run, OproTrajectory.FileName)).Entries;
-            Assert.Contains(entries, e => e.Text == "Answer:");
-            Assert.True(hp.Text.Length == 0 || hp.Text.StartsWith(' '), hp.Text);
-            var (rcEval, outEval, errEval) = CliRunner.Run("eval", "--model", SearchFixture.ModelDir, "--data", train, "--searched", run, "--output", tmp["report"], "--threads", "1");
-            Assert.True(rcEval == 0, errEval + outEval);
-        }
-        finally { server.DisposeAsync().AsTask().GetAwaiter().GetResult(); }
+            Strategy = "opro", Model = SearchFixture.ModelDir, Train = train, Output = tmp["run"], OptimizerEndpoint = server.Endpoint,
+            OptimizerModel = "m", Steps = 5, CandidatesPerStep = 3, Parallel = 1, ScoreExamples = 4, Threads = 1,
+        };
+        var result = HardPromptSearchJob.Run(o, cancel: cts.Token);
+        Assert.Equal("cancelled", result.StopReason);
+        Assert.Equal(1, result.Steps);
+        Assert.Equal(1, OproTrajectory.Load(Path.Combine(tmp["run"], OproTrajectory.FileName)).Step);
+        Assert.True(File.Exists(Path.Combine(tmp["run"], HardPrompt.FileName)));
+        Assert.DoesNotContain(Log(tmp["run"]), r => r["step"]!.GetValue<int>() == 2);
     }
 }
