@@ -188,7 +188,7 @@ sealed class Completions
         var tok = _s.Lm.Tokenizer ?? throw new ApiError(400, "this model has no tokenizer files.", "model");
         var v = f.Get("messages");
         if (v is not { ValueKind: JsonValueKind.Array } arr || arr.GetArrayLength() == 0) throw ApiError.BadField("messages", "'messages' must be a non-empty array.");
-        var msgs = new List<ChatMessage>();
+        var msgs = new List<ChatTurn>();
         int i = 0;
         foreach (var m in arr.EnumerateArray())
         {
@@ -205,7 +205,7 @@ sealed class Completions
                         ? tx.GetString() : throw ApiError.BadField(where, $"'{where}.content' parts must be {{\"type\": \"text\", \"text\": ...}}."))),
                 _ => throw ApiError.BadField(where, $"'{where}.content' must be a string or an array of text parts."),
             } : throw ApiError.BadField(where, $"'{where}.content' is required.");
-            msgs.Add(new ChatMessage(role, content));
+            msgs.Add(new ChatTurn(role, content));
         }
         // The end of the assistant's turn stops generation: as a token id where the tokenizer has it as a special
         // token, else as text.

@@ -132,7 +132,7 @@ public sealed class SoftPromptServer : IAsyncDisposable
                 }
                 catch (InvalidOperationException e) { throw new SoftPromptException($"--adapter {name}: {e.Message}"); }
             }
-            var chat = ChatTemplate.Detect(_o.ModelDir, out var why);
+            var chat = ChatTemplate.Detect(_o.ModelDir, out var why); // an unreadable tokenizer_config.json stops the load
             State = new Loaded { Lm = lm, Engine = engine, Adapters = reg, Chat = chat, ChatWhy = why };
             _o.Log?.Invoke($"loaded {_o.ModelDir} ({lm.Model.Device}, context {capacity}, batch {_o.MaxBatch}) and {reg.List().Count} adapter(s) in {sw.Elapsed.TotalSeconds:F1} s; chat: {chat?.Family ?? "none"}");
             _ready.TrySetResult();

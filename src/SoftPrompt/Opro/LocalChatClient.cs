@@ -9,83 +9,30 @@ using TorchSharp;
 namespace SoftPrompt.Opro;
 
 /// <summary>
-/// The chat format of a local model, detected from the <c>chat_template</c> in its tokenizer_config.json: ChatML
-/// (Qwen and others: &lt;|im_start|&gt;), Llama 3 (&lt;|start_header_id|&gt;), Mistral / Llama 2 ([INST]), or none (a base
-/// model: the text is continued as is, and OPRO uses its plain pre-trained-optimizer meta-prompt). Rendering is
-/// written per family rather than by running the Jinja template (no Jinja engine for .NET is in the package list).
+/// How a local model is prompted: with its chat template's family (<see cref="ChatTemplate"/>, shared with the
+/// server) or, for a base model without one, as plain text that it continues (OPRO then uses its plain
+/// pre-trained-optimizer meta-prompt).
 /// </summary>
-public sealed record ChatFormat(string Kind)
+public sealed record ChatFormat(ChatTemplate? Template)
 {
-    public static readonly ChatFormat None = new("none");
-    public bool IsBase => Kind == "none";
+    public static readonly ChatFormat None = new((ChatTemplate?)null);
+    public bool IsBase => Template is null;
+    public string Kind => Template?.Family ?? "none";
 
-    public static ChatFormat Detect(string modelDir)
-    {
-        var path = Path.Combine(modelDir, "tokenizer_config.json");
-        if (!File.Exists(path)) return None;
-        string? template = null;
-        try
-        {
-            using var doc = JsonDocument.Parse(File.ReadAllText(path));
-            if (doc.RootElement.ValueKind == JsonValueKind.Object && doc.RootElement.TryGetProperty("chat_template", out var t))
-                template = t.ValueKind switch
-                {
-                    JsonValueKind.String => t.GetString(),
-                    // A list of named templates: take "default" (else the first).
-                    JsonValueKind.Array => t.EnumerateArray().Select(x => x.TryGetProperty("template", out var tt) ? (x.TryGetProperty("name", out var n) ? n.GetString() : null, tt.GetString()) : (null, null))
-                        .OrderBy(x => x.Item1 == "default" ? 0 : 1).Select(x => x.Item2).FirstOrDefault(),
-                    _ => null,
-                };
-        }
-        catch (JsonException e) { throw new SoftPromptException($"{path}: invalid JSON ({e.Message})."); }
-        return FromTemplate(template);
-    }
+    /// <summary>From the model folder's tokenizer_config.json; a template of an unsupported family counts as none.</summary>
+    public static ChatFormat Detect(string modelDir) => new(ChatTemplate.Detect(modelDir, out _));
 
-    public static ChatFormat FromTemplate(string? template) =>
-        template is null ? None
-        : template.Contains("<|im_start|>") ? new("chatml")
-        : template.Contains("<|start_header_id|>") ? new("llama3")
-        : template.Contains("[INST]") ? new("mistral")
-        : None;
+    public static ChatFormat FromTemplate(string? template) => template is null ? None : new(ChatTemplate.FromTemplate(template, out _));
 
-    /// <summary>The prompt text (special tokens written out; the tokenizer maps them to their ids) and whether the
-    /// tokenizer should add its own BOS.</summary>
+    /// <summary>The prompt text and whether the tokenizer should add its own special tokens (only for a base model:
+    /// a chat template writes them out).</summary>
     public (string Text, bool AddSpecial) Render(IEnumerable<ChatMessage> messages)
     {
         var list = messages.ToList();
-        var sb = new StringBuilder();
-        switch (Kind)
-        {
-            case "chatml":
-                foreach (var m in list) sb.Append("<|im_start|>").Append(m.Role.Value).Append('\n').Append(m.Text).Append("<|im_end|>\n");
-                sb.Append("<|im_start|>assistant\n");
-                return (sb.ToString(), false);
-            case "llama3":
-                sb.Append("<|begin_of_text|>");
-                foreach (var m in list) sb.Append("<|start_header_id|>").Append(m.Role.Value).Append("<|end_header_id|>\n\n").Append(m.Text.Trim()).Append("<|eot_id|>");
-                sb.Append("<|start_header_id|>assistant<|end_header_id|>\n\n");
-                return (sb.ToString(), false);
-            case "mistral":
-                // Mistral's template has no system role: a system message is put before the first user turn.
-                var system = string.Join("\n\n", list.Where(m => m.Role == ChatRole.System).Select(m => m.Text));
-                bool first = true;
-                foreach (var m in list.Where(m => m.Role != ChatRole.System))
-                {
-                    if (m.Role == ChatRole.User)
-                    {
-                        sb.Append("[INST] ").Append(first && system.Length > 0 ? system + "\n\n" : "").Append(m.Text.Trim()).Append(" [/INST]");
-                        first = false;
-                    }
-                    else sb.Append(' ').Append(m.Text.Trim()).Append("</s>");
-                }
-                return (sb.ToString(), true);
-            default:
-                return (string.Join("\n\n", list.Select(m => m.Text)), true);
-        }
+        return Template is null
+            ? (string.Join("\n\n", list.Select(m => m.Text)), true)
+            : (Template.Render(list.Select(m => new ChatTurn(m.Role.Value, m.Text)).ToList()), false);
     }
-
-    /// <summary>The token that ends an assistant turn in this format (besides the tokenizer's EOS).</summary>
-    public string? EndOfTurn => Kind switch { "chatml" => "<|im_end|>", "llama3" => "<|eot_id|>", _ => null };
 }
 
 /// <summary>
@@ -107,7 +54,8 @@ public sealed class LocalChatClient : IChatClient
         _lm = lm; _owns = ownsModel; Format = format;
         var tok = lm.RequireTokenizer();
         var stop = lm.EosIds.ToList();
-        if (format.EndOfTurn is string eot && tok.Encode(eot, false) is { Length: 1 } e) stop.Add(e[0]);
+        foreach (var eot in format.Template?.EndOfTurn ?? Array.Empty<string>())
+            if (tok.Encode(eot, false) is { Length: 1 } e) stop.Add(e[0]);
         _stop = stop.Distinct().ToArray();
     }
 

@@ -81,7 +81,7 @@ public class MetaPromptTests
         var llama3 = ChatFormat.FromTemplate("{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>' }}");
         Assert.Equal("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe strict.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n", llama3.Render(msgs).Text);
         var mistral = ChatFormat.FromTemplate("{{ '[INST] ' + message['content'] + ' [/INST]' }}");
-        Assert.Equal(("[INST] Be strict.\n\nHi [/INST]", true), mistral.Render(msgs));
+        Assert.Equal(("<s>[INST] Be strict.\n\nHi [/INST]", false), mistral.Render(msgs));
         Assert.True(ChatFormat.FromTemplate(null).IsBase);
         Assert.True(ChatFormat.FromTemplate("{{ messages }}").IsBase);
         Assert.Equal(("Be strict.\n\nHi", true), ChatFormat.None.Render(msgs));

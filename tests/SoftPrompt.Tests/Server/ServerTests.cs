@@ -136,7 +136,7 @@ public class ServerTests : IClassFixture<ServerWorld>
         Assert.Equal("assistant", c.GetProperty("message").GetProperty("role").GetString());
         Assert.Equal("chat.completion", body.GetProperty("object").GetString());
         // The same as a completion of the rendered ChatML text without added special tokens.
-        var rendered = ChatTemplate.ChatMl.Render(new[] { new ChatMessage("system", "Be brief."), new ChatMessage("user", "Say a word.") });
+        var rendered = ChatTemplate.ChatMl.Render(new[] { new ChatTurn("system", "Be brief."), new ChatTurn("user", "Say a word.") });
         using var lm = LanguageModel.Load(_w.ModelDir, "cpu");
         var ids = lm.Tokenizer!.Encode(rendered, addSpecialTokens: false);
         var (_, comp) = await ServerWorld.Post(Http, "/v1/completions", new { model = "sent", prompt = ids, max_tokens = 5, temperature = 0 });
@@ -207,7 +207,7 @@ public class ServerTests : IClassFixture<ServerWorld>
         Assert.Contains("not one of the supported families", why);
         Assert.Same(ChatTemplate.Llama3, ChatTemplate.FromTemplate("<|start_header_id|>{{ role }}", out var _2));
         Assert.Equal("<s>[INST] S\n\nhi [/INST] yo</s>[INST] more [/INST]",
-            ChatTemplate.Inst.Render(new[] { new ChatMessage("system", "S"), new ChatMessage("user", "hi"), new ChatMessage("assistant", "yo"), new ChatMessage("user", "more") }));
+            ChatTemplate.Inst.Render(new[] { new ChatTurn("system", "S"), new ChatTurn("user", "hi"), new ChatTurn("assistant", "yo"), new ChatTurn("user", "more") }));
     }
 
     [Fact]

@@ -1,27 +1,30 @@
 using System.Text;
 using System.Text.Json.Nodes;
 
-namespace SoftPrompt.Server;
+namespace SoftPrompt.Inference;
 
-public sealed record ChatMessage(string Role, string Content);
+/// <summary>One turn of a conversation: role (system, user, assistant) and text.</summary>
+public sealed record ChatTurn(string Role, string Content);
 
 /// <summary>
 /// Chat prompt formats by family, recognised from the <c>chat_template</c> in tokenizer_config.json. Hugging Face
 /// stores a Jinja template; rather than embed a Jinja interpreter for three well-known formats, each family's
 /// layout is written out here (the formats are fixed by the model families, and a template from another family is
-/// refused with a clear message instead of being rendered wrongly).
+/// refused with a clear message instead of being rendered wrongly). One implementation for every user: the server's
+/// /v1/chat/completions and OPRO's local optimizer model. The rendered text writes the special tokens out (BOS
+/// included where the family starts with one): encode it without adding special tokens.
 /// </summary>
 public sealed class ChatTemplate
 {
     public string Family { get; }
     /// <summary>Strings that end the assistant's turn (their token ids are added to the stop ids).</summary>
     public IReadOnlyList<string> EndOfTurn { get; }
-    readonly Func<IReadOnlyList<ChatMessage>, string> _render;
+    readonly Func<IReadOnlyList<ChatTurn>, string> _render;
 
-    ChatTemplate(string family, string[] eot, Func<IReadOnlyList<ChatMessage>, string> render) { Family = family; EndOfTurn = eot; _render = render; }
+    ChatTemplate(string family, string[] eot, Func<IReadOnlyList<ChatTurn>, string> render) { Family = family; EndOfTurn = eot; _render = render; }
 
     /// <summary>The prompt text: the conversation, then the opening of the assistant's turn.</summary>
-    public string Render(IReadOnlyList<ChatMessage> messages) => _render(messages);
+    public string Render(IReadOnlyList<ChatTurn> messages) => _render(messages);
 
     public static ChatTemplate ChatMl { get; } = new("chatml", new[] { "<|im_end|>" }, ms =>
     {
@@ -59,7 +62,7 @@ public sealed class ChatTemplate
     });
 
     /// <summary>The family of the model folder's chat template; null when it has none or one of another family
-    /// (<paramref name="why"/> says which).</summary>
+    /// (<paramref name="why"/> says which). An unreadable tokenizer_config.json is an error naming it.</summary>
     public static ChatTemplate? Detect(string modelDir, out string why)
     {
         var path = Path.Combine(modelDir, "tokenizer_config.json");
@@ -73,7 +76,8 @@ public sealed class ChatTemplate
             else if (node is JsonArray arr)   // [{"name": "default", "template": "..."}, ...]
                 template = arr.OfType<JsonObject>().FirstOrDefault(o => o["name"]?.GetValue<string>() == "default")?["template"]?.GetValue<string>();
         }
-        catch (Exception e) when (e is System.Text.Json.JsonException or InvalidOperationException) { why = $"{path}: unreadable ({e.Message})"; return null; }
+        catch (System.Text.Json.JsonException e) { throw new SoftPromptException($"{path}: invalid JSON ({e.Message})."); }
+        catch (InvalidOperationException e) { throw new SoftPromptException($"{path}: 'chat_template' is not a string or a list of named templates ({e.Message})."); }
         if (template is null) return null;
         return FromTemplate(template, out why, path);
     }
