@@ -230,9 +230,7 @@ public static class PretrainCommand
                 IO.AtomicFile.WriteAllText(optPath, JsonSerializer.Serialize(o, PretrainOptions.Json));
             }
             if (o.Shape.VocabSize != vocab) throw new SoftPromptException($"the run's vocabulary ({o.Shape.VocabSize}) differs from the data's tokenizer ({vocab}).");
-            using var cts = new CancellationTokenSource();
-            Console.CancelKeyPress += (_, e) => { e.Cancel = true; cts.Cancel(); };
-            using var sigterm = System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGTERM, ctx => { ctx.Cancel = true; cts.Cancel(); });
+            using var interruption = new Interruption(); // Ctrl-C / SIGTERM: checkpoint and stop (as train does)
             using var t = new Pretrainer(o, train, val);
             if (t.TryLoadCheckpoint(runDir)) Console.WriteLine($"resumed at step {t.State.Step}, {t.State.TokensSeen / 1e6:F2} M tokens, epoch {t.State.Epoch} window {t.State.Cursor}");
             else if (pr.GetValue(initFrom) is { } from)
@@ -240,7 +238,7 @@ public static class PretrainCommand
                 t.InitFrom(from, pr.GetValue(rewarm) / o.TokensPerStep);
                 Console.WriteLine($"initialised from {from} at step {t.State.Step}, {t.State.TokensSeen / 1e6:F2} M tokens (fresh AdamW moments, learning rate re-warmed)");
             }
-            t.Run(runDir, pr.GetValue(maxMin), cts.Token);
+            t.Run(runDir, pr.GetValue(maxMin), interruption.Token);
             return 0;
         });
         return c;
