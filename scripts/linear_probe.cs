@@ -7,7 +7,6 @@
 //   TSV files of two columns (label and input; LABEL_COLUMN says which is the label); TEMPLATE uses {input}.
 #:project ../src/SoftPrompt/SoftPrompt.csproj
 #:property UsesTorchNatives=true
-using SoftPrompt.Inference;
 using SoftPrompt.Models;
 using TorchSharp;
 using static TorchSharp.torch;

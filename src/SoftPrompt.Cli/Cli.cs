@@ -1,8 +1,8 @@
-using System.CommandLine;
 using System.CommandLine.Parsing;
-using System.Text.RegularExpressions;
+using System.CommandLine;
 using System.Text.Encodings.Web;
 using System.Text.Json;
+using System.Text.RegularExpressions;
 using SoftPrompt.Inference;
 
 namespace SoftPrompt.Cli;
@@ -142,7 +142,7 @@ public static class Cli
         if (inner is OperationCanceledException) { Console.Error.WriteLine("cancelled."); return 130; }
         var (code, message) = inner switch
         {
-            Opro.RemoteServiceException remote => (remote.ExitCode, inner.Message), // endpoint failures: 3-6 (docs/opro.md)
+            Llm.RemoteServiceException remote => (remote.ExitCode, inner.Message), // endpoint failures: 3-6 (docs/opro.md)
             SoftPromptException => (2, inner.Message),
             UnauthorizedAccessException => (2, $"permission denied: {inner.Message}"),
             FileNotFoundException or DirectoryNotFoundException => (2, inner.Message),

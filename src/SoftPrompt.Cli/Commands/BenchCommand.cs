@@ -1,7 +1,7 @@
 using System.CommandLine;
 using System.Text.Json;
+using SoftPrompt.Diagnostics;
 using SoftPrompt.Models;
-using SoftPrompt.Training;
 
 namespace SoftPrompt.Cli.Commands;
 

@@ -1,5 +1,5 @@
 using System.CommandLine;
-using SoftPrompt.Evaluation;
+using SoftPrompt.Diagnostics;
 using SoftPrompt.Models;
 using SoftPrompt.Runtime;
 

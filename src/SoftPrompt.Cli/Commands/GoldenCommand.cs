@@ -1,4 +1,5 @@
 using System.CommandLine;
+using SoftPrompt.Diagnostics;
 using SoftPrompt.Runtime;
 
 namespace SoftPrompt.Cli.Commands;

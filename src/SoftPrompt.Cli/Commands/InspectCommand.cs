@@ -1,6 +1,5 @@
 using System.CommandLine;
 using SoftPrompt.Models;
-using SoftPrompt.Runtime;
 using SoftPrompt.Tokenization;
 
 namespace SoftPrompt.Cli.Commands;

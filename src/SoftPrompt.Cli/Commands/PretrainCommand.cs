@@ -18,7 +18,6 @@ public static class PretrainCommand
         cmd.Subcommands.Add(Tokenizer());
         cmd.Subcommands.Add(Prepare());
         cmd.Subcommands.Add(Bench());
-        cmd.Subcommands.Add(Profile());
         cmd.Subcommands.Add(Train());
         cmd.Subcommands.Add(Export());
         return cmd;
@@ -259,88 +258,6 @@ public static class PretrainCommand
             torch.set_num_threads(2);
             var r = ModelExport.Export(pr.GetValue(run)!, pr.GetValue(data)!, pr.GetValue(tokenizer)!, pr.GetValue(output)!, pr.GetValue(slice)!, pr.GetValue(plot), pr.GetValue(notes));
             Console.WriteLine(JsonSerializer.Serialize(r));
-            return 0;
-        });
-        return c;
-    }
-
-    static Command Profile()
-    {
-        var threads = new Option<int>("--threads") { DefaultValueFactory = _ => 2 };
-        var c = new Command("profile", "Time the building blocks of a training step (matmul, attention, step phases) in wall and CPU seconds.") { threads };
-        c.Hidden = true;
-        c.SetAction(pr =>
-        {
-            torch.set_num_threads(pr.GetValue(threads));
-            var proc = Process.GetCurrentProcess();
-            void Time(string what, double flop, Action a, int n = 5)
-            {
-                a();
-                proc.Refresh(); var c0 = proc.TotalProcessorTime; var sw = Stopwatch.StartNew();
-                for (int i = 0; i < n; i++) a();
-                proc.Refresh(); double cpu = (proc.TotalProcessorTime - c0).TotalSeconds / n, wall = sw.Elapsed.TotalSeconds / n;
-                Console.WriteLine($"{what,-40} wall {wall * 1000,8:F1} ms  cpu {cpu * 1000,8:F1} ms  {flop / wall / 1e9,7:F1} GFLOP/s wall {flop / cpu / 1e9,7:F1} GFLOP/cpu-s");
-            }
-            if (Environment.GetEnvironmentVariable("PROFILE_ATTN") == "1")
-            {
-                var bf = torch.ScalarType.BFloat16; var f32 = torch.ScalarType.Float32;
-                var q = torch.randn(16, 4, 256, 64).to(bf).requires_grad_(true);
-                var causal = torch.ones(256, 256, torch.ScalarType.Bool).tril();
-                double fl = 12.0 * 16 * 4 * 256 * 256 * 64;
-                for (int round = 0; round < 3; round++)
-                {
-                    Time("sdpa bf16 fwd+bwd", fl, () => { using var s = torch.NewDisposeScope(); torch.nn.functional.scaled_dot_product_attention(q, q, q, is_casual: true).sum().backward(); });
-                    Time("sdpa fp32 (cast) fwd+bwd", fl, () => { using var s = torch.NewDisposeScope(); var x = q.to(f32); torch.nn.functional.scaled_dot_product_attention(x, x, x, is_casual: true).to(bf).sum().backward(); });
-                    Time("manual bf16 matmul, fp32 softmax", fl, () => { using var s = torch.NewDisposeScope();
-                        var sc = torch.matmul(q, q.transpose(-2, -1)).to(f32) * 0.125; sc = sc.masked_fill(causal.logical_not(), double.NegativeInfinity);
-                        var pr = torch.softmax(sc, -1).to(bf); torch.matmul(pr, q).sum().backward(); });
-                    Time("linear fwd+bwd bf16 4096x256->768", 6.0 * 4096 * 256 * 768, () => { using var s = torch.NewDisposeScope(); torch.nn.functional.linear(q.view(4096, 256), q.view(4096,256).narrow(0, 0, 768)).sum().backward(); });
-                }
-                return 0;
-            }
-            foreach (var dt in new[] { torch.ScalarType.Float32, torch.ScalarType.BFloat16 })
-            {
-                if (Environment.GetEnvironmentVariable("SKIP_BASIC") == "1") break;
-                var a = torch.randn(4096, 256).to(dt); var b = torch.randn(768, 256).to(dt);
-                Time($"linear 4096x256 -> 768 {dt}", 2.0 * 4096 * 256 * 768, () => { using var s = torch.NewDisposeScope(); torch.nn.functional.linear(a, b); });
-                var q = torch.randn(16, 4, 256, 64).to(dt);
-                Time($"sdpa causal fwd [16,4,256,64] {dt}", 4.0 * 16 * 4 * 256 * 256 * 64, () => { using var s = torch.NewDisposeScope(); torch.nn.functional.scaled_dot_product_attention(q, q, q, is_casual: true); });
-                var qg = torch.randn(16, 4, 256, 64).to(dt).requires_grad_(true);
-                Time($"sdpa causal fwd+bwd {dt}", 12.0 * 16 * 4 * 256 * 256 * 64, () => { using var s = torch.NewDisposeScope(); torch.nn.functional.scaled_dot_product_attention(qg, qg, qg, is_casual: true).sum().backward(); });
-                var x = torch.randn(4096, 768).to(dt);
-                Time($"silu*mul 4096x768 {dt}", 0, () => { using var s = torch.NewDisposeScope(); var y = torch.nn.functional.silu(x) * x; });
-                Time($"alloc+fill 4096x768 {dt}", 0, () => { using var s = torch.NewDisposeScope(); torch.ones(4096, 768, dt); });
-            }
-            {
-                var dt = torch.ScalarType.BFloat16;
-                var x3 = torch.randn(16, 256, 256).to(dt); var w = torch.randn(768, 256).to(dt); var wsq = torch.randn(256, 256).to(dt);
-                Time("linear 3D [16,256,256]->768 bf16", 2.0 * 4096 * 256 * 768, () => { using var s = torch.NewDisposeScope(); torch.nn.functional.linear(x3, w); });
-                Time("linear 3D [16,256,256]->256 bf16", 2.0 * 4096 * 256 * 256, () => { using var s = torch.NewDisposeScope(); torch.nn.functional.linear(x3, wsq); });
-                var h32 = torch.randn(16, 256, 256);
-                Time("mixed add fp32+bf16 [16,256,256]", 0, () => { using var s = torch.NewDisposeScope(); var y = h32 + x3; });
-                Time("rmsnorm-like fp32 [16,256,256]", 0, () => { using var s = torch.NewDisposeScope(); var y = (h32 * torch.rsqrt(h32.pow(2).mean(new long[] { -1 }, keepdim: true) + 1e-5)).to(dt); });
-                var q = torch.randn(16, 256, 4, 64).to(dt).transpose(1, 2);
-                Time("sdpa on transposed (non-contig) q bf16", 4.0 * 16 * 4 * 256 * 256 * 64, () => { using var s = torch.NewDisposeScope(); torch.nn.functional.scaled_dot_product_attention(q, q, q, is_casual: true); });
-                var cos = torch.randn(16, 1, 256, 64).to(dt);
-                Time("rope bf16", 0, () => { using var s = torch.NewDisposeScope(); var x1 = q.narrow(-1, 0, 32); var x2 = q.narrow(-1, 32, 32); var r = torch.cat(new[] { -x2, x1 }, -1); var y = q * cos + r * cos; });
-                var emb = torch.randn(4096, 256).to(dt); var hh = torch.randn(1024, 256).to(dt); var tgt = torch.randint(0, 4096, new long[] { 1024 });
-                Time("head chunk 1024 rows + CE", 2.0 * 1024 * 256 * 4096, () => { using var s = torch.NewDisposeScope(); var lg = torch.nn.functional.linear(hh, emb).to(torch.ScalarType.Float32); torch.nn.functional.cross_entropy(lg, tgt); });
-            }
-            var data = new ushort[300_000]; var rng = new Random(1); for (int i = 0; i < data.Length; i++) data[i] = (ushort)rng.Next(4096);
-            foreach (var compute in new[] { "fp32", "bf16" })
-            {
-                var o = new PretrainOptions { Shape = new LlamaShape { VocabSize = 4096 }, MicroBatch = 16, Accum = 1, Compute = compute };
-                using var t = new Pretrainer(o, data, data[..10000]);
-                var ids = torch.randint(0, 4096, new long[] { 16, 257 });
-                double f = o.Shape.TrainFlopsPerToken(256) * 4096;
-                var cfgm = o.Shape.ToModelConfig();
-                Time($"forward only {compute}", f / 3, () => { using var s = torch.NewDisposeScope(); using var _ = torch.no_grad();
-                    var w = compute == "fp32" ? t.Weights : t.Weights.ToDictionary(kv => kv.Key, kv => kv.Value.to(torch.ScalarType.BFloat16));
-                    using var m = SoftPrompt.Models.CausalLM.ForTraining(cfgm, w); m.Forward(new SoftPrompt.Models.ForwardArgs { InputIds = ids.narrow(1, 0, 256) }); }, 3);
-                Time($"forward+loss {compute}", f / 3, () => { using var s = torch.NewDisposeScope(); using var _ = torch.no_grad(); t.Loss(ids); }, 3);
-                Time($"forward+backward {compute}", f, () => { using var s = torch.NewDisposeScope(); t.Loss(ids).backward(); }, 3);
-                Time($"train step {compute}", f, () => t.TrainStep(), 3);
-            }
             return 0;
         });
         return c;

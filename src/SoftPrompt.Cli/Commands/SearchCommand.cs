@@ -1,8 +1,9 @@
 using System.CommandLine;
 using System.Globalization;
 using System.Reflection;
-using SoftPrompt.Evaluation;
 using SoftPrompt.IO;
+using SoftPrompt.Search;
+using SoftPrompt.Tuning;
 
 namespace SoftPrompt.Cli.Commands;
 

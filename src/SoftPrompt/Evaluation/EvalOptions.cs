@@ -1,5 +1,5 @@
 using System.ComponentModel;
-using SoftPrompt.Data;
+using SoftPrompt.Tuning;
 
 namespace SoftPrompt.Evaluation;
 

@@ -1,10 +1,10 @@
 using System.Globalization;
-using System.Text;
 using System.Text.Encodings.Web;
-using System.Text.Json;
 using System.Text.Json.Nodes;
+using System.Text.Json;
+using System.Text;
 using ScottPlot;
-using SoftPrompt.Training;
+using SoftPrompt.Runs;
 
 namespace SoftPrompt.Evaluation;
 

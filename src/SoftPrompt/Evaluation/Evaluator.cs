@@ -3,8 +3,8 @@ using SoftPrompt.Data;
 using SoftPrompt.Inference;
 using SoftPrompt.Models;
 using SoftPrompt.Runtime;
+using SoftPrompt.Scoring;
 using SoftPrompt.Tokenization;
-using SoftPrompt.Training;
 using SoftPrompt.Tuning;
 using TorchSharp;
 
@@ -54,7 +54,7 @@ public sealed record EvalResult(string Task, string TaskReason, IReadOnlyList<st
 /// demonstrations, soft prompts / prefixes, the projected hard prompt of each soft prompt, and searched prompts.
 /// Every hard prompt (the empty one of zero-shot included) is placed by <see cref="HardPrompt.BuildPromptIds"/>,
 /// as the hard-prompt search places it. Classification by rank classification (<see cref="RankClassifier"/>),
-/// generation by <see cref="Generator"/>, loss by <see cref="Trainer.ValidationLoss"/> (the trainer's code path).
+/// generation by <see cref="Generator"/>, loss by <see cref="PromptLoss.ValidationLoss"/> (the trainer's code path).
 /// Nothing is written here: see <see cref="EvalReport"/>.
 /// </summary>
 public static class Evaluator
@@ -178,7 +178,7 @@ public static class Evaluator
                 Action<int> done = units => progress?.Report(new EvalProgress(c.Name, index, conditions.Count, units, 2 * n, n));
                 var result = EvaluateCondition(c, examples, o, lm, tok, ct, padId, notes, done);
                 results.Add(c.AdapterDir is null ? result : result with { AdapterPath = c.AdapterDir, AdapterSettings = AdapterSettings(c.AdapterDir) });
-                if (judge is not null) AddJudgeScore(results[^1], judge, Opro.Judge.ReadRubric(o.Rubric!), notes);
+                if (judge is not null) AddJudgeScore(results[^1], judge, Llm.Judge.ReadRubric(o.Rubric!), notes);
             }
             double? prior = ct is null ? null : ClassificationMetrics.MajorityClassAccuracy(examples.Select(ct.Gold).ToList());
             return new EvalResult(task, reason, ct?.Labels, prior, Path.GetFullPath(o.Model!), Path.GetFullPath(o.Data!), DateTimeOffset.Now, results, notes.Distinct().ToList())
@@ -195,19 +195,19 @@ public static class Evaluator
     /// <summary>The LLM judge of --rubric (OpenAI-compatible endpoint; errors are one-line, the key never shown).</summary>
     static Microsoft.Extensions.AI.IChatClient JudgeClient(EvalOptions o)
     {
-        var (client, info) = Opro.ChatErrors.OpenAiCompatible(o.JudgeEndpoint!, o.JudgeModel!, o.JudgeApiKeyEnv, 3, TimeSpan.FromSeconds(120), "judge");
-        return new Opro.MeteredChatClient(client, new Opro.CallMeter(), judge: true, 4, info);
+        var (client, info) = Llm.ChatErrors.OpenAiCompatible(o.JudgeEndpoint!, o.JudgeModel!, o.JudgeApiKeyEnv, 3, TimeSpan.FromSeconds(120), "judge");
+        return new Llm.MeteredChatClient(client, new Llm.CallMeter(), judge: true, 4, info);
     }
 
     /// <summary>judge_score (mean 1-10 rating of the answers against the rubric) and judge_failures (replies without a
     /// number, rated 1) into the condition's metrics, with the rating counts (metrics.json's judge_histogram; a note in the report).</summary>
     static void AddJudgeScore(ConditionResult r, Microsoft.Extensions.AI.IChatClient judge, string rubric, List<string> notes)
     {
-        var verdicts = Opro.Judge.RateAll(judge, rubric, r.Predictions.Select(p => (p.Input, p.Prediction)).ToList(), 4).GetAwaiter().GetResult();
+        var verdicts = Llm.Judge.RateAll(judge, rubric, r.Predictions.Select(p => (p.Input, p.Prediction)).ToList(), 4).GetAwaiter().GetResult();
         var m = (Dictionary<string, double>)r.Metrics;
         m["judge_score"] = verdicts.Length == 0 ? double.NaN : verdicts.Average(v => v.Rating);
         m["judge_failures"] = verdicts.Count(v => !v.Parsed);
-        var hist = Opro.Judge.Histogram(verdicts);
+        var hist = Llm.Judge.Histogram(verdicts);
         for (int i = 0; i < 10; i++) m[EvalReport.JudgeRating + (i + 1)] = hist[i];
         notes.Add($"{r.Name}: judge ratings 1..10: [{string.Join(", ", hist)}]");
     }
@@ -237,7 +237,7 @@ public static class Evaluator
         // Loss on the data's targets: the trainer's validation-loss code path, hard prompt in the prompt ids.
         var lossData = examples.Select((e, i) => new TokenizedExample(Prompt(i, targets[i].Length), targets[i])).ToList();
         int n0 = examples.Count;
-        double loss = Trainer.ValidationLoss(model, c.Method, lossData, o.BatchSize, padId, done);
+        double loss = PromptLoss.ValidationLoss(model, c.Method, lossData, o.BatchSize, padId, done);
         int truncatedForLoss = truncated;
 
         var rows = new List<PredictionRow>();
@@ -267,7 +267,7 @@ public static class Evaluator
             var byInput = examples.Select((e, i) => (e.Prompt, i)).GroupBy(x => x.Prompt)
                 .ToDictionary(g => g.Key, g => g.SelectMany(x => own[x.i]).Distinct().ToList());
             var eos = lm.EosIds.ToList();
-            if (o.StopAtNewline) eos.AddRange(NewlineIds(tok));
+            if (o.StopAtNewline) eos.AddRange(TokenSets.NewlineIds(tok));
             // Every continuation in one continuously batched run (BatchEngine: the tokens of one-at-a-time generation);
             // greedy decoding generates each distinct prompt once.
             var prompts = examples.Select((_, i) => Prompt(i, o.MaxNewTokens)).ToList();
@@ -303,12 +303,6 @@ public static class Evaluator
         string? promptText = c.Method is null ? c.Hard?.Text ?? "" : null;
         return new ConditionResult(c.Name, c.Kind, examples.Count, metrics, promptText, cm, rows);
     }
-
-    static readonly System.Runtime.CompilerServices.ConditionalWeakTable<HfTokenizer, int[]> NewlineCache = new();
-
-    /// <summary>Ids of every token whose text contains a newline (generation stops after one).</summary>
-    public static int[] NewlineIds(HfTokenizer tok) => NewlineCache.GetValue(tok, t =>
-        Enumerable.Range(0, t.VocabSize).Where(id => { try { return t.Decode(new[] { id }).Contains('\n'); } catch { return false; } }).ToArray());
 
     /// <summary>
     /// Few-shot demonstrations: a seeded draw of k examples from the shots file, rendered "prompt+target" and joined

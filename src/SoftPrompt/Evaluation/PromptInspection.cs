@@ -1,4 +1,5 @@
 using SoftPrompt.Inference;
+using SoftPrompt.Tokenization;
 using SoftPrompt.Tuning;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -36,7 +37,7 @@ public static class PromptInspection
         if (method is PromptTuning)
         {
             // With a tokenizer, only real, non-special tokens are candidates (padded embedding rows are not tokens).
-            var allowed = lm.Tokenizer is { } tok ? TargetLossObjective.AllowedTokens(tok, lm.Model.Config.VocabSize, readableOnly: false) : null;
+            var allowed = lm.Tokenizer is { } tok ? TokenSets.AllowedTokens(tok, lm.Model.Config.VocabSize, readableOnly: false) : null;
             var (ids, cos) = PromptProjection.NearestTokens(lm.Model, emb, topK, allowed);
             var norms = emb.norm(1).data<float>().ToArray();
             var tokens = ids.Select((row, i) => new VirtualTokenNeighbours(i, norms[i],

@@ -15,7 +15,7 @@ public static class PromptProjection
     /// <summary>For each row of <paramref name="vectors"/> [n, hidden], the <paramref name="k"/> nearest token ids and their cosines.
     /// <paramref name="allowed"/> (per model vocabulary id) restricts the answer to real tokens: a model's embedding
     /// matrix often has rows beyond the tokenizer's vocabulary (padding to a multiple of 64/128) and rows of special
-    /// tokens, which are no part of a readable prompt (see <see cref="TargetLossObjective.AllowedTokens"/>).</summary>
+    /// tokens, which are no part of a readable prompt (see <see cref="TokenSets.AllowedTokens"/>).</summary>
     public static (int[][] Ids, float[][] Cosines) NearestTokens(CausalLM model, Tensor vectors, int k = 5, IReadOnlyList<bool>? allowed = null)
     {
         if (vectors.dim() != 2 || vectors.shape[1] != model.Config.HiddenSize)

@@ -1,4 +1,5 @@
 using SoftPrompt.Models;
+using SoftPrompt.Runtime;
 using SoftPrompt.Tuning;
 using TorchSharp;
 using static TorchSharp.torch;

@@ -52,10 +52,33 @@ public sealed partial class CausalLM : IDisposable
     readonly Tensor? _wpe, _finalNormW, _finalNormB;
     readonly Tensor? _invFreq; // fp32 [head_dim / 2]
 
-    sealed record Layer(Tensor Norm1W, Tensor? Norm1B, Tensor Norm2W, Tensor? Norm2B,
-        Tensor? QkvW, Tensor? QkvB, Tensor? QW, Tensor? QB, Tensor? KW, Tensor? KB, Tensor? VW, Tensor? VB,
-        Tensor OW, Tensor? OB, Tensor? QNorm, Tensor? KNorm,
-        Tensor? GateW, Tensor? GateB, Tensor UpW, Tensor? UpB, Tensor DownW, Tensor? DownB);
+    /// <summary>One block's weights by role; null where the family has none (GPT-2 fuses q/k/v into Qkv and has no gate;
+    /// Llama-style blocks have separate projections, optional biases and, for Qwen3, q/k norms).</summary>
+    sealed class Layer
+    {
+        public required Tensor Norm1W { get; init; }
+        public Tensor? Norm1B { get; init; }
+        public required Tensor Norm2W { get; init; }
+        public Tensor? Norm2B { get; init; }
+        public Tensor? QkvW { get; init; }
+        public Tensor? QkvB { get; init; }
+        public Tensor? QW { get; init; }
+        public Tensor? QB { get; init; }
+        public Tensor? KW { get; init; }
+        public Tensor? KB { get; init; }
+        public Tensor? VW { get; init; }
+        public Tensor? VB { get; init; }
+        public required Tensor OW { get; init; }
+        public Tensor? OB { get; init; }
+        public Tensor? QNorm { get; init; }
+        public Tensor? KNorm { get; init; }
+        public Tensor? GateW { get; init; }
+        public Tensor? GateB { get; init; }
+        public required Tensor UpW { get; init; }
+        public Tensor? UpB { get; init; }
+        public required Tensor DownW { get; init; }
+        public Tensor? DownB { get; init; }
+    }
 
     readonly ScalarType _residualDType;
     readonly bool _ownsWeights = true;
@@ -79,10 +102,13 @@ public sealed partial class CausalLM : IDisposable
             for (int i = 0; i < cfg.NumLayers; i++)
             {
                 string p = $"transformer.h.{i}.";
-                _layers[i] = new Layer(W(p + "ln_1.weight"), W(p + "ln_1.bias"), W(p + "ln_2.weight"), W(p + "ln_2.bias"),
-                    W(p + "attn.c_attn.weight"), W(p + "attn.c_attn.bias"), null, null, null, null, null, null,
-                    W(p + "attn.c_proj.weight"), W(p + "attn.c_proj.bias"), null, null,
-                    null, null, W(p + "mlp.c_fc.weight"), W(p + "mlp.c_fc.bias"), W(p + "mlp.c_proj.weight"), W(p + "mlp.c_proj.bias"));
+                _layers[i] = new Layer
+                {
+                    Norm1W = W(p + "ln_1.weight"), Norm1B = W(p + "ln_1.bias"), Norm2W = W(p + "ln_2.weight"), Norm2B = W(p + "ln_2.bias"),
+                    QkvW = W(p + "attn.c_attn.weight"), QkvB = W(p + "attn.c_attn.bias"),
+                    OW = W(p + "attn.c_proj.weight"), OB = W(p + "attn.c_proj.bias"),
+                    UpW = W(p + "mlp.c_fc.weight"), UpB = W(p + "mlp.c_fc.bias"), DownW = W(p + "mlp.c_proj.weight"), DownB = W(p + "mlp.c_proj.bias"),
+                };
             }
         }
         else
@@ -92,12 +118,18 @@ public sealed partial class CausalLM : IDisposable
             for (int i = 0; i < cfg.NumLayers; i++)
             {
                 string p = $"model.layers.{i}.";
-                _layers[i] = new Layer(W(p + "input_layernorm.weight"), null, W(p + "post_attention_layernorm.weight"), null,
-                    null, null, W(p + "self_attn.q_proj.weight"), O(p + "self_attn.q_proj.bias"), W(p + "self_attn.k_proj.weight"), O(p + "self_attn.k_proj.bias"),
-                    W(p + "self_attn.v_proj.weight"), O(p + "self_attn.v_proj.bias"), W(p + "self_attn.o_proj.weight"), O(p + "self_attn.o_proj.bias"),
-                    O(p + "self_attn.q_norm.weight"), O(p + "self_attn.k_norm.weight"),
-                    W(p + "mlp.gate_proj.weight"), O(p + "mlp.gate_proj.bias"), W(p + "mlp.up_proj.weight"), O(p + "mlp.up_proj.bias"),
-                    W(p + "mlp.down_proj.weight"), O(p + "mlp.down_proj.bias"));
+                _layers[i] = new Layer
+                {
+                    Norm1W = W(p + "input_layernorm.weight"), Norm2W = W(p + "post_attention_layernorm.weight"),
+                    QW = W(p + "self_attn.q_proj.weight"), QB = O(p + "self_attn.q_proj.bias"),
+                    KW = W(p + "self_attn.k_proj.weight"), KB = O(p + "self_attn.k_proj.bias"),
+                    VW = W(p + "self_attn.v_proj.weight"), VB = O(p + "self_attn.v_proj.bias"),
+                    OW = W(p + "self_attn.o_proj.weight"), OB = O(p + "self_attn.o_proj.bias"),
+                    QNorm = O(p + "self_attn.q_norm.weight"), KNorm = O(p + "self_attn.k_norm.weight"),
+                    GateW = W(p + "mlp.gate_proj.weight"), GateB = O(p + "mlp.gate_proj.bias"),
+                    UpW = W(p + "mlp.up_proj.weight"), UpB = O(p + "mlp.up_proj.bias"),
+                    DownW = W(p + "mlp.down_proj.weight"), DownB = O(p + "mlp.down_proj.bias"),
+                };
             }
             _invFreq = RopeInvFreq(cfg).to(device).DetachFromDisposeScope();
         }

@@ -1,5 +1,6 @@
 using System.Text.Json.Nodes;
 using SoftPrompt.IO;
+using SoftPrompt.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
 

@@ -91,12 +91,4 @@ public sealed record LlamaShape
     }
 
     public static bool IsNormWeight(string name) => name.EndsWith("layernorm.weight", StringComparison.Ordinal) || name == "model.norm.weight";
-
-    public static LlamaShape FromHfConfig(JsonObject o) => new()
-    {
-        VocabSize = (int)o["vocab_size"]!, Hidden = (int)o["hidden_size"]!, Layers = (int)o["num_hidden_layers"]!,
-        Heads = (int)o["num_attention_heads"]!, KvHeads = (int)o["num_key_value_heads"]!, Intermediate = (int)o["intermediate_size"]!,
-        MaxPositions = (int)o["max_position_embeddings"]!, RopeTheta = (double)o["rope_theta"]!, RmsNormEps = (double)o["rms_norm_eps"]!,
-        BosId = (int)o["bos_token_id"]!, EosId = (int)o["eos_token_id"]!,
-    };
 }

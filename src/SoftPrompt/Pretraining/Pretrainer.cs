@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using System.Runtime.InteropServices;
-using System.Text.Json;
 using System.Text.Json.Nodes;
+using System.Text.Json;
 using SoftPrompt.IO;
 using SoftPrompt.Models;
 using TorchSharp;
@@ -105,7 +105,7 @@ public sealed class Pretrainer : IDisposable
     public PretrainOptions Options { get; }
     public TrainerState State { get; private set; } = new();
     public Dictionary<string, Tensor> Weights { get; }
-    readonly Training.AdamW _opt;
+    readonly Optimization.AdamW _opt;
     readonly ModelConfig _cfg;
     readonly ScalarType _compute;
     readonly TokenWindows _train, _val;
@@ -121,7 +121,7 @@ public sealed class Pretrainer : IDisposable
         _compute = o.Compute switch { "bf16" => ScalarType.BFloat16, "fp32" => ScalarType.Float32, _ => throw new SoftPromptException($"compute '{o.Compute}': expected bf16 or fp32.") };
         if (o.SeqLen > o.Shape.MaxPositions) throw new SoftPromptException($"seq len {o.SeqLen} exceeds max positions {o.Shape.MaxPositions}.");
         Weights = o.Shape.InitWeights(o.Seed);
-        _opt = new Training.AdamW(Weights.OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => (kv.Key, kv.Value)).ToList(),
+        _opt = new Optimization.AdamW(Weights.OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => (kv.Key, kv.Value)).ToList(),
             o.Beta1, o.Beta2, weightDecay: o.WeightDecay, decay: n => !LlamaShape.IsNormWeight(n));
         _train = new TokenWindows(train, o.SeqLen);
         _val = new TokenWindows(val, o.SeqLen);
@@ -199,7 +199,7 @@ public sealed class Pretrainer : IDisposable
         double norm = double.NaN; // logged; only known when clipping is on
         if (o.GradClip > 0)
             using (var clip = torch.NewDisposeScope())
-                norm = Training.GradientClipping.ClipGradNorm(Weights.Values, o.GradClip).item<float>();
+                norm = Optimization.GradientClipping.ClipGradNorm(Weights.Values, o.GradClip).item<float>();
         _opt.Step(lr);
         _opt.ZeroGrad();
         State.Step++;

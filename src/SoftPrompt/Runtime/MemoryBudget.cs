@@ -1,4 +1,4 @@
-namespace SoftPrompt;
+namespace SoftPrompt.Runtime;
 
 /// <summary>
 /// A size check before a large allocation: a request for more memory than the machine (or the container / ulimit the

@@ -19,12 +19,6 @@ internal static class HfJson
         catch (UnauthorizedAccessException e) { throw new TokenizerLoadException($"{path}: cannot be read ({e.Message})", path, e); }
     }
 
-    public static JsonDocument? ReadIfExists(string dir, string name)
-    {
-        var p = Path.Combine(dir, name);
-        return File.Exists(p) ? Read(p) : null;
-    }
-
     public static bool Has(JsonElement obj, string key, out JsonElement value)
     {
         value = default;

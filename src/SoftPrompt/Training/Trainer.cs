@@ -1,10 +1,13 @@
 using System.Diagnostics;
 using System.Globalization;
-using System.Text.Json;
 using System.Text.Json.Nodes;
+using System.Text.Json;
 using SoftPrompt.Data;
 using SoftPrompt.IO;
 using SoftPrompt.Models;
+using SoftPrompt.Optimization;
+using SoftPrompt.Runs;
+using SoftPrompt.Scoring;
 using SoftPrompt.Tuning;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -250,7 +253,7 @@ public sealed class Trainer
             // No validation set: the "best" prompt is simply the latest.
             return (metrics, false);
         }
-        metrics["eval_loss"] = ValidationLoss(_model, _method, _val, _o.BatchSize, _padId);
+        metrics["eval_loss"] = PromptLoss.ValidationLoss(_model, _method, _val, _o.BatchSize, _padId);
         if (ExtraMetrics is not null)
             foreach (var (k, v) in ExtraMetrics(_method)) metrics[k] = v;
         string? key = ExtraMetrics is null ? null : metrics.Keys.FirstOrDefault(k => k != "eval_loss");
@@ -272,24 +275,6 @@ public sealed class Trainer
         }
         else st.BadEvals++;
         return (metrics, isBest);
-    }
-
-    /// <summary>Mean target-token loss of a prompt on examples (no gradients).</summary>
-    public static double ValidationLoss(CausalLM model, IPromptMethod? method, IReadOnlyList<TokenizedExample> data, int batchSize, int padId,
-        Action<int>? examplesDone = null)
-    {
-        using var noGrad = torch.no_grad();
-        double nll = 0; long count = 0;
-        var order = Enumerable.Range(0, data.Count).OrderBy(i => data[i].PromptIds.Length + data[i].TargetIds.Length).ToArray();
-        for (int s = 0; s < order.Length; s += batchSize)
-        {
-            using var scope = torch.NewDisposeScope();
-            using var batch = Collator.Collate(order.Skip(s).Take(batchSize).Select(i => data[i]).ToList(), padId, model.Device, false);
-            var (sum, c) = PromptLoss.Compute(model, method, batch);
-            nll += sum.item<float>(); count += c;
-            examplesDone?.Invoke(Math.Min(order.Length, s + batchSize));
-        }
-        return count > 0 ? nll / count : double.NaN;
     }
 
     /// <summary>Endless stream of (indices, epoch, batch index), starting at the saved position.</summary>

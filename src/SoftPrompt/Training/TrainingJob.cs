@@ -1,8 +1,8 @@
 using SoftPrompt.Data;
-using SoftPrompt.Evaluation;
-using SoftPrompt.Inference;
 using SoftPrompt.IO;
+using SoftPrompt.Inference;
 using SoftPrompt.Runtime;
+using SoftPrompt.Scoring;
 using SoftPrompt.Tuning;
 using TorchSharp;
 

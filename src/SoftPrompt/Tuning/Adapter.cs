@@ -1,6 +1,6 @@
 using System.Globalization;
-using System.Text.Json;
 using System.Text.Json.Nodes;
+using System.Text.Json;
 using SoftPrompt.IO;
 using SoftPrompt.Models;
 using TorchSharp;

@@ -1,7 +1,6 @@
 using System.Diagnostics;
-using System.Text.Json;
 using System.Text.Json.Nodes;
-using SoftPrompt.Cli.Commands;
+using System.Text.Json;
 
 namespace SoftPrompt.Tests.Cli;
 

@@ -1,5 +1,4 @@
 using System.Text;
-using SoftPrompt;
 using SoftPrompt.Data;
 
 namespace SoftPrompt.Tests.Data;

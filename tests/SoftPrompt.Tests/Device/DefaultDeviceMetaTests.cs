@@ -1,6 +1,7 @@
-using SoftPrompt.Evaluation;
 using SoftPrompt.Inference;
 using SoftPrompt.Models;
+using SoftPrompt.Optimization;
+using SoftPrompt.Scoring;
 using SoftPrompt.Training;
 using SoftPrompt.Tuning;
 using TorchSharp;

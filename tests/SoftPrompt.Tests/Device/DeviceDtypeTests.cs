@@ -1,6 +1,8 @@
 using SoftPrompt.Data;
 using SoftPrompt.IO;
 using SoftPrompt.Models;
+using SoftPrompt.Optimization;
+using SoftPrompt.Scoring;
 using SoftPrompt.Training;
 using SoftPrompt.Tuning;
 using TorchSharp;
@@ -74,7 +76,7 @@ public class DeviceDtypeTests
             Assert.Equal("F32", info.DType);
         }
         // Scoring and generation with the fp32 prompt on the bf16 model (the prefix meets bf16 keys in the cache).
-        var scores = SoftPrompt.Evaluation.RankClassifier.Score(model, m, new[] { 21, 22, 23 }, new[] { new[] { 7 }, new[] { 8, 9 } });
+        var scores = SoftPrompt.Scoring.RankClassifier.Score(model, m, new[] { 21, 22, 23 }, new[] { new[] { 7 }, new[] { 8, 9 } });
         Assert.All(scores.LogProbs, lp => Assert.True(double.IsFinite(lp)));
         using (var scope = torch.NewDisposeScope())
             Assert.Equal(2, SoftPrompt.Inference.Generator.Generate(model, new[] { 21, 22 }, new SoftPrompt.Inference.GenerationOptions { MaxNewTokens = 2 }, m.Inject(1)).NewIds.Length);

@@ -27,12 +27,12 @@ public class HostSyncDeviceTests
     static readonly (string File, string[] Methods)[] StepPath =
     {
         ("src/SoftPrompt/Training/Trainer.cs", new[] { "Run", "CreateOptimizer", "Next" }),
-        ("src/SoftPrompt/Training/PromptLoss.cs", new[] { "Compute", "Hidden", "Loss" }),
-        ("src/SoftPrompt/Training/LearningRateSchedule.cs", new[] { "At" }),
-        ("src/SoftPrompt/Training/GradientClipping.cs", new[] { "ClipGradNorm" }),
-        ("src/SoftPrompt/Training/IPromptOptimizer.cs", new[] { "Step", "ZeroGrad", "State" }),
-        ("src/SoftPrompt/Training/AdamW.cs", new[] { "StepParam" }),
-        ("src/SoftPrompt/Training/Adafactor.cs", new[] { "StepParam", "Rms" }),
+        ("src/SoftPrompt/Scoring/PromptLoss.cs", new[] { "Compute", "Hidden", "Loss" }),
+        ("src/SoftPrompt/Optimization/LearningRateSchedule.cs", new[] { "At" }),
+        ("src/SoftPrompt/Optimization/GradientClipping.cs", new[] { "ClipGradNorm" }),
+        ("src/SoftPrompt/Optimization/IPromptOptimizer.cs", new[] { "Step", "ZeroGrad", "State" }),
+        ("src/SoftPrompt/Optimization/AdamW.cs", new[] { "StepParam" }),
+        ("src/SoftPrompt/Optimization/Adafactor.cs", new[] { "StepParam", "Rms" }),
         ("src/SoftPrompt/Data/Collator.cs", new[] { "Collate", "ToDevice" }),
         ("src/SoftPrompt/Data/BatchSampler.cs", new[] { "Batches" }),
         ("src/SoftPrompt/Models/CausalLM.cs", new[] { "Forward", "BuildMask", "Attend", "Gpt2Block", "LlamaBlock", "Norm", "RmsNorm", "Act", "RopeCosSin", "ApplyRope", "Logits", "Embed", "EmbedRows" }),

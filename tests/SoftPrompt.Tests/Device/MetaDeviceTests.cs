@@ -1,5 +1,5 @@
 using SoftPrompt.Models;
-using SoftPrompt.Training;
+using SoftPrompt.Optimization;
 using SoftPrompt.Tuning;
 using TorchSharp;
 using static TorchSharp.torch;

@@ -1,8 +1,7 @@
-using SoftPrompt.Tests.Cli;
 using System.Text.Json.Nodes;
-using SoftPrompt.Cli.Commands;
 using SoftPrompt.Evaluation;
 using SoftPrompt.Models;
+using SoftPrompt.Tests.Cli;
 using SoftPrompt.Tuning;
 
 namespace SoftPrompt.Tests.Evaluation;
@@ -135,8 +134,8 @@ public class EvalCommandTests : IClassFixture<EvalWorld>
         Assert.Contains("](training.png)", File.ReadAllText(Path.Combine(output, "report.md")));
         // The marked step is the one the exported adapter records; a folder without an adapter has none.
         var recorded = int.Parse(SoftPrompt.IO.SafeTensors.ReadHeader(Path.Combine(_w.AdapterDir, Adapter.WeightsFile)).Metadata["softprompt.step"]);
-        Assert.Equal(recorded, SoftPrompt.Training.TrainingPlot.SelectedStep(_w.RunDir, preferExported: true));
-        Assert.Null(SoftPrompt.Training.TrainingPlot.SelectedStep(second, preferExported: true));
+        Assert.Equal(recorded, SoftPrompt.Runs.TrainingPlot.SelectedStep(_w.RunDir, preferExported: true));
+        Assert.Null(SoftPrompt.Runs.TrainingPlot.SelectedStep(second, preferExported: true));
     }
 
     [Fact]

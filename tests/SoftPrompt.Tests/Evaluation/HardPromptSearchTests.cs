@@ -2,7 +2,9 @@ using System.Text.Json.Nodes;
 using SoftPrompt.Data;
 using SoftPrompt.Evaluation;
 using SoftPrompt.Inference;
-using SoftPrompt.Training;
+using SoftPrompt.Scoring;
+using SoftPrompt.Search;
+using SoftPrompt.Tokenization;
 using SoftPrompt.Tuning;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -38,18 +40,18 @@ public class HardPromptSearchTests
         Assert.Equal(4, hp.TokenIds.Length);
 
         // Independent recomputation: the examples rebuilt through HardPrompt.BuildPromptIds (what eval uses) and
-        // scored by the trainer's loss code (PromptLoss via Trainer.ValidationLoss).
+        // scored by the trainer's loss code (PromptLoss via PromptLoss.ValidationLoss).
         using var lm = LanguageModel.Load(SearchFixture.ModelDir);
         var tok = lm.RequireTokenizer();
         Assert.Equal(new[] { 0 }, tok.PrefixIds); // BOS first: the hard prompt sits at positions 1..k
         var examples = DatasetReader.Read(train, new DataOptions()).Examples;
-        double Recompute(int[] ids) => Trainer.ValidationLoss(lm.Model, null,
+        double Recompute(int[] ids) => PromptLoss.ValidationLoss(lm.Model, null,
             examples.Select(e => new TokenizedExample(HardPrompt.BuildPromptIds(tok, ids, e.Prompt), tok.Encode(e.Target, false))).ToList(), 3, tok.PadId ?? tok.EosId ?? 0);
         Assert.Equal(Recompute(hp.TokenIds), hp.Score!.Value, 4);
         Assert.Equal(Recompute(result.InitialIds), result.InitialScore, 4);
 
         // The prompt is made of allowed tokens: real vocabulary entries, not special, readable.
-        var allowed = TargetLossObjective.AllowedTokens(tok, lm.Model.Config.VocabSize, readableOnly: true);
+        var allowed = TokenSets.AllowedTokens(tok, lm.Model.Config.VocabSize, readableOnly: true);
         foreach (var id in hp.TokenIds.Where((id, i) => id != result.InitialIds[i])) Assert.True(allowed[id], $"token {id} '{tok.TokenText(id)}' is not allowed");
         Assert.Equal(tok.Decode(hp.TokenIds), hp.Text);
 
@@ -124,7 +126,7 @@ public class HardPromptSearchTests
     {
         using var lm = LanguageModel.Load(SearchFixture.ModelDir);
         var tok = lm.RequireTokenizer();
-        var allowed = TargetLossObjective.AllowedTokens(tok, lm.Model.Config.VocabSize, readableOnly: false);
+        var allowed = TokenSets.AllowedTokens(tok, lm.Model.Config.VocabSize, readableOnly: false);
 
         // A random prompt (N(0,1), far from every row) still projects onto real, non-special tokens.
         using var random = PromptTuning.Create(lm.Model, 6, PromptInit.Random, 3);

@@ -1,8 +1,7 @@
-using SoftPrompt.Tests.Cli;
 using System.Text.Json.Nodes;
-using SoftPrompt.Cli.Commands;
 using SoftPrompt.Inference;
 using SoftPrompt.Models;
+using SoftPrompt.Tests.Cli;
 using SoftPrompt.Tuning;
 
 namespace SoftPrompt.Tests.Evaluation;
@@ -118,7 +117,7 @@ public class InspectPromptTests
         var cfg = JsonNode.Parse(File.ReadAllText(tmp["run/config.json"]))!.AsObject();
         Assert.Equal(3, cfg["prompt_length"]!.GetValue<int>());
         Assert.Equal(2, cfg["steps"]!.GetValue<int>());
-        var hp = SoftPrompt.Evaluation.HardPrompt.Load(tmp["run"]);
+        var hp = SoftPrompt.Tuning.HardPrompt.Load(tmp["run"]);
         Assert.Equal(3, hp.TokenIds.Length);
         var first = JsonNode.Parse(File.ReadAllLines(tmp["run/search_log.jsonl"])[0])!;
         Assert.NotNull(first["loss"]);

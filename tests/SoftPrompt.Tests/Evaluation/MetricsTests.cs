@@ -1,4 +1,4 @@
-using SoftPrompt.Evaluation;
+using SoftPrompt.Scoring;
 
 namespace SoftPrompt.Tests.Evaluation;
 

@@ -1,6 +1,6 @@
-using SoftPrompt.Evaluation;
 using SoftPrompt.Inference;
 using SoftPrompt.Models;
+using SoftPrompt.Scoring;
 using SoftPrompt.Tuning;
 
 namespace SoftPrompt.Tests.Evaluation;

@@ -1,6 +1,7 @@
 using System.Text.RegularExpressions;
 using Microsoft.Extensions.AI;
-using SoftPrompt.Opro;
+using SoftPrompt.Llm;
+using SoftPrompt.Search;
 
 namespace SoftPrompt.Tests.Opro;
 

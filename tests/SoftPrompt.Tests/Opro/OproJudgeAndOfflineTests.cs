@@ -1,8 +1,9 @@
 using System.Text.Json.Nodes;
-using SoftPrompt.Evaluation;
-using SoftPrompt.Opro;
+using SoftPrompt.Llm;
+using SoftPrompt.Search;
 using SoftPrompt.Tests.Cli;
 using SoftPrompt.Tests.Evaluation;
+using SoftPrompt.Tuning;
 
 namespace SoftPrompt.Tests.Opro;
 

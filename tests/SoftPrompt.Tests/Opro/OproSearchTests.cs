@@ -1,9 +1,9 @@
 using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
-using SoftPrompt.Evaluation;
-using SoftPrompt.Opro;
+using SoftPrompt.Search;
 using SoftPrompt.Tests.Cli;
 using SoftPrompt.Tests.Evaluation;
+using SoftPrompt.Tuning;
 
 namespace SoftPrompt.Tests.Opro;
 

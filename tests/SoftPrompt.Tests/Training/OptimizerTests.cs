@@ -1,5 +1,5 @@
 using SoftPrompt.IO;
-using SoftPrompt.Training;
+using SoftPrompt.Optimization;
 using TorchSharp;
 using static TorchSharp.torch;
 

@@ -1,6 +1,7 @@
 using SoftPrompt.Data;
 using SoftPrompt.IO;
 using SoftPrompt.Models;
+using SoftPrompt.Scoring;
 using SoftPrompt.Training;
 using SoftPrompt.Tuning;
 using TorchSharp;
@@ -42,10 +43,10 @@ public class TrainerTests
             "prompt-projection" => PromptTuning.Create(model, 4, PromptInit.SampleVocab, 5, projectionHidden: 16),
             _ => PrefixTuning.Create(model.Config, 4, false, 0, 5, model.Device),
         };
-        double initial = Trainer.ValidationLoss(model, m, val, 8, 0);
+        double initial = PromptLoss.ValidationLoss(model, m, val, 8, 0);
         var o = Options(method == "prefix" ? "prefix" : "prompt", 30, tmp.Path) with { Lr = method == "prompt-projection" ? 0.03 : 0.3 };
         var result = new Trainer(model, m, train, val, o, 0, tmp.Path).Run();
-        double final = Trainer.ValidationLoss(model, m, val, 8, 0);
+        double final = PromptLoss.ValidationLoss(model, m, val, 8, 0);
         // The near-random reference models give ~ln(1000) = 6.9 to everything, and a prompt has little leverage
         // on them (least through GPT-2's tied head); the validation set is fixed, so any drop is learning, and
         // 30 steps must buy a clear one.
@@ -94,10 +95,10 @@ public class TrainerTests
         using var model = ModelLoader.Load(Fixtures.HfReference("llama"), dtype: ScalarType.BFloat16);
         using var m = PromptTuning.Create(model, 4, PromptInit.SampleVocab, 5);
         var val = Task(8, 2);
-        double initial = Trainer.ValidationLoss(model, m, val, 8, 0);
+        double initial = PromptLoss.ValidationLoss(model, m, val, 8, 0);
         new Trainer(model, m, Task(32, 1), val, Options("prompt", 20, tmp.Path), 0, tmp.Path).Run();
         Assert.Equal(ScalarType.Float32, m.Parameters[0].Param.dtype);
-        Assert.True(Trainer.ValidationLoss(model, m, val, 8, 0) < initial);
+        Assert.True(PromptLoss.ValidationLoss(model, m, val, 8, 0) < initial);
     }
 
     [Theory]

@@ -1,0 +1,312 @@
+using SoftPrompt.Data;
+using SoftPrompt.Models;
+using SoftPrompt.Scoring;
+using SoftPrompt.Tokenization;
+using SoftPrompt.Tuning;
+using TorchSharp;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace SoftPrompt.Search;
+
+/// <summary>
+/// The search objective on a frozen model: mean target-token loss (summed NLL of target tokens over their count, as
+/// the trainer computes it) of examples whose prompt is <c>prefix (BOS) + hard prompt + example prompt text</c>, the
+/// layout of <see cref="HardPrompt.BuildPromptIds"/>. Holds a fixed, seeded score set (what results report) and
+/// optional held-out examples for the final pick.
+/// </summary>
+public sealed class TargetLossObjective : IGradientPromptObjective, IInstructionObjective
+{
+    sealed record Item(int[] Text, int[] Target, Example Source);
+
+    readonly CausalLM _model;
+    readonly HfTokenizer _tok;
+    readonly int[] _prefix;
+    readonly List<Item> _search, _heldOut;
+    readonly int[] _scoreSet;
+    readonly int _padId, _maxLength, _forwardBatch;
+    readonly bool[] _allowed;
+    readonly string _selectBy;
+    readonly List<string> _labels = new();
+    readonly List<int[]> _labelIds = new();
+    readonly Dictionary<string, double> _scoreCache = new();
+    // Instruction (OPRO) scoring: the metric, the classification task for accuracy, the instruction's position.
+    readonly string _metric = "neg_loss", _position = "before_q";
+    readonly bool _after; // q_end / a_begin: the instruction follows the example's prompt text
+    readonly ClassificationTask? _ct;
+    readonly int _maxNewTokens;
+    readonly int[] _stopIds = Array.Empty<int>();
+
+    public int ExampleCount => _search.Count;
+    public IReadOnlyList<int> ScoreSet => _scoreSet;
+    public IReadOnlyList<bool> Allowed => _allowed;
+    public string? SelectMetric => _heldOut.Count == 0 ? null : _selectBy == "accuracy" ? "accuracy" : "neg_val_loss";
+    public Tensor EmbeddingMatrix => _model.EmbeddingMatrix;
+    public int HeldOutCount => _heldOut.Count;
+
+    public TargetLossObjective(CausalLM model, HfTokenizer tok, IReadOnlyList<Example> search, IReadOnlyList<Example>? heldOut, HardPromptSearchOptions o)
+    {
+        o.Validate(needPaths: false);
+        if (search.Count == 0) throw new SoftPromptException("the search data is empty.");
+        if (tok.VocabSize > model.Config.VocabSize)
+            throw new SoftPromptException($"the tokenizer has {tok.VocabSize} tokens but the model's vocabulary is {model.Config.VocabSize}: they do not belong together.");
+        _model = model; _tok = tok;
+        _prefix = tok.PrefixIds.ToArray();
+        _padId = tok.PadId ?? tok.EosId ?? 0;
+        _maxLength = o.MaxLength; _forwardBatch = o.ForwardBatch; _selectBy = o.SelectBy;
+        if (o.AddEos && tok.EosId is null) throw new SoftPromptException("--add-eos is set but the tokenizer has no EOS token.");
+        Item Tokenize(Example e)
+        {
+            var target = tok.Encode(e.Target, false);
+            if (o.AddEos) target = [.. target, tok.EosId!.Value];
+            if (target.Length == 0) throw new SoftPromptException($"{e.Location}: target \"{e.Target}\" encodes to no tokens.");
+            if (_prefix.Length + o.PromptLength + target.Length > o.MaxLength)
+                throw new SoftPromptException($"{e.Location}: {_prefix.Length} special + {o.PromptLength} hard-prompt + {target.Length} target tokens exceed --max-length {o.MaxLength}.");
+            return new Item(tok.Encode(e.Prompt, false), target, e);
+        }
+        _search = search.Select(Tokenize).ToList();
+        _heldOut = (heldOut ?? Array.Empty<Example>()).Select(Tokenize).ToList();
+
+        // Score set: every search example, or a seeded sample of ScoreExamples of them (kept in file order).
+        _scoreSet = DatasetSplit.SampleIndices(_search.Count, o.ResolvedScoreExamples, o.Seed, stream: 0x5C0BE);
+
+        _allowed = TokenSets.AllowedTokens(tok, model.Config.VocabSize, readableOnly: !o.AllTokens);
+        if (!_allowed.Any(a => a)) throw new SoftPromptException("no vocabulary token passes the token filter; try --all-tokens.");
+
+        if (_heldOut.Count > 0 && _selectBy == "accuracy")
+        {
+            var labels = o.Labels is not null
+                ? o.Labels.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Select(l => o.TargetTemplate is null ? DatasetReader.DefaultTarget(l) : l).ToList()
+                : _search.Concat(_heldOut).Select(x => x.Source.Target).Distinct().OrderBy(s => s, StringComparer.Ordinal).ToList();
+            if (labels.Count < 2) throw new SoftPromptException($"--select-by accuracy needs at least two labels (found {labels.Count}).");
+            foreach (var h in _heldOut)
+                if (!labels.Contains(h.Source.Target))
+                    throw new SoftPromptException($"{h.Source.Location}: target \"{h.Source.Target}\" is not one of the labels ({string.Join(", ", labels.Select(l => $"\"{l}\""))}).");
+            _labels = labels;
+            _labelIds = labels.Select(l => tok.Encode(l, false)).ToList();
+        }
+
+        if (o.Strategy == "opro")
+        {
+            _position = o.InstructionPosition; _maxNewTokens = o.MaxNewTokens;
+            _after = _position is "q_end" or "a_begin";
+            var data = o.DataOptions();
+            var all = search.Concat(heldOut ?? Array.Empty<Example>()).ToList();
+            string objective = o.Objective;
+            if (objective == "auto")
+            {
+                bool isClass = o.Labels is not null;
+                if (!isClass)
+                    try { isClass = ClassificationTask.Detect(all.Select(e => ClassificationTask.LabelOf(e, data.LabelField())).ToList()).IsClassification; }
+                    catch (SoftPromptException) { isClass = false; }
+                objective = isClass ? "accuracy" : "loss";
+            }
+            _metric = objective == "loss" ? "neg_loss" : objective;
+            if (_metric == "accuracy") _ct = ClassificationTask.Create(all, data, tok, o.Labels, o.Train ?? "the search data");
+            if (_metric is "exact_match" or "judge")
+                _stopIds = (tok.EosId is int eos ? new[] { eos } : Array.Empty<int>()).Concat(TokenSets.NewlineIds(tok)).Distinct().ToArray();
+        }
+    }
+
+    /// <summary>The tokenized example with a hard prompt in place (prompt text cut from the left to fit max length).</summary>
+    TokenizedExample Build(int[] ids, Item x)
+    {
+        int room = _maxLength - _prefix.Length - ids.Length - x.Target.Length;
+        if (room < 0) throw new SoftPromptException($"{x.Source.Location}: a {ids.Length}-token hard prompt and the {x.Target.Length}-token target do not fit in --max-length {_maxLength}.");
+        var text = x.Text.Length > room ? x.Text[^room..] : x.Text;
+        return new TokenizedExample(_after ? [.. _prefix, .. text, .. ids] : [.. _prefix, .. ids, .. text], x.Target);
+    }
+
+    /// <summary>The search example <paramref name="index"/> with <paramref name="ids"/> as hard prompt (for checks and eval).</summary>
+    public TokenizedExample Example(int[] ids, int index) => Build(ids, _search[index]);
+
+    public int[] Encode(string text) => _tok.Encode(text, false);
+    public string Decode(IReadOnlyList<int> ids) => _tok.Decode(ids);
+
+    void CheckIds(int[] ids, bool allowEmpty = true)
+    {
+        if (ids.Length == 0 && !allowEmpty) throw new SoftPromptException("a hard prompt needs at least one token.");
+        foreach (var id in ids) if (id < 0 || id >= _model.Config.VocabSize) throw new SoftPromptException($"token id {id} is outside the model's vocabulary (size {_model.Config.VocabSize}).");
+    }
+
+    public double[] Loss(IReadOnlyList<int[]> candidates, IReadOnlyList<int> examples)
+    {
+        foreach (var c in candidates) CheckIds(c);
+        return LossOn(candidates, examples.Select(i => _search[i]).ToList());
+    }
+
+    double[] LossOn(IReadOnlyList<int[]> candidates, List<Item> items)
+    {
+        var rows = new List<TokenizedExample>(candidates.Count * items.Count);
+        foreach (var c in candidates) foreach (var x in items) rows.Add(Build(c, x));
+        var (sums, counts) = RowNll(rows);
+        var result = new double[candidates.Count];
+        for (int c = 0; c < candidates.Count; c++)
+        {
+            double s = 0; long n = 0;
+            for (int j = 0; j < items.Count; j++) { s += sums[c * items.Count + j]; n += counts[c * items.Count + j]; }
+            result[c] = n > 0 ? s / n : double.NaN;
+        }
+        return result;
+    }
+
+    /// <summary>Per-row summed target NLL (no gradients), rows evaluated in chunks of ForwardBatch, each chunk
+    /// sorted by length to limit padding.</summary>
+    (double[] Sums, int[] Counts) RowNll(List<TokenizedExample> rows)
+    {
+        var sums = new double[rows.Count];
+        var counts = rows.Select(r => r.TargetIds.Length).ToArray();
+        var order = Enumerable.Range(0, rows.Count).OrderBy(i => rows[i].Length).ThenBy(i => i).ToArray();
+        using var noGrad = torch.no_grad();
+        for (int s = 0; s < order.Length; s += _forwardBatch)
+        {
+            var idx = order.Skip(s).Take(_forwardBatch).ToArray();
+            using var scope = torch.NewDisposeScope();
+            using var batch = Collator.Collate(idx.Select(i => rows[i]).ToList(), _padId, _model.Device);
+            var res = _model.Forward(new ForwardArgs { InputIds = batch.InputIds, AttentionMask = batch.AttentionMask });
+            var (nll, rowOf) = TargetNll(res.Hidden, batch);
+            var perRow = torch.zeros(idx.Length, ScalarType.Float64, _model.Device).index_add_(0, rowOf, nll.to(ScalarType.Float64), 1.0);
+            var vals = perRow.cpu().data<double>().ToArray();
+            for (int r = 0; r < idx.Length; r++) sums[idx[r]] = vals[r];
+        }
+        return (sums, counts);
+    }
+
+    /// <summary>NLL of every labelled token (the trainer's selection: row t predicts the label at t+1) and its row.</summary>
+    (Tensor Nll, Tensor Row) TargetNll(Tensor hidden, Batch batch)
+    {
+        long T = batch.SeqLen;
+        var labels = batch.Labels.narrow(1, 1, T - 1).reshape(-1);
+        var rows = hidden.narrow(1, 0, T - 1).reshape(-1, hidden.shape[2]);
+        var sel = (labels != Batch.IgnoreIndex).nonzero().squeeze(1);
+        var logits = _model.Logits(rows.index_select(0, sel));
+        var nll = F.cross_entropy(logits, labels.index_select(0, sel), reduction: nn.Reduction.None);
+        return (nll, torch.div(sel, T - 1, RoundingMode.floor).to(ScalarType.Int64));
+    }
+
+    public (double Loss, Tensor Grad) Gradient(int[] ids, IReadOnlyList<int> examples)
+    {
+        CheckIds(ids, allowEmpty: false);
+        if (examples.Count == 0) throw new SoftPromptException("the gradient needs at least one example.");
+        using var scope = torch.NewDisposeScope();
+        int k = ids.Length, p0 = _prefix.Length;
+        // The one-hot choice made differentiable: the k chosen embedding rows as a leaf, spliced into the embedded
+        // sequence [BOS emb, k prompt rows, prompt text emb, target emb]; base weights stay frozen.
+        var leaf = _model.EmbeddingMatrix.index_select(0, torch.tensor(ids.Select(i => (long)i).ToArray(), ScalarType.Int64, _model.Device))
+            .to(ScalarType.Float32).detach().clone().requires_grad_(true);
+        var rows = examples.Select(i => Build(ids, _search[i])).ToList();
+        long total = rows.Sum(r => (long)r.TargetIds.Length);
+        double nllSum = 0;
+        for (int s = 0; s < rows.Count; s += _forwardBatch)
+        {
+            using var inner = torch.NewDisposeScope();
+            using var batch = Collator.Collate(rows.Skip(s).Take(_forwardBatch).ToList(), _padId, _model.Device);
+            long n = batch.Size, T = batch.SeqLen;
+            var emb = _model.Embed(batch.InputIds);
+            var mid = leaf.to(emb.dtype).unsqueeze(0).expand(n, -1, -1);
+            var full = torch.cat(new[] { emb.narrow(1, 0, p0), mid, emb.narrow(1, p0 + k, T - p0 - k) }, 1);
+            var res = _model.Forward(new ForwardArgs { InputsEmbeds = full, AttentionMask = batch.AttentionMask });
+            var (nll, _) = TargetNll(res.Hidden, batch);
+            var sum = nll.sum();
+            (sum / total).backward();
+            nllSum += sum.item<float>();
+        }
+        var grad = leaf.grad!.detach().clone().MoveToOuterDisposeScope();
+        return (nllSum / total, grad);
+    }
+
+    public double Score(int[] ids)
+    {
+        CheckIds(ids);
+        var key = string.Join(",", ids);
+        if (_scoreCache.TryGetValue(key, out var v)) return v;
+        v = LossOn(new[] { ids }, _scoreSet.Select(i => _search[i]).ToList())[0];
+        if (_scoreCache.Count > 10_000) _scoreCache.Clear();
+        return _scoreCache[key] = v;
+    }
+
+    public double? Select(int[] ids)
+    {
+        if (_heldOut.Count == 0) return null;
+        CheckIds(ids);
+        if (_selectBy != "accuracy") return -LossOn(new[] { ids }, _heldOut)[0];
+        int correct = 0;
+        foreach (var x in _heldOut)
+        {
+            var promptIds = Build(ids, x).PromptIds;
+            int best = RankClassifier.Score(_model, null, promptIds, _labelIds).Best(lengthNormalize: false);
+            if (_labels[best] == x.Source.Target) correct++;
+        }
+        return (double)correct / _heldOut.Count;
+    }
+
+    // ---- instruction (text) scoring, for OPRO ----
+
+    public string Metric => _metric;
+    public int ScoreSetCount => _scoreSet.Length;
+
+    /// <summary>before_q: the instruction on its own line before the example's prompt (as eval's instructions);
+    /// q_begin: at the start of the prompt, followed by a space; q_end: on a new line after the prompt text; a_begin:
+    /// after the prompt text (its answer cue) after a space. The empty instruction is the zero-shot prompt.</summary>
+    public int[] InstructionIds(string instruction) => instruction.Length == 0 ? Array.Empty<int>() : _tok.Encode(_position switch
+    {
+        "q_begin" => instruction + " ", "q_end" => "\n" + instruction, "a_begin" => " " + instruction, _ => instruction + "\n",
+    }, false);
+
+    /// <summary>Where the instruction's ids go in a <see cref="HardPrompt"/>: null (before the prompt text) or "after".</summary>
+    public string? HardPromptPosition => _after ? "after" : null;
+
+    public (string Prompt, string Target) ExampleText(int index) => (_search[index].Source.Prompt, _search[index].Source.Target);
+
+    public InstructionScore[] ScoreInstructions(IReadOnlyList<string> instructions, CancellationToken cancel = default)
+    {
+        var ids = instructions.Select(InstructionIds).ToList();
+        var items = _scoreSet.Select(i => _search[i]).ToList();
+        switch (_metric)
+        {
+            case "neg_loss":
+                return LossOn(ids, items).Select(l => new InstructionScore(-l)).ToArray();
+            case "accuracy":
+                return ids.Select(c =>
+                {
+                    cancel.ThrowIfCancellationRequested();
+                    var scores = _ct!.Score(_model, null, items.Select(x => Build(c, x).PromptIds).ToList());
+                    int correct = items.Where((x, j) => scores[j].Best(lengthNormalize: false) == _ct.Gold(x.Source)).Count();
+                    return new InstructionScore((double)correct / items.Count);
+                }).ToArray();
+            case "exact_match":
+                return instructions.Select(text =>
+                {
+                    var outputs = GenerateOutputs(text, _scoreSet, cancel);
+                    int hits = items.Where((x, j) => AnswerMetrics.ExactMatch(outputs[j], x.Source.Target, ExactMatchSteps)).Count();
+                    return new InstructionScore((double)hits / items.Count);
+                }).ToArray();
+            default:
+                throw new SoftPromptException($"the '{_metric}' objective is scored by its own objective (e.g. the judge), not by the target model alone.");
+        }
+    }
+
+    static readonly string[] ExactMatchSteps = { "whitespace" };
+
+    /// <summary>The frozen model's greedy continuation of each search example with <paramref name="instruction"/> in place,
+    /// cut at the first newline and trimmed (what exact match and the judge look at).</summary>
+    public string[] GenerateOutputs(string instruction, IReadOnlyList<int> examples, CancellationToken cancel = default)
+    {
+        var ids = InstructionIds(instruction);
+        var result = new string[examples.Count];
+        for (int j = 0; j < examples.Count; j++)
+        {
+            cancel.ThrowIfCancellationRequested();
+            var x = _search[examples[j]];
+            using var scope = torch.NewDisposeScope();
+            var prompt = PromptBuilder.Truncate(_after ? [.. _prefix, .. x.Text, .. ids] : [.. _prefix, .. ids, .. x.Text], _prefix.Length, _maxLength - _maxNewTokens, out _);
+            var r = Inference.Generator.Generate(_model, prompt, new Inference.GenerationOptions { MaxNewTokens = _maxNewTokens, EosIds = _stopIds });
+            var text = _tok.Decode(r.NewIds, skipSpecialTokens: true);
+            result[j] = (text.IndexOf('\n') is int nl and >= 0 ? text[..nl] : text).Trim();
+        }
+        return result;
+    }
+
+    /// <summary>The score-set example indices (for objectives built on this one, like the judge).</summary>
+    public IReadOnlyList<int> ScoreSetIndices => _scoreSet;
+}
