@@ -82,7 +82,12 @@ public static class Generator
     internal static int Pick(Tensor logits, GenerationOptions opt, torch.Generator? gen)
     {
         if (opt.Temperature <= 0) return (int)logits.argmax().item<long>();
-        var l = logits / opt.Temperature;
+        // (logits - max) / T in fp64: the most likely token scores exactly 0 and every other one a finite negative number
+        // or -inf, so any positive finite temperature gives a valid distribution. Dividing the raw logits instead
+        // overflows for tiny temperatures (1e-300 is 0 in fp32: inf and 0/0 = NaN) and multinomial refuses them; this
+        // way a temperature tending to 0 tends to greedy decoding, as it should. 50k doubles: negligible next to the model.
+        var l64 = logits.to(ScalarType.Float64);
+        var l = (l64 - l64.max()) / opt.Temperature;
         if (opt.TopK > 0 && opt.TopK < l.shape[0])
         {
             var kth = l.topk(opt.TopK).values[-1];

@@ -79,14 +79,22 @@ public static class TrainingJob
             reporter?.Message($"warning: only {valEx.Count} validation examples choose the best checkpoint: accuracy moves in steps of {100.0 / valEx.Count:F0} points " +
                               $"and results vary a lot from seed to seed; give --validation with at least {MinValidationExamples} examples (or a larger --validation-split).");
 
+        // Virtual tokens occupy positions too (the prompt's, or the prefix's past keys, come first): the text gets what
+        // the model's positions leave, and a prompt that leaves no room is refused here, from config.json alone, before
+        // the weights or anything the size of the prompt are allocated.
+        int maxPositions = Models.ModelConfig.Load(o.Model!).MaxPositions;
+        int maxLength = (int)Math.Min(o.MaxLength, (long)maxPositions - o.VirtualTokens);
+        if (maxLength < 2)
+            throw new SoftPromptException($"--virtual-tokens {o.VirtualTokens} leaves no room for text in the model's {maxPositions} positions " +
+                                          $"(max_position_embeddings in {Path.Combine(o.Model!, "config.json")}): use at most {maxPositions - 2} virtual tokens.");
+        if (maxLength < o.MaxLength)
+            reporter?.Message($"note: examples are truncated to {maxLength} tokens: {o.VirtualTokens} virtual tokens + --max-length {o.MaxLength} exceed the model's {maxPositions} positions.");
+
         TorchRuntime.SetThreads(o.Threads, reporter is null ? null : reporter.Message);
         using var lm = LanguageModel.Load(o.Model!, o.Device, o.Dtype);
         var tok = lm.RequireTokenizer();
         int padId = tok.PadId ?? tok.EosId ?? 0;
         Func<string, bool, int[]> encode = (text, special) => tok.Encode(text, special);
-        // Virtual tokens occupy positions too: models with learned positions (GPT-2) have room for fewer real ones.
-        int maxLength = lm.Model.Config.Family == Models.ArchFamily.Gpt2 ? Math.Min(o.MaxLength, lm.Model.Config.MaxPositions - o.VirtualTokens) : o.MaxLength;
-        if (maxLength < 2) throw new SoftPromptException($"--virtual-tokens {o.VirtualTokens} leaves no room for text in the model's {lm.Model.Config.MaxPositions} positions.");
         var train = ExampleTokenizer.TokenizeAll(trainEx, encode, o.AddEos, tok.EosId, maxLength);
         var val = ExampleTokenizer.TokenizeAll(valEx, encode, o.AddEos, tok.EosId, maxLength);
         reporter?.Message($"{train.Count} training examples, {val.Count} validation examples; model {lm.Model.Config.ModelType} " +
