@@ -3,4 +3,7 @@ using SoftPrompt.Runtime;
 
 // Process-wide: keep freed memory in glibc's heap for reuse (Linux only; SOFTPROMPT_MALLOC=default turns it off).
 TorchRuntime.ConfigureAllocator();
+// Process-wide, before libtorch loads: libtorch's OpenMP threads sleep when idle instead of spinning (OMP_WAIT_POLICY=PASSIVE
+// unless OMP_WAIT_POLICY or GOMP_SPINCOUNT is set), so sharing the cores with other jobs degrades gently.
+TorchRuntime.ConfigureOpenMp();
 return Cli.Invoke(Cli.BuildRoot(), args);
