@@ -165,11 +165,16 @@ public static class TorchRuntime
     /// GOMP_SPINCOUNT is already set. Spinning threads burn the cores other jobs (and this process's other threads)
     /// need, which is what made oversubscription many times slower; see docs/benchmarks.md for the measurement.
     /// libgomp reads its settings from the C environment when it loads, and .NET's Environment.SetEnvironmentVariable
-    /// does not change the C environment on Unix, so this calls libc's setenv. Returns what was done, for logs.
+    /// does not change the C environment on Unix, so this calls libc's setenv. <c>SOFTPROMPT_OMP=default</c> leaves
+    /// libgomp's own default (spin a while, then sleep). Returns what was done, for logs.
     /// </summary>
+    public const string OpenMpEnvVar = "SOFTPROMPT_OMP";
+
     public static string ConfigureOpenMp()
     {
         if (!OperatingSystem.IsLinux()) return "default (not Linux)";
+        var env = Environment.GetEnvironmentVariable(OpenMpEnvVar);
+        if (env is not null && env.Trim().ToLowerInvariant() is "default" or "0" or "off" or "false") return $"default ({OpenMpEnvVar}={env})";
         if (Environment.GetEnvironmentVariable("OMP_WAIT_POLICY") is { } p) return $"OMP_WAIT_POLICY={p} (from the environment)";
         if (Environment.GetEnvironmentVariable("GOMP_SPINCOUNT") is { } c) return $"GOMP_SPINCOUNT={c} (from the environment)";
         try
