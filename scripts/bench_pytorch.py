@@ -39,6 +39,8 @@ SHAPES = {  # the same table as src/SoftPrompt/Models/ModelFactory.cs
     "smollm2-360m": dict(kind="llama", hidden=960, layers=32, heads=15, kv=5, inter=2560, vocab=49152, theta=100000.0),
     "tinyllama-1.1b": dict(kind="llama", hidden=2048, layers=22, heads=32, kv=4, inter=5632, vocab=32000, theta=10000.0),
     "llama-1b": dict(kind="llama", hidden=2048, layers=16, heads=32, kv=8, inter=8192, vocab=128256, theta=500000.0),
+    "llama-3b": dict(kind="llama", hidden=3072, layers=28, heads=24, kv=8, inter=8192, vocab=128256, theta=500000.0),
+    "llama-8b": dict(kind="llama", hidden=4096, layers=32, heads=32, kv=8, inter=14336, vocab=128256, theta=500000.0),
 }
 
 

@@ -18,6 +18,8 @@ public static class ModelFactory
         ["qwen2.5-0.5b"] = () => Llama(896, 24, 14, 2, 4864, 151936, tied: true, theta: 1000000, type: "qwen2"),
         ["tinyllama-1.1b"] = () => Llama(2048, 22, 32, 4, 5632, 32000, tied: false, theta: 10000),
         ["llama-1b"] = () => Llama(2048, 16, 32, 8, 8192, 128256, tied: true, theta: 500000),
+        ["llama-3b"] = () => Llama(3072, 28, 24, 8, 8192, 128256, tied: true, theta: 500000),     // Llama-3.2-3B
+        ["llama-8b"] = () => Llama(4096, 32, 32, 8, 14336, 128256, tied: false, theta: 500000),   // Llama-3.1-8B
     };
 
     static JsonObject Gpt2(int h, int layers, int heads) => new()
