@@ -49,19 +49,21 @@ public static class TorchRuntime
 
     /// <summary>
     /// Sets libtorch's intra-op threads and says on stderr (or to <paramref name="log"/>) when the choice is not what
-    /// was asked or will be slow. Rules (<see cref="ChooseThreads"/>): more than the cores is clamped to the cores; 0
-    /// (the default) takes the CPUs that are idle right now (<see cref="SampleIdleCpus"/>: /proc/stat over 100 ms,
-    /// this process's own use counted as free), within the cores this process may use (affinity and the cgroup's
-    /// cpu.max quota, <see cref="UsableCores"/>), at least 1; an explicit count is kept (results do not depend on the
-    /// machine's load) but a warning names the oversubscription. The 1-minute load average is not used: it lags by
-    /// minutes, so right after any job it reads "busy" on an idle machine (measured: half the speed, docs/benchmarks.md).
+    /// was asked or will be slow. Rules (<see cref="ChooseThreads"/>): more than the cores is clamped to the cores
+    /// this process may use (affinity and the cgroup's cpu.max quota, <see cref="UsableCores"/>); 0 (the default) takes
+    /// all of them when libtorch's OpenMP threads wait passively (the CLI's default, <see cref="ConfigureOpenMp"/>),
+    /// else the CPUs idle right now (<see cref="SampleIdleCpus"/>: /proc/stat over 100 ms, this process's own use
+    /// counted as free), at least 1; an explicit count is kept (results do not depend on the machine's load). The
+    /// 1-minute load average is not used: it lags by minutes, so right after any job it reads "busy" on an idle machine
+    /// (measured: half the speed, docs/benchmarks.md).
     /// Returns the count set. Messages go to <paramref name="log"/>; without one, warnings go to stderr and the
     /// automatic choice's note is not shown (short commands such as score and generate stay quiet).
     /// </summary>
     public static int SetThreads(int threads, Action<string>? log = null)
     {
         if (threads < 0) throw new SoftPromptException($"--threads {threads}: expected 0 (automatic) or a positive number of threads.");
-        var (n, message) = ChooseThreads(threads, UsableCores(), threads == 0 || threads > 1 ? SampleIdleCpus() : null);
+        bool passive = OpenMpWaitsPassively();
+        var (n, message) = ChooseThreads(threads, UsableCores(), !passive && (threads == 0 || threads > 1) ? SampleIdleCpus() : null, passive);
         if (message is not null && (log is not null || message.StartsWith("warning:"))) (log ?? (m => Console.Error.WriteLine(m)))(message);
         torch.set_num_threads(n);
         return n;
@@ -140,24 +142,40 @@ public static class TorchRuntime
         return idleFraction * b.Cpus;
     }
 
-    /// <summary>The thread count for a request, the cores this process may use and the CPUs idle now (null = unknown),
-    /// and what to say about it (null = nothing). A CPU counts as free when at least 60% of it is idle. Pure, for tests.</summary>
-    public static (int Threads, string? Message) ChooseThreads(int requested, int cores, double? idleCpus)
+    /// <summary>The thread count for a request, the cores this process may use, the CPUs idle now (null = unknown) and
+    /// whether libtorch's OpenMP threads wait passively (sleep) rather than spin, and what to say about it (null =
+    /// nothing). Pure, for tests.
+    /// <para>Passive waiting (the CLI's default, <see cref="ConfigureOpenMp"/>): all usable cores. A thread that shares a
+    /// core with another job then only costs its share of that core, and the scheduler's fair share gives a process
+    /// with more runnable threads more of a busy machine: measured on 2 shared cores, 2 threads were as fast or faster
+    /// than 1 on an idle machine, right after a job and alongside one or two other jobs (docs/benchmarks.md, "Threads").
+    /// Spinning waits (OMP_WAIT_POLICY=ACTIVE, or SOFTPROMPT_OMP=default): a spinning thread burns the core it shares,
+    /// 3x the CPU and up to 10x the time measured, so the count is the CPUs idle now (a CPU counts as free when at
+    /// least 60% of it is idle), at least 1.</para></summary>
+    public static (int Threads, string? Message) ChooseThreads(int requested, int cores, double? idleCpus, bool passiveWait = false)
     {
         cores = Math.Max(1, cores);
         int free = idleCpus is double d && double.IsFinite(d) ? Math.Clamp((int)Math.Floor(d + 0.4), 1, cores) : cores;
         string Idle() => idleCpus is double x ? string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{x:F1} of the CPUs idle") : "load unknown";
         if (requested > cores)
             return (Math.Min(cores, requested), $"warning: --threads {requested} is more than the {cores} CPU core{(cores == 1 ? "" : "s")} this process may use; using {cores} " +
-                $"(more threads than cores only makes libtorch's threads wait for each other).{(free < cores ? $" Other jobs are running ({Idle()}): consider --threads {free}." : "")}");
+                $"(more threads than cores only makes libtorch's threads wait for each other).{(!passiveWait && free < cores ? $" Other jobs are running ({Idle()}): consider --threads {free}." : "")}");
         if (requested == 0)
-            return free < cores
-                ? (free, $"note: {Idle()} ({cores} cores): other jobs are using CPU, so using {free} libtorch thread{(free == 1 ? "" : "s")} instead of {cores} to avoid oversubscription (--threads N to choose).")
-                : (cores, null);
-        if (requested > free)
-            return (requested, $"warning: {Idle()} ({cores} cores) and --threads {requested}: other jobs are using CPU, so the threads will contend and each step may run slower; consider --threads {free}.");
+        {
+            if (passiveWait || free >= cores) return (cores, null);
+            return (free, $"note: {Idle()} ({cores} cores) and libtorch's threads spin while waiting (OMP_WAIT_POLICY / {OpenMpEnvVar}): using {free} " +
+                          $"thread{(free == 1 ? "" : "s")} instead of {cores} to avoid oversubscription (--threads N to choose).");
+        }
+        if (requested > free && !passiveWait)
+            return (requested, $"warning: {Idle()} ({cores} cores) and --threads {requested} with spinning OpenMP threads: other jobs are using CPU, so the threads will contend and each step may run several times slower; consider --threads {free}.");
         return (requested, null);
     }
+
+    /// <summary>True when libtorch's OpenMP threads sleep while waiting: OMP_WAIT_POLICY=PASSIVE (what
+    /// <see cref="ConfigureOpenMp"/> sets) or GOMP_SPINCOUNT=0 in this process's environment.</summary>
+    public static bool OpenMpWaitsPassively() =>
+        string.Equals(Environment.GetEnvironmentVariable("OMP_WAIT_POLICY")?.Trim(), "passive", StringComparison.OrdinalIgnoreCase)
+        || Environment.GetEnvironmentVariable("GOMP_SPINCOUNT")?.Trim() == "0";
 
     /// <summary>
     /// Process-wide, before libtorch is loaded (the CLI calls it first thing): tells libtorch's OpenMP runtime (GNU

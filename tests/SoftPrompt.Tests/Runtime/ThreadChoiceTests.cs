@@ -55,11 +55,41 @@ public class ThreadChoiceTests
     [InlineData(2, 2, 0.1, 2, true)]       // explicit: kept (results do not depend on the load), with a warning
     [InlineData(1, 2, 1.0, 1, false)]      // explicit and fits: nothing said
     [InlineData(0, 4, null, 4, false)]     // unknown (not Linux): all cores
-    public void ThreadsAreTheIdleCpusWithinTheCoresAndOversubscriptionIsSaid(int requested, int cores, double? idle, int expected, bool says)
+    public void WithSpinningWaitsThreadsAreTheIdleCpusWithinTheCoresAndOversubscriptionIsSaid(int requested, int cores, double? idle, int expected, bool says)
     {
-        var (n, message) = TorchRuntime.ChooseThreads(requested, cores, idle);
+        var (n, message) = TorchRuntime.ChooseThreads(requested, cores, idle, passiveWait: false);
         Assert.Equal(expected, n);
         Assert.Equal(says, message is not null);
+    }
+
+    [Theory]
+    [InlineData(0, 2, 2.0, 2, false)]      // idle machine
+    [InlineData(0, 2, 0.0, 2, false)]      // right after a job / alongside others: sleeping waiters make all cores the best choice
+    [InlineData(0, 16, 3.0, 16, false)]
+    [InlineData(0, 4, null, 4, false)]
+    [InlineData(100000, 2, 0.0, 2, true)]  // more than the cores: still clamped, with a warning
+    [InlineData(2, 2, 0.0, 2, false)]      // explicit beyond the idle CPUs: no warning (it costs little when waits sleep)
+    public void WithPassiveWaitsTheAutomaticCountIsTheUsableCores(int requested, int cores, double? idle, int expected, bool says)
+    {
+        var (n, message) = TorchRuntime.ChooseThreads(requested, cores, idle, passiveWait: true);
+        Assert.Equal(expected, n);
+        Assert.Equal(says, message is not null);
+    }
+
+    [Fact]
+    public void PassiveWaitingIsReadFromTheEnvironment()
+    {
+        // The CLI's Program sets OMP_WAIT_POLICY=PASSIVE (C and .NET environments) before libtorch loads.
+        var (p, c) = (Environment.GetEnvironmentVariable("OMP_WAIT_POLICY"), Environment.GetEnvironmentVariable("GOMP_SPINCOUNT"));
+        try
+        {
+            Environment.SetEnvironmentVariable("GOMP_SPINCOUNT", null);
+            Environment.SetEnvironmentVariable("OMP_WAIT_POLICY", "PASSIVE"); Assert.True(TorchRuntime.OpenMpWaitsPassively());
+            Environment.SetEnvironmentVariable("OMP_WAIT_POLICY", "active"); Assert.False(TorchRuntime.OpenMpWaitsPassively());
+            Environment.SetEnvironmentVariable("OMP_WAIT_POLICY", null); Assert.False(TorchRuntime.OpenMpWaitsPassively());
+            Environment.SetEnvironmentVariable("GOMP_SPINCOUNT", "0"); Assert.True(TorchRuntime.OpenMpWaitsPassively());
+        }
+        finally { Environment.SetEnvironmentVariable("OMP_WAIT_POLICY", p); Environment.SetEnvironmentVariable("GOMP_SPINCOUNT", c); }
     }
 
     [Fact]
