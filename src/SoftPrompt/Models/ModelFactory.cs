@@ -66,12 +66,31 @@ public static class ModelFactory
         foreach (var (name, shape) in ModelLoader.ExpectedShapes(cfg))
         {
             using var scope = torch.NewDisposeScope();
+            // Below fp32, a large matrix is drawn in fp32 slices written into the narrower tensor, so that no whole fp32
+            // copy exists (Llama-3.1-8B's embedding is 2.1 GB in fp32): peak = the model in its dtype plus one slice.
+            bool sliced = dtype != ScalarType.Float32 && shape.Length == 2 && shape[0] * shape[1] > SliceElements && !name.EndsWith(".bias");
             var t0 = name.EndsWith(".bias") ? torch.zeros(shape, device: torch.CPU)
                 : shape.Length == 1 ? torch.ones(shape, device: torch.CPU)
+                : sliced ? NormalSliced(shape, dtype, gen)
                 : torch.empty(shape, device: torch.CPU).normal_(0, 0.02, gen);
             var t = cfg.Family == ArchFamily.Gpt2 && t0.dim() == 2 && (name.Contains(".attn.") || name.Contains(".mlp.")) ? t0.t() : t0; // Conv1D [in,out] -> [out,in]
             weights[name] = t.to(dtype).to(device).contiguous().MoveToOuterDisposeScope();
         }
         return new CausalLM(cfg, weights, device, dtype);
+    }
+
+    const long SliceElements = 1 << 24;
+
+    static Tensor NormalSliced(long[] shape, ScalarType dtype, torch.Generator gen)
+    {
+        var t = torch.empty(shape, dtype, torch.CPU);
+        long rows = Math.Max(1, SliceElements / shape[1]);
+        for (long r = 0; r < shape[0]; r += rows)
+        {
+            using var scope = torch.NewDisposeScope();
+            long n = Math.Min(rows, shape[0] - r);
+            t.narrow(0, r, n).copy_(torch.empty(new[] { n, shape[1] }, device: torch.CPU).normal_(0, 0.02, gen));
+        }
+        return t;
     }
 }
