@@ -126,9 +126,28 @@ public class HfTokenizerTests
     [Fact] public void Mistral_MatchesTransformersJsReference() => AssertMatchesReference("mistral");
     [Fact] public void MistralMetaspaceLayout_MatchesTransformersJsReference() => AssertMatchesReference("mistral_metaspace");
 
+    // Gemma / Gemma 2 (SentencePiece BPE with byte fallback, no prefix space, <start_of_turn> chat tokens), Phi-3's and
+    // GPT-NeoX's tokenizer.json layouts.
+    [Fact] public void Gemma_MatchesTransformersJsReference() => AssertMatchesReference("gemma");
+    [Fact] public void Phi3Layout_MatchesTransformersJsReference() => AssertMatchesReference("phi3_layout");
+    [Fact] public void NeoxLayout_MatchesTransformersJsReference() => AssertMatchesReference("neox_layout");
+
+    [Fact]
+    public void Gemma_KnownIdsSpecialsAndChatTokens()
+    {
+        var t = Get("gemma");
+        Assert.Equal(new[] { 2, 4521, 2134 }, t.Encode("Hello world", addSpecialTokens: true));
+        Assert.Equal(2, t.BosId);
+        Assert.Equal(1, t.EosId);
+        Assert.Equal(new[] { 106, 1645, 108 }, t.Encode("<start_of_turn>user\n", addSpecialTokens: false));
+        Assert.Equal(107, t.Encode("<end_of_turn>", addSpecialTokens: false).Single());
+    }
+
     [Theory]
     [InlineData("mistral")]
     [InlineData("mistral_metaspace")]
+    [InlineData("gemma")]
+    [InlineData("phi3_layout")]
     public void Mistral_DecodeMatchesTransformersJsReference(string name)
     {
         var t = Get(name);
