@@ -32,7 +32,7 @@ public class FamilyTrainingTests
         double initial = PromptLoss.ValidationLoss(model, m, val, 8, 0);
         var o = new TrainOptions
         {
-            Method = method, VirtualTokens = 4, Lr = 0.3, Steps = 30, BatchSize = 4, EvalEvery = 10, LogEvery = 5,
+            Method = method == "prompt" ? TuningMethod.Prompt : TuningMethod.Prefix, VirtualTokens = 4, Lr = 0.3, Steps = 30, BatchSize = 4, EvalEvery = 10, LogEvery = 5,
             Seed = 3, Schedule = "constant", Output = tmp.Path, Model = "unused", Train = "unused",
         };
         new Trainer(model, m, train, null, o, 0, tmp.Path).Run();   // no validation in the run: adapter/ holds the last prompt
