@@ -227,6 +227,19 @@ public class DecoderFamilyOptionsTests
         Assert.Equal(2, c.BosTokenId);
     }
 
+    /// <summary>The tensors a real checkpoint of each family holds, from its config: the parameter counts the publishers
+    /// state (Gemma 2B, Gemma 2 2B, Phi-3-mini, Pythia-160M; untied heads counted once more).</summary>
+    [Theory]
+    [InlineData("gemma-2b", 2_506_172_416L)]
+    [InlineData("gemma2-2b", 2_614_341_888L)]
+    [InlineData("phi3-mini", 3_821_079_552L)]
+    [InlineData("pythia-160m", 162_322_944L)]
+    public void RealShapesHaveThePublishedParameterCounts(string shape, long parameters)
+    {
+        var shapes = ModelLoader.ExpectedShapes(ModelFactory.ShapeConfig(shape));
+        Assert.Equal(parameters, shapes.Values.Sum(s => s.Aggregate(1L, (a, d) => a * d)));
+    }
+
     [Theory]
     [InlineData("phi3", """{"rope_scaling": {"type": "longrope", "short_factor": [1,1,1,1,1,1,1,1], "long_factor": [1,1,1,1,1,1,1,1], "short_mscale": 1.1}}""", "rope_scaling.short_mscale")]
     [InlineData("phi3", """{"rope_scaling": {"type": "longrope", "short_factor": [1,1,1], "long_factor": [1,1,1,1,1,1,1,1]}}""", "rope_scaling.short_factor has 3")]
