@@ -46,6 +46,10 @@ public class DeviceGoldenCommandTests
             else Assert.InRange(m["PrefixLogits"]!.GetValue<double>(), 0, 1e-4);
             Assert.True(m["GreedyMatches"]!.GetValue<bool>());
         }
+        // bf16: within the tolerance scaled by the reference logits' range (Gemma 2's reach ±6).
+        (rc, stdout, err) = CliRunner.Run("golden", "--fixtures", Fixtures.Root + "/hf-reference-more", "--device", "cpu", "--dtype", "bf16");
+        Assert.True(rc == 0, err + stdout);
+        Assert.Contains("all within tolerance", stdout);
     }
 
     [Fact]
