@@ -79,6 +79,33 @@ public class DecoderFamilyOptionsTests
         Matches(m, w, DecoderFamiliesReference.Fixture("gpt_neox") with { Partial = 0.5, Theta = 500 }, Long);
     }
 
+    [Fact]
+    public void NeoXOldCheckpointBuffersAreIgnoredAndATiedHeadUsesTheInputEmbeddings()
+    {
+        using var d = new Fixtures.TempDir();
+        ModelFolders.CopyFixture("gpt_neox", d.Path);
+        // Checkpoints saved by older transformers carry the causal-mask and rotary buffers.
+        ModelFolders.EditWeights(d.Path, w =>
+        {
+            for (int l = 0; l < 2; l++)
+            {
+                string p = $"gpt_neox.layers.{l}.attention.";
+                w[p + "bias"] = torch.ones(1, 1, 128, 128).tril();
+                w[p + "masked_bias"] = torch.tensor(-1e9f);
+                w[p + "rotary_emb.inv_freq"] = torch.ones(2);
+            }
+        });
+        using (var m = ModelLoader.Load(d.Path))
+        using (var plain = ModelLoader.Load(Fixtures.HfReference("gpt_neox")))
+            Assert.InRange(Fixtures.MaxAbsDiff(Ours(m, Short), Ours(plain, Short)), 0, 1e-6);
+
+        ModelFolders.EditConfig(d.Path, o => o["tie_word_embeddings"] = true);
+        using var tied = ModelLoader.Load(d.Path);
+        var w = SafeTensors.Load(Path.Combine(d.Path, "model.safetensors"));
+        w.Remove("embed_out.weight");
+        Assert.InRange(Fixtures.MaxAbsDiff(Ours(tied, Long), DecoderFamiliesReference.Logits(w, DecoderFamiliesReference.Fixture("gpt_neox"), Long)), 0, Tol);
+    }
+
     static JsonArray Factors(int n, double start, double step) => new(Enumerable.Range(0, n).Select(i => (JsonNode)JsonValue.Create(start + step * i)).ToArray());
 
     [Fact]
