@@ -110,7 +110,7 @@ public sealed class SoftPromptServer : IAsyncDisposable
             k.Limits.MaxConcurrentUpgradedConnections = o.MaxConnections;
             k.Limits.RequestHeadersTimeout = TimeSpan.FromSeconds(o.HeaderTimeoutSeconds);
             k.Limits.MinRequestBodyDataRate = new Microsoft.AspNetCore.Server.Kestrel.Core.MinDataRate(240, TimeSpan.FromSeconds(o.HeaderTimeoutSeconds));
-            k.Limits.KeepAliveTimeout = TimeSpan.FromSeconds(Math.Max(30, o.HeaderTimeoutSeconds));
+            k.Limits.KeepAliveTimeout = TimeSpan.FromSeconds(3 * o.HeaderTimeoutSeconds);   // also a connection that never sends
             k.AddServerHeader = false;
             if (ip is null) k.ListenLocalhost(o.Port); else k.Listen(ip, o.Port);
         });
