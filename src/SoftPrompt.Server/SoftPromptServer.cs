@@ -98,6 +98,14 @@ public sealed class SoftPromptServer : IAsyncDisposable
             if (!Directory.Exists(path)) throw new SoftPromptException($"--adapter {name}={path}: the folder does not exist.");
         }
         var discovered = o.AdaptersDir is null ? new List<(string, string)>() : AdapterRegistry.Discover(o.AdaptersDir);
+        // What --adapters-dir serves obeys the rule POST /v1/adapters obeys: nothing reached through a link out of it.
+        discovered = discovered.Where(d =>
+        {
+            var rel = Path.GetRelativePath(o.AdaptersDir!, d.Item2).Replace('\\', '/');
+            if (rel == ".") return true;
+            try { AdapterPaths.Resolve(o.AdaptersDir!, rel); return true; }
+            catch (SoftPromptException e) { o.Log?.Invoke($"warning: skipped {d.Item2}: {e.Message}"); return false; }
+        }).ToList();
 
         var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = Array.Empty<string>(), ContentRootPath = AppContext.BaseDirectory });
         builder.Logging.ClearProviders();

@@ -316,6 +316,11 @@ public class ServerTests : IClassFixture<ServerWorld>
         await Refused(400, new { name = "bad name", path = "p" });
         var (_, models) = await ServerWorld.Send(http, HttpMethod.Get, "/v1/models");
         answers.Add(models.ToString());
+        // --adapters-dir discovery skips what a link leads out of it, as POST does.
+        var served = models.GetProperty("data").EnumerateArray().Select(m => m.GetProperty("id").GetString()).ToList();
+        Assert.Contains("p", served);
+        Assert.DoesNotContain("escape", served);
+        Assert.DoesNotContain("half", served);
         foreach (var a in answers)
             foreach (var secret in new[] { root, tmp.Path, _w.Tmp.Path, Environment.CurrentDirectory })
                 Assert.DoesNotContain(secret, a);
