@@ -54,6 +54,8 @@ public sealed record ServerOptions
     public int? MaxClientSequences { get; init; }
     /// <summary>Padded tokens per prefill forward (<see cref="Inference.BatchEngineOptions.MaxPrefillTokens"/>); default max(context, 4096).</summary>
     public int? MaxPrefillTokens { get; init; }
+    /// <summary>NaN/infinity check of the weights and of every adapter at load (off with the CLI's --no-check).</summary>
+    public bool CheckFinite { get; init; } = true;
     /// <summary>Where log lines go (the CLI: stderr). Null = nowhere.</summary>
     public Action<string>? Log { get; init; }
 }

@@ -53,7 +53,7 @@ public static class ServeCommand
                 AdminKeyEnv = pr.GetValue(adminKeyEnv), Insecure = pr.GetValue(insecure), CorsOrigins = pr.GetValue(cors) ?? Array.Empty<string>(),
                 MaxConnections = pr.GetValue(maxConnections), HeaderTimeoutSeconds = pr.GetValue(headerTimeout), RequestTimeoutSeconds = pr.GetValue(requestTimeout),
                 MaxClientSequences = pr.GetValue(maxClientSeqs), MaxPrefillTokens = pr.GetValue(maxPrefill),
-                Log = line => Console.Error.WriteLine($"[serve] {line}"),
+                CheckFinite = Cli.CheckFinite(pr), Log = line => Console.Error.WriteLine($"[serve] {line}"),
             };
             return Run(o).GetAwaiter().GetResult();
         });

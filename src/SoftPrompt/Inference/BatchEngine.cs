@@ -160,7 +160,7 @@ public sealed class BatchEngine : IDisposable
         if (req.PromptIds.Count == 0) throw new SoftPromptException("the prompt has no tokens.");
         foreach (var id in req.PromptIds)
             if (id < 0 || id >= _model.Config.VocabSize) throw new SoftPromptException($"token id {id} is outside the model's vocabulary (size {_model.Config.VocabSize}).");
-        o.Validate();   // the one set of option rules (GenerationOptions), shared with the CLI's generate
+        o.Validate(GenerationOptions.Naming.ApiFields);   // the one set of option rules, shared with the CLI's generate
         if (req.TopLogprobs < 0) throw new SoftPromptException("top logprobs must be >= 0.");
         int footprint = MixedBatch.Footprint(new PromptedIds(req.PromptIds, req.Prompt));
         long need = (long)footprint + o.MaxNewTokens;

@@ -31,14 +31,20 @@ public sealed record GenerationOptions
     /// <summary>Decoding picks the most likely token (<see cref="Temperature"/> below <see cref="GreedyBelowTemperature"/>).</summary>
     public bool IsGreedy => Temperature < GreedyBelowTemperature;
 
-    /// <summary>Checks the values; errors name the CLI option. A temperature in (0, <see cref="GreedyBelowTemperature"/>)
-    /// is valid and means greedy (<see cref="IsGreedy"/>).</summary>
-    public void Validate()
+    /// <summary>How <see cref="Validate"/> names the settings: as CLI options (<c>--top-p</c>) or as OpenAI API fields (<c>top_p</c>).</summary>
+    public enum Naming { CliOptions, ApiFields }
+
+    /// <summary>Checks the values: the one validation of generation settings, used by <see cref="Generator"/>, the
+    /// batch engine (eval, serve) and the CLI. Errors name the setting as <paramref name="naming"/> says. A temperature
+    /// in (0, <see cref="GreedyBelowTemperature"/>) is valid and means greedy (<see cref="IsGreedy"/>).</summary>
+    public void Validate(Naming naming = Naming.CliOptions)
     {
-        if (MaxNewTokens is < 1 or > MaxNewTokensCeiling) throw new SoftPromptException($"--max-new-tokens {MaxNewTokens}: expected 1..{MaxNewTokensCeiling}.");
-        if (!double.IsFinite(Temperature) || Temperature < 0) throw new SoftPromptException($"--temperature {Temperature}: expected a finite number >= 0 (0 = greedy).");
-        if (!double.IsFinite(TopP) || TopP <= 0 || TopP > 1) throw new SoftPromptException($"--top-p {TopP}: expected a number in (0, 1].");
-        if (TopK < 0) throw new SoftPromptException($"--top-k {TopK}: expected 0 (all tokens) or a positive number.");
+        string N(string cli, string api) => naming == Naming.CliOptions ? cli : api;
+        static string G(double v) => v.ToString("G", System.Globalization.CultureInfo.InvariantCulture);
+        if (MaxNewTokens is < 1 or > MaxNewTokensCeiling) throw new SoftPromptException($"{N("--max-new-tokens", "max_tokens")} {MaxNewTokens}: expected 1..{MaxNewTokensCeiling}.");
+        if (!double.IsFinite(Temperature) || Temperature < 0) throw new SoftPromptException($"{N("--temperature", "temperature")} {G(Temperature)}: expected a finite number >= 0 (0 = greedy).");
+        if (!double.IsFinite(TopP) || TopP <= 0 || TopP > 1) throw new SoftPromptException($"{N("--top-p", "top_p")} {G(TopP)}: expected a number in (0, 1].");
+        if (TopK < 0) throw new SoftPromptException($"{N("--top-k", "top_k")} {TopK}: expected 0 (all tokens) or a positive number.");
     }
 }
 
