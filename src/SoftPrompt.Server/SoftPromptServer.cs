@@ -466,6 +466,8 @@ internal sealed class ClientShares
         }
     }
 
+    public int Held(string client) { lock (_held) return _held.TryGetValue(client, out var n) ? n : 0; }
+
     public void Give(string client, int n)
     {
         lock (_held)

@@ -141,4 +141,34 @@ public class ServerHardeningTests : IClassFixture<ServerWorld>
         var json = JsonSerializer.Serialize(new { a = float.NaN, b = double.NegativeInfinity, c = new[] { 1.5f, float.PositiveInfinity } }, Json.Options);
         Assert.Equal("{\"a\":null,\"b\":null,\"c\":[1.5,null]}", json);
     }
+
+    /// <summary>Each client (remote address) holds at most its share of sequences; another client is not blocked by it.</summary>
+    [Fact]
+    public async Task OneClientCannotTakeEveryQueueSlot()
+    {
+        var (server, http) = await ServerWorld.Start(new ServerOptions { ModelDir = _w.ModelDir, Port = 0, MaxBatch = 1, MaxQueue = 16, MaxClientSequences = 2, MaxTokens = 2000 });
+        await using var _ = server;
+        using var __ = http;
+        // Two long requests take this client's share; a third from the same address is refused.
+        var hold = Enumerable.Range(0, 2).Select(i => http.PostAsJsonAsync("/v1/completions", new { model = "base", prompt = "x", max_tokens = 300, temperature = 0, ignore_eos = true })).ToList();
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        while (server.Shares.Held("127.0.0.1") < 2 && sw.Elapsed < TimeSpan.FromSeconds(30)) await Task.Delay(10);
+        var (s, body) = await ServerWorld.Post(http, "/v1/completions", new { model = "base", prompt = "y", max_tokens = 2 });
+        Assert.Equal(429, s);
+        Assert.Contains("share", body.GetProperty("error").GetProperty("message").GetString());
+        // Another client (loopback address 127.0.0.2) still gets in.
+        using var other = new HttpClient(new SocketsHttpHandler
+        {
+            ConnectCallback = async (ctx, ct) =>
+            {
+                var sock = new System.Net.Sockets.Socket(System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Tcp);
+                sock.Bind(new System.Net.IPEndPoint(System.Net.IPAddress.Parse("127.0.0.2"), 0));
+                await sock.ConnectAsync(ctx.DnsEndPoint, ct);
+                return new System.Net.Sockets.NetworkStream(sock, ownsSocket: true);
+            },
+        }) { BaseAddress = server.Address };
+        Assert.Equal(200, (await ServerWorld.Post(other, "/v1/completions", new { model = "base", prompt = "y", max_tokens = 2 })).Status);
+        foreach (var r in await Task.WhenAll(hold)) { Assert.Equal(200, (int)r.StatusCode); r.Dispose(); }
+        Assert.Equal(0, server.Shares.Held("127.0.0.1"));
+    }
 }

@@ -383,6 +383,7 @@ public class ServerTests : IClassFixture<ServerWorld>
         var text = await r.Content.ReadAsStringAsync();
         foreach (var name in new[] { "softprompt_requests_total", "softprompt_completion_tokens_total", "softprompt_queue_depth", "softprompt_batch_rows_bucket", "softprompt_request_duration_seconds_bucket", "softprompt_active_sequences" })
             Assert.Contains(name, text);
+        Assert.Contains("service_name=\"softprompt\"", text);   // the Prometheus service name (docs: README, Serving)
     }
 
     [Fact]
@@ -461,6 +462,10 @@ public class ServeCliTests : IClassFixture<ServerWorld>
             (new[] { "serve", "--model", _w.ModelDir, "--host", "example.org" }, "not an IP address"),
             (new[] { "serve", "--model", _w.ModelDir, "--port", _w.Server.Address.Port.ToString() }, "cannot listen"),
             (new[] { "serve", "--model", _w.ModelDir, "--port", "0", "--adapter", $"f={_w.ForeignDir}" }, "another model"),
+            (new[] { "serve", "--model", _w.ModelDir, "--host", "0.0.0.0" }, "--api-key-env"),
+            (new[] { "serve", "--model", _w.ModelDir, "--allow-adapter-admin" }, "--adapters-dir"),
+            (new[] { "serve", "--model", _w.ModelDir, "--cors-origin", "not an origin" }, "--cors-origin"),
+            (new[] { "serve", "--model", _w.ModelDir, "--header-timeout", "0" }, "--header-timeout"),
         })
         {
             var (rc, _, err) = await Task.Run(() => Tests.Cli.CliRunner.Run(args));
