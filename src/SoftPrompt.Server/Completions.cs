@@ -432,7 +432,8 @@ sealed class Completions
         {
             // Headers are sent: report in the stream, as OpenAI-compatible servers do, then end it.
             var err = ToApiError(e);
-            await Event(err.Body, CancellationToken.None);
+            try { await Event(err.Body, CancellationToken.None); }
+            catch (Exception) { }   // a client that stopped reading does not get it either
             throw err;
         }
         foreach (var c in choices)
@@ -472,8 +473,15 @@ sealed class Completions
         {
             using var bounded = CancellationTokenSource.CreateLinkedTokenSource(_ctx.RequestAborted, cancel);
             bounded.CancelAfter(TimeSpan.FromSeconds(30));   // a client that stops reading does not hold the request forever
-            await _ctx.Response.WriteAsync(line, bounded.Token);
-            await _ctx.Response.Body.FlushAsync(bounded.Token);
+            try
+            {
+                await _ctx.Response.WriteAsync(line, bounded.Token);
+                await _ctx.Response.Body.FlushAsync(bounded.Token);
+            }
+            catch (OperationCanceledException) when (!cancel.IsCancellationRequested && !_ctx.RequestAborted.IsCancellationRequested)
+            {
+                throw new ApiError(408, "the client stopped reading the stream for 30 s.", code: "request_timeout");
+            }
         }
         finally { _write.Release(); }
     }
