@@ -143,8 +143,11 @@ public static class TokenizerFixtures
     /// first" equals "lowest merge rank first"; byte_fallback, BPE model type, add_dummy_prefix + escape_whitespaces
     /// (Llama's normalizer spec). Used to test the tokenizer.model path, which no fixture ships.
     /// </summary>
-    public static byte[] SentencePieceModelFromTokenizerJson(string tokenizerJsonPath)
+    /// <para>Gemma's spec differs: no dummy prefix, and unk/bos/eos ids 3/2/1 (<paramref name="addDummyPrefix"/>,
+    /// <paramref name="ids"/>).</para>
+    public static byte[] SentencePieceModelFromTokenizerJson(string tokenizerJsonPath, bool addDummyPrefix = true, (int Unk, int Bos, int Eos)? ids = null)
     {
+        var (unkId, bosId, eosId) = ids ?? (0, 1, 2);
         using var doc = JsonDocument.Parse(File.ReadAllText(tokenizerJsonPath));
         var model = doc.RootElement.GetProperty("model");
         var pieces = model.GetProperty("vocab").EnumerateObject().OrderBy(p => p.Value.GetInt32()).Select(p => p.Name).ToList();
@@ -169,11 +172,11 @@ public static class TokenizerFixtures
             Bytes(m, 2, Message(x => // TrainerSpec: model_type BPE, vocab_size, byte_fallback, unk/bos/eos ids
             {
                 Varint(x, 3, 2); Varint(x, 4, pieces.Count); Varint(x, 35, 1);
-                Varint(x, 40, 0); Varint(x, 41, 1); Varint(x, 42, 2);
+                Varint(x, 40, unkId); Varint(x, 41, bosId); Varint(x, 42, eosId);
             }));
             Bytes(m, 3, Message(x => // NormalizerSpec: identity, add_dummy_prefix, no whitespace squeezing, escape whitespace
             {
-                Str(x, 1, "identity"); Varint(x, 3, 1); Varint(x, 4, 0); Varint(x, 5, 1);
+                Str(x, 1, "identity"); Varint(x, 3, addDummyPrefix ? 1 : 0); Varint(x, 4, 0); Varint(x, 5, 1);
             }));
         });
 
