@@ -15,7 +15,8 @@ public sealed class ForwardArgs
     /// <summary>[B or 1, n, hidden] extra embeddings placed before the tokens (they take positions first).</summary>
     public Tensor? PrefixEmbeds { get; init; }
     /// <summary>[B, past + n + T] with 1 = attend, 0 = padding (covers the cache, the prefix embeddings and the tokens);
-    /// or a complete boolean mask [B, 1, n + T, S] (true = attend) used as given, e.g. from <see cref="KvCache.BeginRaggedStep"/>.</summary>
+    /// or a complete boolean mask [B, 1, n + T, S] (true = attend) used as given, e.g. from <see cref="KvCache.BeginRaggedStep"/>
+    /// ([B, 2, n + T, S] for a model whose layers mix global and sliding-window attention: channel 0 global, 1 sliding).</summary>
     public Tensor? AttentionMask { get; init; }
     /// <summary>[B, n + T] positions; default past..past+n+T-1 (Hugging Face's default, which ignores padding).</summary>
     public Tensor? PositionIds { get; init; }
