@@ -24,6 +24,12 @@ public static class SearchCommand
             var resumeDir = pr.GetValue(resume);
             var o = options.Bind(pr, resumeDir is not null ? ResumeOptions(resumeDir) : null);
             if (resumeDir is not null) o = o with { Output = resumeDir };
+            if (o.DryRun)
+            {
+                // Nothing is called and no folder is written: the bounds for these settings, on stdout.
+                foreach (var line in OproCost.Estimate(o).Lines()) Console.WriteLine(line);
+                return Task.FromResult(0);
+            }
             using var interruption = new Interruption(cancel);
             var result = ConsoleProgress.Run(p => { var r = new SearchReporter(p); return HardPromptSearchJob.Run(o, r, r.Message, interruption.Token, resume: resumeDir is not null); });
             var reporter = ConsoleProgress.Results; // closing lines are results: stdout
@@ -43,6 +49,12 @@ public static class SearchCommand
             if (result.SelectMetric is not null) reporter.Message(string.Format(CultureInfo.InvariantCulture, "held-out {0}: {1:F4}", result.SelectMetric, result.SelectValue));
             reporter.Message($"hard prompt: \"{result.Text.Replace("\n", "\\n")}\" [{string.Join(",", result.TokenIds)}]");
             reporter.Message($"written: {Path.GetFullPath(Path.Combine(o.Output!, HardPrompt.FileName))}");
+            if (result.StopReason == "judge_failures")
+            {
+                // The best so far is written, but the judge failed too often to trust the run: a service failure's exit code.
+                Console.Error.WriteLine($"error: more than --max-judge-failures {o.MaxJudgeFailures} judge verdicts failed ({result.Details?["judge_failures"]}); the run stopped at step {result.Steps} with the best instruction so far written; see search_log.jsonl for the failures.");
+                return Task.FromResult(6);
+            }
             return Task.FromResult(0);
         });
         return cmd;
