@@ -227,7 +227,7 @@ public sealed class OproSearch(IChatClient optimizer, CallMeter meter, bool plai
                 if (JudgeStop() is string js) { stop = js; break; }
                 if (o.Patience > 0 && t.Step - Best()!.Step >= o.Patience) { stop = "patience"; break; }
                 var kept = MetaPrompt.Kept(t.Entries, o.Keep, o.ScoreThreshold);
-                var exemplars = Exemplars(io, o, step, t.WrongCounts).Select(io.ExampleText).ToList();
+                var exemplars = Exemplars(io.ExampleCount, o, step, t.WrongCounts).Select(io.ExampleText).ToList();
                 string meta = plainMetaPrompt ? MetaPrompt.Plain(kept, io.Metric, o.TaskDescription, rubric) : MetaPrompt.Chat(kept, exemplars, io.Metric, o.InstructionPosition, o.TaskDescription, rubric);
                 double temperature = Temperature(o, step);
 
@@ -318,10 +318,10 @@ public sealed class OproSearch(IChatClient optimizer, CallMeter meter, bool plai
 
     /// <summary>The exemplars shown at <paramref name="step"/>: a fresh seeded draw (random), the same draw every step
     /// (fixed), or the examples most often wrong so far, ties by a seeded order (hardest).</summary>
-    static int[] Exemplars(IInstructionObjective io, HardPromptSearchOptions o, int step, IReadOnlyDictionary<int, int> wrong)
+    public static int[] Exemplars(int exampleCount, HardPromptSearchOptions o, int step, IReadOnlyDictionary<int, int> wrong)
     {
-        int n = Math.Min(o.Exemplars, io.ExampleCount);
-        var idx = Enumerable.Range(0, io.ExampleCount).ToArray();
+        int n = Math.Min(o.Exemplars, exampleCount);
+        var idx = Enumerable.Range(0, exampleCount).ToArray();
         var rng = SplitMix64.For(o.Seed, stream: 0x0970_0000 + (o.ExemplarSelection == "fixed" ? 0 : step));
         rng.Shuffle(idx);
         if (o.ExemplarSelection == "hardest")
