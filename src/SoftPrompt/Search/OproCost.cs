@@ -47,7 +47,7 @@ public static class OproCost
     public static OproCostEstimate Estimate(HardPromptSearchOptions o)
     {
         o.Validate();
-        if (o.Strategy != "opro") throw new SoftPromptException("--dry-run applies to --strategy opro (the gradient search calls no LLM).");
+        if (o.Strategy != SearchStrategy.Opro) throw new SoftPromptException("--dry-run applies to --strategy opro (the gradient search calls no LLM).");
         var data = o.DataOptions();
         IReadOnlyList<Example> search = DatasetReader.Read(o.Train!, data).Examples, heldOut = Array.Empty<Example>();
         if (o.Validation is not null) heldOut = DatasetReader.Read(o.Validation, data).Examples;

@@ -35,7 +35,7 @@ public class OproAlgorithmTests
     [Fact]
     public void HardestExemplarsAreTheOnesMostOftenWrong_FixedAreTheSameEveryStep_RandomChange()
     {
-        var o = new HardPromptSearchOptions { Strategy = "opro", Exemplars = 2, ExemplarSelection = "hardest", Seed = 1 };
+        var o = new HardPromptSearchOptions { Strategy = SearchStrategy.Opro, Exemplars = 2, ExemplarSelection = "hardest", Seed = 1 };
         Assert.Equal(new[] { 7, 3 }, OproSearch.Exemplars(10, o, 1, new Dictionary<int, int> { [3] = 2, [7] = 5, [1] = 1 }));
         var fixedO = o with { ExemplarSelection = "fixed" };
         Assert.Equal(OproSearch.Exemplars(10, fixedO, 1, new Dictionary<int, int>()), OproSearch.Exemplars(10, fixedO, 5, new Dictionary<int, int>()));
