@@ -106,3 +106,45 @@ public class OproJudgeFeatureTests
         Assert.True(File.Exists(Path.Combine(run, HardPrompt.FileName)));
     }
 }
+
+/// <summary>The scripted run whose trajectory docs/opro.md shows: the marketing-e-mail config against the fake server,
+/// a scripted optimizer and a judge whose rating grows with the output's word count (a stand-in for a style judge,
+/// and a length-biased one on purpose: the log shows mean_output_tokens beside each score). Set
+/// SOFTPROMPT_OPRO_DOC_DIR to keep the run folder.</summary>
+[Collection("Console")]
+public class OproScriptedRunTests
+{
+    static bool IsJudge(RecordedRequest r) => r.Body["messages"]![0]!["content"]!.ToString() == Judge.System;
+
+    [Fact]
+    public async Task TheScriptedMarketingRunImprovesAndStaysWithinItsDryRunBounds()
+    {
+        using var tmp = new Fixtures.TempDir();
+        await using var server = FakeOpenAiServer.Start();
+        string[] proposals = { "Write a short, friendly e-mail with a clear subject line.", "Write the e-mail: subject line, two short paragraphs, the offer, one link.",
+            "Name the benefit in the subject; state the offer once; end with one call to action.", "Write plainly; use numbers, not superlatives; no exclamation marks." };
+        server.Handler = r =>
+        {
+            if (!IsJudge(r)) return FakeReply.Chat($"Here is a new one: <INS>{proposals[(r.Index - 1) % proposals.Length]}</INS>");
+            var response = Regex.Match(r.UserText, @"Response:\n(.*)\n\nRate the response", RegexOptions.Singleline).Groups[1].Value;
+            int words = response.Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries).Length;
+            return FakeReply.Chat($"The e-mail has {words} words.\nScore: {Math.Clamp(2 + words / 3, 1, 10)}");
+        };
+        string[] settings = { "--config", "configs/opro-marketing-email.json", "--optimizer-endpoint", server.Endpoint, "--steps", "3", "--candidates-per-step", "2",
+            "--max-new-tokens", "24", "--ape-proposals", "0", "--threads", "1" };
+        var (rcDry, dry, errDry) = CliRunner.RunIn(DemoPipelineTests.RepoRoot, new[] { "search-hard-prompt", "--dry-run" }.Concat(settings).ToArray());
+        Assert.True(rcDry == 0, errDry + dry);
+        int maxCalls = int.Parse(Regex.Match(dry, @"total:\s+at most ([\d,]+) calls").Groups[1].Value.Replace(",", ""));
+        var run = Environment.GetEnvironmentVariable("SOFTPROMPT_OPRO_DOC_DIR") ?? tmp["run"];
+        var (rc, stdout, stderr) = CliRunner.RunIn(DemoPipelineTests.RepoRoot, new[] { "search-hard-prompt" }.Concat(settings).Concat(new[] { "--output", run }).ToArray());
+        Assert.True(rc == 0, stderr + stdout);
+        Assert.InRange(server.Requests.Count, 1, maxCalls);
+        var traj = OproTrajectory.Load(Path.Combine(run, OproTrajectory.FileName));
+        Assert.Equal(3, traj.Step);
+        // The best so far never falls; later steps were scored (here the zero-shot prompt stays best: docs/opro.md shows this run).
+        var bestByStep = Enumerable.Range(0, 4).Select(s => traj.Entries.Where(e => e.Step <= s).Max(e => e.Score)).ToList();
+        Assert.Equal(bestByStep.Order(), bestByStep);
+        Assert.All(traj.Entries, e => Assert.NotNull(e.MeanOutputTokens));
+        Assert.Contains(traj.Entries, e => e.Step > 0);
+    }
+}
