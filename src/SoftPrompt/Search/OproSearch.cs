@@ -263,7 +263,7 @@ public sealed class OproSearch(IChatClient optimizer, CallMeter meter, bool plai
         var chosen = top[0];
         double? chosenSelect = null;
         var validated = new JsonArray();
-        if (io.SelectMetric is not null && stop != "cancelled")
+        if (io.SelectMetric is not null)
         {
             foreach (var c in top)
             {

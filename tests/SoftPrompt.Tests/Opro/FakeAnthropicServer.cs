@@ -60,6 +60,7 @@ public sealed class FakeAnthropicServer : IAsyncDisposable
             var (status, reply) = self.Handler(req);
             ctx.Response.StatusCode = status;
             ctx.Response.ContentType = "application/json";
+            if (status >= 429) { ctx.Response.Headers["retry-after-ms"] = "1"; ctx.Response.Headers["retry-after"] = "0"; } // retries do not wait
             await ctx.Response.WriteAsync(status == 200 ? Message(reply)
                 : new JsonObject { ["type"] = "error", ["error"] = new JsonObject { ["type"] = "invalid_request_error", ["message"] = reply } }.ToJsonString());
         }

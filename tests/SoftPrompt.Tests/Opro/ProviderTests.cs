@@ -21,8 +21,8 @@ public class ProviderTests
     static string[] Args(string train, string run, string provider, string url, params string[] extra) =>
         new[] { "search-hard-prompt", "--strategy", "opro", "--model", SearchFixture.ModelDir, "--train", train, "--output", run,
                 "--optimizer-provider", provider, "--optimizer-endpoint", url, "--optimizer-model", provider == "bedrock" ? "anthropic.claude-fake-v1:0" : "claude-fake",
-                "--candidates-per-step", "2", "--steps", "1", "--score-examples", "4", "--parallel", "1", "--threads", "1", "--ape-proposals", "0", "--max-retries", "0" }
-            .Concat(extra).ToArray();
+                "--candidates-per-step", "2", "--steps", "1", "--score-examples", "4", "--parallel", "1", "--threads", "1", "--ape-proposals", "0" }
+            .Concat(extra.Contains("--max-retries") ? extra : extra.Concat(new[] { "--max-retries", "0" })).ToArray();
 
     static void NoSecretAnywhere(string run, string output, params string[] secrets)
     {
@@ -68,6 +68,12 @@ public class ProviderTests
             Assert.Equal(4, rc401);
             Assert.Contains("$" + env, err401);
             NoSecretAnywhere(tmp["r401"], out401 + err401, key);
+            // A 429 and a 500 are retried by the SDK up to --max-retries, then the run goes on.
+            int first = server.Requests.Count;
+            server.Handler = r => r.Index == first + 1 ? (429, "slow down") : r.Index == first + 2 ? (500, "oops") : (200, $"<INS>Retried fine {r.Index}.</INS>");
+            var (rcRetry, outRetry, errRetry) = CliRunner.Run(Args(train, tmp["retry"], "anthropic", server.BaseUrl, "--api-key-env", env, "--max-retries", "2"));
+            Assert.True(rcRetry == 0, errRetry + outRetry);
+            Assert.Equal(2 + 2, server.Requests.Count - first);
             // The key variable unset: exit 2 before any call.
             int before = server.Requests.Count;
             var (rcNo, _, errNo) = CliRunner.Run(Args(train, tmp["rno"], "anthropic", server.BaseUrl, "--api-key-env", "SOFTPROMPT_TEST_UNSET_ANTHROPIC"));
