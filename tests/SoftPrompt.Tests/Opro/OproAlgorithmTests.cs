@@ -83,8 +83,10 @@ public class OproAlgorithmTests
         await using var server = FakeOpenAiServer.Start();
         server.Handler = r => FakeReply.Chat($"<INS>Answer yes or no, try {r.Index}.</INS>");
         var run = tmp["run"];
-        var (rc, stdout, stderr) = CliRunner.Run(Args(train, run, server, "--steps", "2", "--demos", "2", "--demo-candidates", "2", "--ape-proposals", "0",
-            "--init-instruction", "Is the review good?"));
+        // The shipped model reads in-context demonstrations (they lower its loss on the answers); the random fixture does not.
+        var shipped = Path.Combine(SoftPrompt.Tests.Demo.DemoPipelineTests.RepoRoot, "models", "sp-llama-6m");
+        var (rc, stdout, stderr) = CliRunner.Run(Args(train, run, server, "--steps", "2", "--demos", "2", "--demo-candidates", "2", "--ape-proposals", "0", "--objective", "loss",
+            "--init-instruction", "Is the review good?").Select(a => a == SearchFixture.ModelDir ? shipped : a).ToArray());
         Assert.True(rc == 0, stderr + stdout);
         var log = Log(run);
         Assert.Equal(4, log.Count(r => r["status"]!.GetValue<string>() == "demos"));
@@ -92,16 +94,14 @@ public class OproAlgorithmTests
         var traj = OproTrajectory.Load(Path.Combine(run, OproTrajectory.FileName));
         var best = traj.Entries.OrderByDescending(e => e.Score).ThenBy(e => e.Step).First();
         var hp = HardPrompt.Load(run);
-        if (best.Demos is { Length: 2 } demos)
-        {
-            // The exported prompt is the instruction, then the two demonstrations (prompt text and answer), then a blank line.
-            var lines = File.ReadAllLines(train).Select(l => JsonNode.Parse(l)!).ToList();
-            Assert.Matches(@"the [a-z]+ was [a-z]+\. answer: (yes|no)\n\nthe [a-z]+ was [a-z]+\. answer: (yes|no)\n\n$", hp.Text);
-            Assert.Equal(2, Json(Path.Combine(run, "summary.json"))["demos"]!.AsArray().Count);
-            Assert.Contains("2 demonstrations", hp.Source);
-        }
+        // Demonstrations lower the shipped model's loss: the best candidate has two, and it is what is exported.
+        Assert.True(best.Demos is { Length: 2 }, string.Join(" | ", traj.Entries.Select(e => $"{e.Text}[{(e.Demos is null ? "-" : string.Join(",", e.Demos))}]={e.Score}")));
+        Assert.Matches(@"the [a-z]+ was [a-z]+\. answer: (yes|no)\n\nthe [a-z]+ was [a-z]+\. answer: (yes|no)\n\n$", hp.Text);
+        Assert.StartsWith(best.Text, hp.Text);
+        Assert.Equal(best.Demos, Json(Path.Combine(run, "summary.json"))["demos"]!.AsArray().Select(d => d!.GetValue<int>()).ToArray());
+        Assert.Contains("2 demonstrations", hp.Source);
         Assert.Contains(traj.Entries, e => e.Demos is { Length: 2 });
-        var (rcEval, outEval, errEval) = CliRunner.Run("eval", "--model", SearchFixture.ModelDir, "--data", train, "--searched", run, "--output", tmp["report"], "--threads", "1");
+        var (rcEval, outEval, errEval) = CliRunner.Run("eval", "--model", shipped, "--data", train, "--searched", run, "--output", tmp["report"], "--threads", "1");
         Assert.True(rcEval == 0, errEval + outEval);
         Assert.Single(Json(Path.Combine(tmp["report"], "metrics.json"))["conditions"]!.AsArray(), c => c!["kind"]!.GetValue<string>() == "searched");
     }
