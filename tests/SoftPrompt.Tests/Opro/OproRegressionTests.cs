@@ -124,3 +124,35 @@ public class OproRegressionTests
         Assert.Contains("404 Not Found", Assert.Single(err.Trim().Split('\n')));
     }
 }
+
+/// <summary>The verdict cache across a resumed run: an (input, output) pair judged before the interruption is not paid for again.</summary>
+[Collection("Console")]
+public class OproJudgeCacheResumeTests
+{
+    static bool IsJudge(RecordedRequest r) => r.Body["messages"]![0]!["content"]!.ToString() == Judge.System;
+
+    [Fact]
+    public async Task AResumedJudgeRunReusesTheVerdictsOfTheFirstRun()
+    {
+        using var tmp = new Fixtures.TempDir();
+        var train = SearchFixture.WriteTask(tmp["train.jsonl"], 10, 61);
+        File.WriteAllText(tmp["rubric.txt"], "One word.");
+        await using var server = FakeOpenAiServer.Start();
+        server.Handler = r => IsJudge(r) ? FakeReply.Chat("Score: 6") : FakeReply.Chat($"<INS>Reply in one word, variant {r.Index}.</INS>");
+        var run = tmp["run"];
+        string[] common = { "search-hard-prompt", "--strategy", "opro", "--model", SearchFixture.ModelDir, "--train", train, "--output", run,
+            "--optimizer-endpoint", server.Endpoint, "--optimizer-model", "opt", "--judge-model", "judge", "--objective", "judge", "--rubric", tmp["rubric.txt"],
+            "--candidates-per-step", "2", "--score-examples", "4", "--max-new-tokens", "2", "--parallel", "1", "--threads", "1", "--ape-proposals", "0" };
+        var (rc, _, err) = CliRunner.Run(common.Concat(new[] { "--steps", "1" }).ToArray());
+        Assert.True(rc == 0, err);
+        var firstRun = server.Requests.Where(IsJudge).Select(r => r.UserText).ToHashSet();
+        File.Delete(Path.Combine(run, HardPrompt.FileName)); // as if it had stopped after step 1
+        int before = server.Requests.Count;
+        var (rc2, _, err2) = CliRunner.Run("search-hard-prompt", "--resume", run, "--steps", "3");
+        Assert.True(rc2 == 0, err2);
+        var secondRun = server.Requests.Skip(before).Where(IsJudge).Select(r => r.UserText).ToList();
+        Assert.Empty(secondRun.Where(firstRun.Contains)); // nothing judged twice
+        var summary = JsonNode.Parse(File.ReadAllText(Path.Combine(run, "summary.json")))!;
+        Assert.True(summary["judge_cache_hits"]!.GetValue<int>() > 0, "later candidates' outputs repeat earlier ones with this model");
+    }
+}
