@@ -47,6 +47,8 @@ public static class SearchCommand
                 : string.Format(CultureInfo.InvariantCulture, "done: {0} steps ({1}), {2} instructions scored; {3} {4:F4} (zero-shot) -> {5:F4}; {6} calls, {7} tokens",
                     result.Steps, result.StopReason, result.Accepted, result.Objective, result.InitialScore, result.Score,
                     result.Details?["calls"], result.Details?["total_tokens"]));
+            if (result.Objective == "judge" && result.Details?["judge_failures"]?.GetValue<int>() is int jf and > 0)
+                reporter.Message($"judge: {jf} verdict(s) failed (no verdict after a reminder, or an HTTP error); left out of the means, see search_log.jsonl");
             if (result.SelectMetric is not null) reporter.Message(string.Format(CultureInfo.InvariantCulture, "held-out {0}: {1:F4}", result.SelectMetric, result.SelectValue));
             reporter.Message($"hard prompt: \"{result.Text.Replace("\n", "\\n")}\" [{string.Join(",", result.TokenIds)}]");
             reporter.Message($"written: {Path.GetFullPath(Path.Combine(o.Output!, HardPrompt.FileName))}");
