@@ -97,6 +97,7 @@ public class OproRegressionTests
         Assert.True(rc == 0, stderr + stdout);
         var summary = Json(Path.Combine(run, "summary.json"));
         Assert.Equal(plots, summary["judge_failures"]!.GetValue<int>());
+        Assert.Contains($"judge: {plots} verdict(s) failed", stdout);
         Assert.Equal("max_steps", summary["stop_reason"]!.GetValue<string>());
         Assert.All(OproTrajectory.Load(Path.Combine(run, OproTrajectory.FileName)).Entries, e => Assert.Equal(7.0, e.Score, 9));
 
