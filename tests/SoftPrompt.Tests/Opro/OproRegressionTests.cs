@@ -157,3 +157,37 @@ public class OproJudgeCacheResumeTests
         Assert.True(summary["judge_cache_hits"]!.GetValue<int>() > 0, "later candidates' outputs repeat earlier ones with this model");
     }
 }
+
+/// <summary>The budget running out during the judge's held-out pick: the candidates validated so far compete, the
+/// summary says so, the run ends cleanly.</summary>
+[Collection("Console")]
+public class OproBudgetDuringSelectionTests
+{
+    static bool IsJudge(RecordedRequest r) => r.Body["messages"]![0]!["content"]!.ToString() == Judge.System;
+
+    [Fact]
+    public async Task TheBudgetRunningOutDuringTheHeldOutPickEndsTheRunWithWhatWasValidated()
+    {
+        using var tmp = new Fixtures.TempDir();
+        var train = SearchFixture.WriteTask(tmp["train.jsonl"], 8, 71);
+        File.WriteAllLines(tmp["held.jsonl"], new[] { "{\"input\": \"zzheld one answer:\", \"output\": \"yes\"}", "{\"input\": \"zzheld two answer:\", \"output\": \"no\"}" });
+        File.WriteAllText(tmp["rubric.txt"], "One word.");
+        await using var server = FakeOpenAiServer.Start();
+        server.Handler = _ => FakeReply.Chat("Score: 6");
+        string[] Args(string run, params string[] extra) => new[] { "search-hard-prompt", "--strategy", "opro", "--model", SearchFixture.ModelDir, "--train", train,
+            "--validation", tmp["held.jsonl"], "--output", run, "--optimizer-endpoint", server.Endpoint, "--optimizer-model", "opt", "--judge-model", "judge",
+            "--objective", "judge", "--rubric", tmp["rubric.txt"], "--steps", "0", "--init-instruction", "Answer in one word.", "--score-examples", "2",
+            "--max-new-tokens", "2", "--validate-top", "2", "--parallel", "1", "--threads", "1" }.Concat(extra).ToArray();
+        var (rc, _, err) = CliRunner.Run(Args(tmp["full"]));
+        Assert.True(rc == 0, err);
+        int scoring = server.Requests.TakeWhile(r => !r.UserText.Contains("zzheld")).Count();
+        Assert.True(server.Requests.Count > scoring + 1, "the held-out pick judges more than one output");
+        int before = server.Requests.Count;
+        var (rc2, out2, err2) = CliRunner.Run(Args(tmp["run"], "--max-calls", (scoring + 1).ToString()));
+        Assert.True(rc2 == 0, err2 + out2);
+        Assert.Equal(scoring + 1, server.Requests.Count - before);
+        var summary = JsonNode.Parse(File.ReadAllText(Path.Combine(tmp["run"], "summary.json")))!;
+        Assert.Contains("budget ran out during the held-out pick", summary["selection_note"]!.GetValue<string>());
+        Assert.True(File.Exists(Path.Combine(tmp["run"], HardPrompt.FileName)));
+    }
+}
