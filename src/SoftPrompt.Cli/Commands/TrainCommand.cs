@@ -23,6 +23,7 @@ public static class TrainCommand
             using var interruption = new Interruption(cancel, announce: comm.IsWriter);
             var result = ConsoleProgress.Run(p => TrainingJob.Run(o, new TrainProgress(p, o.LogEvery), resume: resumeDir is not null, interruption.Token, comm));
             if (!comm.IsWriter) return Task.FromResult(result.StopReason == "cancelled" ? interruption.ExitCode : 0); // rank 0 reports
+            if (comm is SoftPrompt.Distributed.MpiCommunicator mpi) ConsoleProgress.Info(mpi.Stats(result.Steps)); // what communication cost
             if (result.StopReason == "cancelled")
             {
                 Console.Error.WriteLine($"interrupted at step {result.Steps}; continue with: softprompt train --resume {Interruption.Quote(o.Output!)}" +

@@ -24,6 +24,13 @@ public sealed unsafe class MpiCommunicator : ICommunicator
     /// <summary>Open MPI's MPI_IN_PLACE.</summary>
     static readonly nint InPlace = 1;
 
+    /// <summary>Collective calls made, bytes they carried (this rank's buffer) and the time spent in them, waiting for
+    /// slower ranks included: what docs/distributed.md reports per step.</summary>
+    public long Calls { get; private set; }
+    public long Bytes { get; private set; }
+    public TimeSpan Time => TimeSpan.FromTicks(_ticks * TimeSpan.TicksPerSecond / System.Diagnostics.Stopwatch.Frequency);
+    long _ticks;
+
     public int Rank { get; }
     public int Size { get; }
     public int LocalRank { get; }
@@ -93,43 +100,60 @@ public sealed unsafe class MpiCommunicator : ICommunicator
         if (rc != 0) throw new InvalidOperationException($"{call} failed with MPI error {rc}");
     }
 
-    void AllReduce(void* buf, int count, nint type, nint op, string what)
+    void AllReduce(void* buf, int count, nint type, nint op, string what, int elementSize)
     {
+        long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
         Check(_allreduce(InPlace, (nint)buf, count, type, op, _world), what);
+        _ticks += System.Diagnostics.Stopwatch.GetTimestamp() - t0;
+        Calls++; Bytes += (long)count * elementSize;
     }
 
     const int Chunk = 1 << 28; // MPI counts are ints
 
     public void AllReduceSum(Span<float> values)
     {
-        fixed (float* p = values) for (int at = 0; at < values.Length; at += Chunk) AllReduce(p + at, Math.Min(Chunk, values.Length - at), _float, _sum, "MPI_Allreduce(float, sum)");
+        fixed (float* p = values) for (int at = 0; at < values.Length; at += Chunk) AllReduce(p + at, Math.Min(Chunk, values.Length - at), _float, _sum, "MPI_Allreduce(float, sum)", 4);
     }
 
     public void AllReduceSum(Span<double> values)
     {
-        fixed (double* p = values) for (int at = 0; at < values.Length; at += Chunk) AllReduce(p + at, Math.Min(Chunk, values.Length - at), _double, _sum, "MPI_Allreduce(double, sum)");
+        fixed (double* p = values) for (int at = 0; at < values.Length; at += Chunk) AllReduce(p + at, Math.Min(Chunk, values.Length - at), _double, _sum, "MPI_Allreduce(double, sum)", 8);
     }
 
     public void AllReduceSum(Span<long> values)
     {
-        fixed (long* p = values) for (int at = 0; at < values.Length; at += Chunk) AllReduce(p + at, Math.Min(Chunk, values.Length - at), _long, _sum, "MPI_Allreduce(long, sum)");
+        fixed (long* p = values) for (int at = 0; at < values.Length; at += Chunk) AllReduce(p + at, Math.Min(Chunk, values.Length - at), _long, _sum, "MPI_Allreduce(long, sum)", 8);
     }
 
     public void AllReduceMax(Span<long> values)
     {
-        fixed (long* p = values) for (int at = 0; at < values.Length; at += Chunk) AllReduce(p + at, Math.Min(Chunk, values.Length - at), _long, _max, "MPI_Allreduce(long, max)");
+        fixed (long* p = values) for (int at = 0; at < values.Length; at += Chunk) AllReduce(p + at, Math.Min(Chunk, values.Length - at), _long, _max, "MPI_Allreduce(long, max)", 8);
     }
 
     public void Broadcast(Span<byte> data, int root)
     {
         fixed (byte* p = data) for (int at = 0; at < data.Length || at == 0; at += Chunk)
         {
+            long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
             Check(_bcast((nint)(p + at), Math.Min(Chunk, data.Length - at), _byte, root, _world), "MPI_Bcast");
+            _ticks += System.Diagnostics.Stopwatch.GetTimestamp() - t0;
+            Calls++; Bytes += Math.Min(Chunk, data.Length - at);
             if (data.Length == 0) break;
         }
     }
 
-    public void Barrier() => Check(_barrier(_world), "MPI_Barrier");
+    public void Barrier()
+    {
+        long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
+        Check(_barrier(_world), "MPI_Barrier");
+        _ticks += System.Diagnostics.Stopwatch.GetTimestamp() - t0;
+        Calls++;
+    }
+
+    /// <summary>Calls, bytes and time so far, as one line.</summary>
+    public string Stats(int steps) => FormattableString.Invariant(
+        $"MPI on rank {Rank}: {Calls} collective calls, {Bytes / 1024.0:F1} KiB, {Time.TotalSeconds:F3} s in them (waiting for other ranks included)")
+        + (steps > 0 ? FormattableString.Invariant($"; per step {Time.TotalMilliseconds / steps:F2} ms, {Bytes / 1024.0 / steps:F1} KiB") : "");
 
     public void Abort(int exitCode)
     {

@@ -151,6 +151,7 @@ public class MpiTests
         var (rc2, out2, err2) = Mpi.Run(2, Limit, TrainArgs(train, tmp["two"], method));
         Assert.True(rc2 == 0, err2 + out2);
         Assert.Contains("distributed: 2 ranks (MPI)", err2 + out2); // rank 0's banner
+        Assert.Contains("MPI on rank 0: ", err2); // and what communication cost
         Assert.Single(System.Text.RegularExpressions.Regex.Matches(out2, "^adapter: ", System.Text.RegularExpressions.RegexOptions.Multiline)); // rank 0 alone reports
 
         AssertSameAdapter(tmp["one/adapter"], tmp["two/adapter"], 1e-5);
@@ -302,6 +303,54 @@ public class MpiTests
         var (rc2, o2, e2) = CliRunner.Run(Args(tmp["straight"]));
         Assert.True(rc2 == 0, e2 + o2);
         AssertSameAdapter(tmp["straight/adapter"], tmp["run/adapter"], 1e-5);
+    }
+
+    /// <summary>scripts/mpi/allreduce_bench.c (the docs' all-reduce figures) builds with mpicc and prints one line per size.</summary>
+    [MpiFact]
+    public void TheAllReduceBenchmarkBuildsAndRuns()
+    {
+        var mpicc = Path.Combine(Path.GetDirectoryName(Mpi.Launcher!)!, "mpicc");
+        if (!File.Exists(mpicc)) return; // openmpi-bin without libopenmpi-dev: nothing to build with (.ci/run installs both)
+        using var tmp = new Fixtures.TempDir();
+        var build = Process.Start(new ProcessStartInfo(mpicc, new[] { "-O2", "-o", tmp["bench"], Path.Combine(DemoPipelineTests.RepoRoot, "scripts", "mpi", "allreduce_bench.c") })
+            { UseShellExecute = false, RedirectStandardError = true })!;
+        var err = build.StandardError.ReadToEnd();
+        Assert.True(build.WaitForExit(TimeSpan.FromSeconds(60)) && build.ExitCode == 0, err);
+        var psi = new ProcessStartInfo(Mpi.Launcher!, new[] { "--oversubscribe", "-np", "2", tmp["bench"], "3", "8", "2048" })
+            { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+        psi.Environment["OMPI_ALLOW_RUN_AS_ROOT"] = "1"; psi.Environment["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1";
+        using var p = Process.Start(psi)!;
+        var so = p.StandardOutput.ReadToEndAsync(); var se = p.StandardError.ReadToEndAsync();
+        Assert.True(p.WaitForExit(TimeSpan.FromSeconds(60)), se.Result);
+        p.WaitForExit();
+        Assert.True(p.ExitCode == 0, se.Result);
+        var lines = so.Result.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Equal(2, lines.Length);
+        Assert.Matches(@"^ranks 2 floats 8 bytes 32 us_per_allreduce [0-9.]+$", lines[0]);
+        Assert.Matches(@"^ranks 2 floats 2048 bytes 8192 us_per_allreduce [0-9.]+$", lines[1]);
+    }
+
+    /// <summary>The softprompt commands that README and docs/distributed.md launch through mpirun / srun parse (options
+    /// and values as written).</summary>
+    [Fact]
+    public void TheDocumentedMpiCommandsParse()
+    {
+        int n = 0;
+        foreach (var doc in new[] { "README.md", Path.Combine("docs", "distributed.md") })
+        {
+            bool inCode = false;
+            foreach (var raw in File.ReadAllLines(Path.Combine(DemoPipelineTests.RepoRoot, doc)))
+            {
+                if (raw.StartsWith("```")) { inCode = !inCode; continue; }
+                var line = raw.Split(" #")[0].Trim();
+                if (!inCode || !(line.StartsWith("mpirun ") || line.StartsWith("srun ")) || !line.Contains(" softprompt ")) continue;
+                var words = line[(line.IndexOf(" softprompt ", StringComparison.Ordinal) + " softprompt ".Length)..].Split(' ', StringSplitOptions.RemoveEmptyEntries);
+                var parse = SoftPrompt.Cli.Cli.BuildRoot().Parse(words);
+                Assert.True(parse.Errors.Count == 0, $"{doc}: {line}: " + string.Join("; ", parse.Errors.Select(e => e.Message)));
+                n++;
+            }
+        }
+        Assert.True(n >= 5, $"only {n} mpirun/srun commands found");
     }
 
     [Fact]
