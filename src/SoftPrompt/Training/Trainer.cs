@@ -235,9 +235,11 @@ public sealed class Trainer
         }
         if (stopReason == "cancelled") SaveCheckpoint(optimizer, st);
         // The adapter is the best validated prompt when there is validation, else the last one.
-        if (!Writer) { }
-        else if (_val is not null && Directory.Exists(BestDir)) CopyDir(BestDir, AdapterDir);
-        else Adapter.Save(AdapterDir, _method, _model, Provenance(st));
+        if (Writer)
+        {
+            if (_val is not null && Directory.Exists(BestDir)) CopyDir(BestDir, AdapterDir);
+            else Adapter.Save(AdapterDir, _method, _model, Provenance(st));
+        }
         bool selected = _val is not null && st.BestStep is not null;
         var selectedBy = !selected ? "last step" : st.BestKey ?? "eval_loss";
         var summary = new JsonObject
