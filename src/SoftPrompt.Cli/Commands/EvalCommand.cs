@@ -18,21 +18,21 @@ public static class EvalCommand
         var options = new RecordOptions<EvalOptions>(cmd);
         cmd.SetAction(pr =>
         {
-            var o = options.BindWithAdapterDefaults(pr, x => x.Prompt, ConsoleProgress.Info);
-            o = o with { Prompt = o.Prompt.Select(SoftPrompt.Tuning.Adapter.ResolveDir).ToArray() }; // a run folder stands for its adapter/
+            var o = options.BindWithAdapterDefaults(pr, x => x.Prompt, text => ConsoleProgress.Info(Cli.VerbosityOf(pr), text));
+            o = o with { Prompt = o.Prompt.Select(SoftPrompt.Tuning.Adapter.ResolveDir).ToArray(), CheckFinite = Cli.CheckFinite(pr) }; // a run folder stands for its adapter/
             o.Validate();
             // One writer per report folder for the whole evaluation; the lock also proves the place writable before
             // the model is loaded.
             // Under MPI rank 0 alone takes the lock and writes the report; every rank evaluates its share of the examples.
             var comm = DistributedRun.Open(pr);
             using var reportLock = comm.IsWriter ? RunLock.AcquireSibling(o.Output!) : null;
-            var result = ConsoleProgress.Run(p => Evaluator.Run(o, msg => (msg.StartsWith("warning") ? (Action<string>)p.Important : p.Message)(msg), new EvalProgressLines(p), comm));
+            var result = ConsoleProgress.Run(Cli.VerbosityOf(pr), p => Evaluator.Run(o, msg => (msg.StartsWith("warning") ? (Action<string>)p.Important : p.Message)(msg), new EvalProgressLines(p), comm));
             if (!comm.IsWriter) return 0;
             var path = EvalReport.Write(result, o.Output!, o.Run);
             if (o.Format == "json") Console.WriteLine(JsonFile.Write(EvalReport.MetricsJson(result), Cli.Json));
             else
             {
-                Console.WriteLine($"task: {result.Task} ({result.TaskReason})");
+                Console.WriteLine($"task: {SoftPrompt.IO.OptionsRecord.EnumName(result.Task)} ({result.TaskReason})");
                 Console.Write(EvalReport.Table(result, markdown: false));
                 if (result.ClassPrior is double prior) Console.WriteLine($"class prior (majority-class accuracy): {prior:F4}");
                 if (EvalReport.Verdict(result) is { } v) Console.WriteLine(v);

@@ -24,17 +24,18 @@ public static class SearchCommand
             var resumeDir = pr.GetValue(resume);
             var o = options.Bind(pr, resumeDir is not null ? ResumeOptions(resumeDir) : null);
             if (resumeDir is not null) o = o with { Output = resumeDir };
+            o = o with { CheckFinite = Cli.CheckFinite(pr) };
             var comm = DistributedRun.Open(pr);
             using var interruption = new Interruption(cancel, announce: comm.IsWriter);
             // Under MPI a stop request is not seen by every rank at the same step; the search runs to its end (or the
             // launcher ends it), since a gradient search has nothing to resume from anyway.
             var token = comm.Size > 1 ? CancellationToken.None : interruption.Token;
-            var result = ConsoleProgress.Run(p => { var r = new SearchReporter(p); return HardPromptSearchJob.Run(o, r, r.Message, token, resume: resumeDir is not null, comm: comm); });
+            var result = ConsoleProgress.Run(Cli.VerbosityOf(pr), p => { var r = new SearchReporter(p); return HardPromptSearchJob.Run(o, r, r.Message, token, resume: resumeDir is not null, comm: comm); });
             if (!comm.IsWriter) return Task.FromResult(0); // rank 0 reports
             var reporter = ConsoleProgress.Results; // closing lines are results: stdout
             if (result.StopReason == "cancelled")
             {
-                Console.Error.WriteLine(o.Strategy == "opro"
+                Console.Error.WriteLine(o.Strategy == SoftPrompt.Search.SearchStrategy.Opro
                     ? $"interrupted at step {result.Steps}; the best instruction so far, \"{result.Text.Replace("\n", "\\n")}\", is saved in {Path.GetFullPath(Path.Combine(o.Output!, HardPrompt.FileName))} and the trajectory too; continue with: softprompt search-hard-prompt --resume {Interruption.Quote(o.Output!)}"
                     : $"interrupted at step {result.Steps}; the best prompt so far, \"{result.Text}\", is saved in {Path.GetFullPath(Path.Combine(o.Output!, HardPrompt.FileName))} (eval takes it as it is; a new search needs another --output)");
                 return Task.FromResult(interruption.ExitCode);

@@ -19,11 +19,12 @@ public static class TrainCommand
             var resumeDir = pr.GetValue(resume);
             var o = options.Bind(pr, resumeDir is not null ? TrainingJob.ResumeOptions(resumeDir) : null);
             if (resumeDir is not null) o = o with { Output = resumeDir };
+            o = o with { CheckFinite = Cli.CheckFinite(pr) };
             var comm = DistributedRun.Open(pr);
             using var interruption = new Interruption(cancel, announce: comm.IsWriter);
-            var result = ConsoleProgress.Run(p => TrainingJob.Run(o, new TrainProgress(p, o.LogEvery), resume: resumeDir is not null, interruption.Token, comm));
+            var result = ConsoleProgress.Run(Cli.VerbosityOf(pr), p => TrainingJob.Run(o, new TrainProgress(p, o.LogEvery), resume: resumeDir is not null, interruption.Token, comm));
             if (!comm.IsWriter) return Task.FromResult(result.StopReason == "cancelled" ? interruption.ExitCode : 0); // rank 0 reports
-            if (comm is SoftPrompt.Distributed.MpiCommunicator mpi) ConsoleProgress.Info(mpi.Stats(result.Steps)); // what communication cost
+            if (comm is SoftPrompt.Distributed.MpiCommunicator mpi) ConsoleProgress.Info(Cli.VerbosityOf(pr), mpi.Stats(result.Steps)); // what communication cost
             if (result.StopReason == "cancelled")
             {
                 Console.Error.WriteLine($"interrupted at step {result.Steps}; continue with: softprompt train --resume {Interruption.Quote(o.Output!)}" +

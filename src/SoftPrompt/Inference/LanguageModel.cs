@@ -15,16 +15,18 @@ public sealed class LanguageModel : IDisposable
     public CausalLM Model { get; }
     public HfTokenizer? Tokenizer { get; }
     public string Directory { get; }
+    /// <summary>Whether weights and adapters loaded through this model are checked for NaN/infinity.</summary>
+    public bool CheckFinite { get; }
 
-    LanguageModel(string dir, CausalLM model, HfTokenizer? tok) { Directory = dir; Model = model; Tokenizer = tok; }
+    LanguageModel(string dir, CausalLM model, HfTokenizer? tok, bool checkFinite) { Directory = dir; Model = model; Tokenizer = tok; CheckFinite = checkFinite; }
 
-    public static LanguageModel Load(string modelDir, string device = "auto", string dtype = "fp32")
+    public static LanguageModel Load(string modelDir, string device = "auto", string dtype = "fp32", bool checkFinite = true)
     {
         var cfg = ModelConfig.Load(modelDir);
         var dev = TorchRuntime.ResolveDevice(device);
         var dt = TorchRuntime.ResolveDType(dtype, cfg.TorchDtype);
         var tok = HfTokenizer.TryLoad(modelDir);
-        return new LanguageModel(modelDir, ModelLoader.Load(modelDir, dev, dt), tok);
+        return new LanguageModel(modelDir, ModelLoader.Load(modelDir, dev, dt, checkFinite), tok, checkFinite);
     }
 
     public HfTokenizer RequireTokenizer() => Tokenizer ?? throw new SoftPromptException(
@@ -41,7 +43,7 @@ public sealed class LanguageModel : IDisposable
     public IReadOnlyList<int> EosIds => Tokenizer is { EosIds.Count: > 0 } t ? t.EosIds : Model.Config.EosTokenIds;
 
     /// <summary>Loads a PEFT prompt adapter folder (prompt tuning or prefix tuning) made for this model.</summary>
-    public IPromptMethod LoadPrompt(string adapterDir) => Adapter.Load(adapterDir, Model);
+    public IPromptMethod LoadPrompt(string adapterDir) => Adapter.Load(adapterDir, Model, checkFinite: CheckFinite);
 
     public TokenScores Score(IReadOnlyList<int> ids, IPromptMethod? prompt = null)
     {

@@ -92,7 +92,7 @@ public sealed class RunScaffold
     /// then threads (a rank's default is its share of the host's cores), the model on the rank's device, and the
     /// banner on rank 0. <paramref name="threadLog"/> receives the thread-count notes (null: warnings only).
     /// </summary>
-    public LanguageModel LoadModel(string model, string device, string dtype, int threads, string configJson, IEnumerable<string> dataFiles,
+    public LanguageModel LoadModel(string model, string device, string dtype, bool checkFinite, int threads, string configJson, IEnumerable<string> dataFiles,
         Action<string>? threadLog = null)
     {
         if (Comm.Size > 1)
@@ -104,7 +104,7 @@ public sealed class RunScaffold
             device = DeviceFor(device);
         }
         int n = TorchRuntime.SetThreads(threads, IsWriter ? threadLog : null);
-        var lm = LanguageModel.Load(model, device, dtype);
+        var lm = LanguageModel.Load(model, device, dtype, checkFinite);
         if (Comm.Size > 1) Message?.Invoke(Launch.Banner(Comm, lm.Model.Device.ToString(), n));
         return lm;
     }

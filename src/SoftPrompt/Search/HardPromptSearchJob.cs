@@ -30,7 +30,7 @@ public static class HardPromptSearchJob
     {
         o.Validate();
         o = o with { ScoreExamples = o.ResolvedScoreExamples };
-        bool opro = o.Strategy == "opro";
+        bool opro = o.Strategy == SearchStrategy.Opro;
         if (opro && comm is { Size: > 1 })
             throw new SoftPromptException("--strategy opro runs in one process (its candidates are not yet scored across MPI ranks); launch it without mpirun, or use the gradient search.");
         var runDir = o.Output!;
@@ -48,7 +48,7 @@ public static class HardPromptSearchJob
     static HardPromptSearchResult RunLocked(HardPromptSearchOptions o, IProgress<HardPromptSearchProgress>? progress,
         Action<string>? message, CancellationToken cancel, IHardPromptOptimizer? optimizer, string runDir, bool resume, string trajectoryPath, RunScaffold run)
     {
-        bool opro = o.Strategy == "opro";
+        bool opro = o.Strategy == SearchStrategy.Opro;
         if (!resume && File.Exists(Path.Combine(runDir, HardPrompt.FileName)))
             throw new SoftPromptException($"{runDir} already holds a search result ({HardPrompt.FileName}); choose another --output.");
         if (!resume && opro && File.Exists(trajectoryPath))
@@ -73,7 +73,7 @@ public static class HardPromptSearchJob
         }
 
         var agreed = OptionsRecord.ToJson(o with { Output = null, Threads = 0, Device = "auto", Train = null, Validation = null, Model = null });
-        using var lm = run.LoadModel(o.Model!, o.Device, o.Dtype, o.Threads, agreed,
+        using var lm = run.LoadModel(o.Model!, o.Device, o.Dtype, o.CheckFinite, o.Threads, agreed,
             new[] { o.Train! }.Concat(o.Validation is null ? Array.Empty<string>() : new[] { o.Validation }), message);
         var tok = lm.RequireTokenizer();
         var objective = new TargetLossObjective(lm.Model, tok, search, heldOut, o) { Communicator = run.Comm };

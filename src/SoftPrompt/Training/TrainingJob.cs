@@ -62,7 +62,7 @@ public static class TrainingJob
         // What every rank must agree on: the options that change the result (not where it is written, nor threads; the data
         // and model by their contents, not their paths, which may differ from node to node).
         var agreed = (o with { Output = null, Threads = 0, Device = "auto", Train = null, Validation = null, Model = null }).ToJson();
-        using var lm = run.LoadModel(o.Model!, o.Device, o.Dtype, o.Threads, agreed,
+        using var lm = run.LoadModel(o.Model!, o.Device, o.Dtype, o.CheckFinite, o.Threads, agreed,
             new[] { o.Train! }.Concat(o.Validation is null ? Array.Empty<string>() : new[] { o.Validation }), reporter is null ? null : reporter.Message);
         var tok = lm.RequireTokenizer();
         int padId = tok.PadId ?? tok.EosId ?? 0;
@@ -78,7 +78,7 @@ public static class TrainingJob
         CheckMethodSize(o, lm.Model.Config);
         using var method = CreateMethod(o, lm, trainEx);
         long trainable = method.Parameters.Sum(p => p.Param.NumberOfElements);
-        reporter?.Message($"{o.Method} tuning: {method.NumVirtualTokens} virtual tokens, {trainable:N0} trainable parameters");
+        reporter?.Message($"{OptionsRecord.EnumName(o.Method)} tuning: {method.NumVirtualTokens} virtual tokens, {trainable:N0} trainable parameters");
 
         if (!resume && run.IsWriter) AtomicFile.WriteAllText(Path.Combine(runDir, ResolvedConfigFile), o.ToJson());
         var trainer = new Trainer(lm.Model, method, train, val, o, padId, runDir, reporter)
@@ -96,15 +96,15 @@ public static class TrainingJob
     /// </summary>
     public static void CheckMethodSize(TrainOptions o, Models.ModelConfig c)
     {
-        long width = o.Method == "prefix" ? MemoryBudget.Product(2, c.NumLayers, c.KvDim) : c.HiddenSize;
+        long width = o.Method == TuningMethod.Prefix ? MemoryBudget.Product(2, c.NumLayers, c.KvDim) : c.HiddenSize;
         long elements = MemoryBudget.Product(o.VirtualTokens, width);
-        bool mlp = o.Method == "prefix" ? o.PrefixProjection : o.PromptProjection;
+        bool mlp = o.Method == TuningMethod.Prefix ? o.PrefixProjection : o.PromptProjection;
         if (mlp)
         {
             long mlpElems = MemoryBudget.Product(o.EncoderHiddenSize, c.HiddenSize + width + 2);
             elements = elements == long.MaxValue || mlpElems == long.MaxValue ? long.MaxValue : elements + mlpElems + MemoryBudget.Product(o.VirtualTokens, c.HiddenSize);
         }
-        var what = $"--virtual-tokens {o.VirtualTokens}{(mlp ? $" with --encoder-hidden-size {o.EncoderHiddenSize}" : "")} ({o.Method} tuning on this model)";
+        var what = $"--virtual-tokens {o.VirtualTokens}{(mlp ? $" with --encoder-hidden-size {o.EncoderHiddenSize}" : "")} ({OptionsRecord.EnumName(o.Method)} tuning on this model)";
         MemoryBudget.Check(MemoryBudget.Product(elements, 4 * 4), what);
     }
 
@@ -139,7 +139,7 @@ public static class TrainingJob
 
     public static IPromptMethod CreateMethod(TrainOptions o, LanguageModel lm, IReadOnlyList<Example> trainExamples)
     {
-        if (o.Method == "prefix")
+        if (o.Method == TuningMethod.Prefix)
             return PrefixTuning.Create(lm.Model.Config, o.VirtualTokens, o.PrefixProjection, o.EncoderHiddenSize, o.Seed, lm.Model.Device);
         var tok = lm.RequireTokenizer();
         var init = o.Init switch { "random" => PromptInit.Random, "text" => PromptInit.Text, "class_labels" => PromptInit.ClassLabels, _ => PromptInit.SampleVocab };
