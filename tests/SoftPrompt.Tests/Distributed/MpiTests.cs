@@ -305,6 +305,36 @@ public class MpiTests
         AssertSameAdapter(tmp["straight/adapter"], tmp["run/adapter"], 1e-5);
     }
 
+    [MpiFact]
+    public void SigtermToMpirunCheckpointsOnceAndPrintsTheResumeCommand()
+    {
+        using var tmp = new Fixtures.TempDir();
+        var train = WriteTrain(tmp["train.tsv"]);
+        using var p = Mpi.Start(2, TrainArgs(train, tmp["run"], "prompt", "--steps", "100000", "--eval-every", "0", "--validation-split", "0"));
+        var so = p.StandardOutput.ReadToEndAsync();
+        var se = p.StandardError.ReadToEndAsync();
+        var wait = Stopwatch.StartNew();
+        while (wait.Elapsed < TimeSpan.FromSeconds(120) && !p.HasExited)
+        {
+            try { if (File.Exists(tmp["run/metrics.jsonl"]) && File.ReadAllLines(tmp["run/metrics.jsonl"]).Length >= 3) break; }
+            catch (IOException) { }
+            Thread.Sleep(100);
+        }
+        if (p.HasExited) throw new Xunit.Sdk.XunitException("training ended before the signal: " + se.Result);
+        Assert.Equal(0, kill(p.Id, 15));
+        bool ended = p.WaitForExit(TimeSpan.FromSeconds(60));
+        if (!ended) { p.Kill(true); p.WaitForExit(); }
+        Assert.True(ended, "mpirun did not end within 60 s of SIGTERM: " + se.Result);
+        p.WaitForExit();
+        Assert.NotEqual(0, p.ExitCode);
+        var m = System.Text.RegularExpressions.Regex.Match(se.Result, @"interrupted at step (\d+); continue with: softprompt train --resume (\S+) \(under mpirun -np 2");
+        Assert.True(m.Success, se.Result);
+        Assert.Single(System.Text.RegularExpressions.Regex.Matches(se.Result, "interrupted at step")); // rank 0 alone
+        Assert.Equal(tmp["run"], m.Groups[2].Value);
+        Assert.Equal(int.Parse(m.Groups[1].Value), JsonNode.Parse(File.ReadAllText(tmp["run/checkpoint/trainer_state.json"]))!["Step"]!.GetValue<int>());
+        Assert.False(Directory.Exists(tmp["run/checkpoint.tmp"]));
+    }
+
     /// <summary>scripts/mpi/allreduce_bench.c (the docs' all-reduce figures) builds with mpicc and prints one line per size.</summary>
     [MpiFact]
     public void TheAllReduceBenchmarkBuildsAndRuns()
@@ -321,7 +351,7 @@ public class MpiTests
         psi.Environment["OMPI_ALLOW_RUN_AS_ROOT"] = "1"; psi.Environment["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1";
         using var p = Process.Start(psi)!;
         var so = p.StandardOutput.ReadToEndAsync(); var se = p.StandardError.ReadToEndAsync();
-        Assert.True(p.WaitForExit(TimeSpan.FromSeconds(60)), se.Result);
+        if (!p.WaitForExit(TimeSpan.FromSeconds(60))) { p.Kill(true); p.WaitForExit(); throw new Xunit.Sdk.XunitException("the benchmark did not end within 60 s: " + se.Result); }
         p.WaitForExit();
         Assert.True(p.ExitCode == 0, se.Result);
         var lines = so.Result.Split('\n', StringSplitOptions.RemoveEmptyEntries);
