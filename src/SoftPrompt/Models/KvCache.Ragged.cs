@@ -54,6 +54,16 @@ public sealed partial class KvCache
     /// <summary>Empties a row (its buffers are overwritten by later steps).</summary>
     public void ResetRow(int row) { R.Lens[row] = 0; Length = R.Lens.Max(); }
 
+    /// <summary>Empties a row and zeroes its buffers. A row's entries past its length are read with zero attention
+    /// weight, and 0 x NaN is NaN: after a row held non-finite keys/values (a failed sequence), clear it so that the
+    /// next sequence in that row does not inherit them.</summary>
+    public void ClearRow(int row)
+    {
+        using var scope = torch.NewDisposeScope();
+        for (int l = 0; l < NumLayers; l++) { _k[l]![row].zero_(); _v[l]![row].zero_(); }
+        ResetRow(row);
+    }
+
     /// <summary>Seeds an empty row with a prefix: per layer (key, value), each [kv_heads, P, head_dim] or [1, kv_heads, P, head_dim].</summary>
     public void SetRowPrefix(int row, IReadOnlyList<(Tensor Key, Tensor Value)> prefix)
     {
