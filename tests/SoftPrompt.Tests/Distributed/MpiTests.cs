@@ -281,6 +281,8 @@ public class MpiTests
             Thread.Sleep(100);
         }
         if (victim is null) { try { p.Kill(true); } catch (InvalidOperationException) { } p.WaitForExit(); throw new Xunit.Sdk.XunitException("no checkpoint at step 4 (or no rank 1) within 120 s: " + se.Result); }
+        var rank0 = RankPid(p.Id, 0);
+        Assert.NotNull(rank0);
         Assert.Equal(0, kill(victim.Value, 9));
         var killed = Stopwatch.StartNew();
         bool ended = p.WaitForExit(TimeSpan.FromSeconds(30));
@@ -288,7 +290,9 @@ public class MpiTests
         Assert.True(ended, "the job did not end within 30 s of kill -9 of rank 1: " + se.Result);
         p.WaitForExit();
         Assert.NotEqual(0, p.ExitCode);
-        Assert.True(Children(p.Id).Count() == 0);
+        // Rank 0 is gone too, within the same 30 s (the launcher may return while the kernel still tears it down).
+        while (Directory.Exists($"/proc/{rank0}") && killed.Elapsed < TimeSpan.FromSeconds(30)) Thread.Sleep(100);
+        Assert.False(Directory.Exists($"/proc/{rank0}") && !File.ReadAllText($"/proc/{rank0}/stat").Contains(") Z "), $"rank 0 (pid {rank0}) still running 30 s after kill -9 of rank 1");
         Assert.Contains("rank 1", se.Result); // the launcher names the rank that died
 
         // The last checkpoint is whole: its state reads and its step is one the run reached.
