@@ -103,7 +103,7 @@ public sealed class RunScaffold
             if (threads == 0) threads = Launch.DefaultThreads(Comm);
             device = DeviceFor(device);
         }
-        int n = TorchRuntime.SetThreads(threads, IsWriter ? threadLog : null);
+        int n = TorchRuntime.SetThreads(threads, IsWriter ? threadLog : _ => { }); // only rank 0 says anything (warnings too)
         var lm = LanguageModel.Load(model, device, dtype, checkFinite);
         if (Comm.Size > 1) Message?.Invoke(Launch.Banner(Comm, lm.Model.Device.ToString(), n));
         return lm;
