@@ -43,7 +43,7 @@ public static class InspectCommand
                 vocab_size = cfg.VocabSize,
                 max_positions = cfg.MaxPositions,
                 tied_embeddings = cfg.TieWordEmbeddings,
-                rope_theta = cfg.Family == ArchFamily.Llama ? cfg.RopeTheta : (double?)null,
+                rope_theta = cfg.Family != ArchFamily.Gpt2 ? cfg.RopeTheta : (double?)null,
                 rope_scaling = cfg.RopeScaling?.Type,
                 sliding_window = cfg.SlidingWindow,
                 parameters,
@@ -65,7 +65,7 @@ public static class InspectCommand
             Console.WriteLine($"heads          {cfg.NumHeads} query / {cfg.NumKvHeads} key-value (head_dim {cfg.HeadDim}{(cfg.NumKvHeads < cfg.NumHeads ? ", grouped-query" : "")})");
             Console.WriteLine($"mlp            {cfg.IntermediateSize} ({cfg.Activation})");
             Console.WriteLine($"vocab          {cfg.VocabSize}");
-            Console.WriteLine($"positions      {cfg.MaxPositions}{(cfg.Family == ArchFamily.Llama ? $" (RoPE theta {cfg.RopeTheta}{(cfg.RopeScaling is { } rs ? $", {rs.Type} scaling x{rs.Factor}" : "")})" : " (learned)")}");
+            Console.WriteLine($"positions      {cfg.MaxPositions}{(cfg.Family != ArchFamily.Gpt2 ? $" (RoPE theta {cfg.RopeTheta}{(cfg.RopeScaling is { } rs ? $", {rs.Type} scaling x{rs.Factor}" : "")})" : " (learned)")}");
             if (cfg.SlidingWindow is int w) Console.WriteLine($"sliding window {w}");
             Console.WriteLine($"embeddings     {(cfg.TieWordEmbeddings ? "tied to the LM head" : "separate LM head")}");
             Console.WriteLine($"parameters     {parameters:N0} ({parameters / 1e6:F1} M)");

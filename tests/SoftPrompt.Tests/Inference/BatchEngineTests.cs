@@ -61,6 +61,10 @@ public class BatchEngineTests
     [InlineData("llama")]
     [InlineData("gpt2")]
     [InlineData("qwen2")]
+    [InlineData("gemma")]
+    [InlineData("gemma2")]     // soft-capping, and a window of 4 on layer 0 with global layer 1: two masks per step
+    [InlineData("phi3")]
+    [InlineData("gpt_neox")]   // parallel residual, partial rotary
     public void MixedPromptBatchMatchesEachRowAlone(string arch)
     {
         using var w = new World(arch);
