@@ -35,6 +35,7 @@ public static class Cli
         // On every command: weights and adapters are checked for NaN/infinity at load (one reduction per tensor);
         // --no-check skips that on models too large to spend the time.
         root.Options.Add(new Option<bool>(NoCheck) { Description = "Skip the NaN/infinity check of weights and adapters at load.", Recursive = true });
+        root.Options.Add(DistributedRun.Option);
         return root;
     }
 
@@ -82,7 +83,8 @@ public static class Cli
         {
             return parse.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
         }
-        catch (Exception e) { return Fail(e); }
+        catch (Exception e) { return DistributedRun.Fail(e, Fail) ?? Fail(e); }
+        finally { DistributedRun.Close(); }
     }
 
     /// <summary>

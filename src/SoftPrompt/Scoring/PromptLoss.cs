@@ -1,5 +1,6 @@
 using SoftPrompt.Data;
 using SoftPrompt.Models;
+using SoftPrompt.Distributed;
 using SoftPrompt.Tuning;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -48,21 +49,34 @@ public static class PromptLoss
         return (nll, count);
     }
 
-    /// <summary>Mean target-token loss of a prompt on examples (no gradients).</summary>
+    /// <summary>
+    /// Mean target-token loss of a prompt on examples (no gradients). With several ranks (<paramref name="comm"/>) each
+    /// rank runs every Size-th batch of the same batching, and the per-batch sums are gathered and added in batch
+    /// order: the result is bit for bit the one-process result.
+    /// </summary>
     public static double ValidationLoss(CausalLM model, IPromptMethod? method, IReadOnlyList<TokenizedExample> data, int batchSize, int padId,
-        Action<int>? examplesDone = null)
+        Action<int>? examplesDone = null, ICommunicator? comm = null)
     {
+        comm ??= SingleProcess.Instance;
         using var noGrad = torch.no_grad();
-        double nll = 0; long count = 0;
         var order = Enumerable.Range(0, data.Count).OrderBy(i => data[i].PromptIds.Length + data[i].TargetIds.Length).ToArray();
-        for (int s = 0; s < order.Length; s += batchSize)
+        int batches = (order.Length + batchSize - 1) / batchSize;
+        // Per batch: its fp32 loss sum (as a double) and its target count; zero where another rank ran the batch.
+        var sums = new double[batches];
+        var counts = new long[batches];
+        for (int b = 0, s = 0; b < batches; b++, s += batchSize)
         {
+            if (!comm.Owns(b)) continue;
             using var scope = torch.NewDisposeScope();
             using var batch = Collator.Collate(order.Skip(s).Take(batchSize).Select(i => data[i]).ToList(), padId, model.Device, false);
             var (sum, c) = PromptLoss.Compute(model, method, batch);
-            nll += sum.item<float>(); count += c;
+            sums[b] = sum.item<float>(); counts[b] = c;
             examplesDone?.Invoke(Math.Min(order.Length, s + batchSize));
         }
+        comm.AllReduceSum(sums);
+        comm.AllReduceSum(counts);
+        double nll = 0; long count = 0;
+        for (int b = 0; b < batches; b++) { nll += sums[b]; count += counts[b]; }
         return count > 0 ? nll / count : double.NaN;
     }
 }
