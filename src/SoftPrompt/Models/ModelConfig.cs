@@ -10,6 +10,8 @@ public enum ArchFamily
     Gpt2,
     /// <summary>Llama and its descendants (Mistral, Qwen2, Qwen3): RMSNorm, RoPE, separate q/k/v, gated SiLU MLP.</summary>
     Llama,
+    /// <summary>T5 / Flan-T5 encoder-decoder (<see cref="T5Config"/>, <see cref="T5Model"/>): not a decoder-only model.</summary>
+    T5,
 }
 
 /// <summary>RoPE frequency scaling as Hugging Face's <c>rope_scaling</c> describes it.</summary>
@@ -20,7 +22,7 @@ public sealed record RopeScaling(string Type, double Factor, double LowFreqFacto
 /// and a value we do not implement fails loudly instead of being ignored (an ignored <c>rope_scaling</c> is how
 /// other ports silently drift from the reference).
 /// </summary>
-public sealed record ModelConfig
+public sealed partial record ModelConfig
 {
     public required string ModelType { get; init; }
     public required ArchFamily Family { get; init; }
@@ -56,10 +58,14 @@ public sealed record ModelConfig
     /// <summary>The dtype the checkpoint was saved in (<c>torch_dtype</c>), if given.</summary>
     public string? TorchDtype { get; init; }
     public string? NameOrPath { get; init; }
+    /// <summary>The encoder-decoder options of a T5 checkpoint (model_type t5), else null.</summary>
+    public T5Config? T5 { get; init; }
+    /// <summary>True for encoder-decoder models (T5): the prompt is the encoder input, the target the decoder's.</summary>
+    public bool IsEncoderDecoder => T5 is not null;
 
     public int KvDim => NumKvHeads * HeadDim;
 
-    public static readonly string[] SupportedModelTypes = { "gpt2", "llama", "mistral", "qwen2", "qwen3" };
+    public static readonly string[] SupportedModelTypes = { "gpt2", "llama", "mistral", "qwen2", "qwen3", "t5" };
 
     public static ModelConfig Load(string modelDir)
     {
@@ -171,6 +177,8 @@ public sealed record ModelConfig
                     SlidingWindow = window, BosTokenId = bos, EosTokenIds = eos, PadTokenId = pad, TorchDtype = r.Str("torch_dtype") ?? r.Str("dtype"),
                 };
             }
+            case "t5":
+                return ParseT5(o, r, eos, pad, path);
             default:
                 throw new SoftPromptException($"{path}: model_type '{type}' is not supported (supported: {string.Join(", ", SupportedModelTypes)}).");
         }

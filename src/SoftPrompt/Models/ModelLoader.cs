@@ -18,6 +18,7 @@ public static class ModelLoader
         device ??= torch.CPU;
         bool check = checkFinite ?? CheckFiniteByDefault;
         var cfg = ModelConfig.Load(modelDir);
+        if (cfg.IsEncoderDecoder) throw new SoftPromptException($"{modelDir}: a {cfg.ModelType} model is an encoder-decoder model, not a decoder-only one; it loads with T5Model.Load.");
         var expected = ExpectedShapes(cfg);
         var files = WeightFiles(modelDir);
 
