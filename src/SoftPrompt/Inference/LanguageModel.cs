@@ -12,11 +12,19 @@ namespace SoftPrompt.Inference;
 /// </summary>
 public sealed class LanguageModel : IDisposable
 {
-    public CausalLM Model { get; }
+    /// <summary>The frozen model, decoder-only or encoder-decoder: what training, adapters and the loss take.</summary>
+    public IPromptableModel Base { get; }
+    /// <summary>The decoder-only model; an encoder-decoder one is refused by name here, so code written for decoder-only
+    /// models (search, OPRO's local model, inspection, the batch engine) says so instead of failing later.</summary>
+    public CausalLM Model => Base as CausalLM ?? throw new SoftPromptException(
+        $"{Directory}: {Base.Config.ModelType} is an encoder-decoder model; this command supports decoder-only models only (with T5: train, eval, generate, score).");
+    /// <summary>The encoder-decoder model (T5), else null.</summary>
+    public T5Model? Seq2Seq => Base as T5Model;
+    public bool IsEncoderDecoder => Base.Config.IsEncoderDecoder;
     public HfTokenizer? Tokenizer { get; }
     public string Directory { get; }
 
-    LanguageModel(string dir, CausalLM model, HfTokenizer? tok) { Directory = dir; Model = model; Tokenizer = tok; }
+    LanguageModel(string dir, IPromptableModel model, HfTokenizer? tok) { Directory = dir; Base = model; Tokenizer = tok; }
 
     public static LanguageModel Load(string modelDir, string device = "auto", string dtype = "fp32")
     {
@@ -24,7 +32,8 @@ public sealed class LanguageModel : IDisposable
         var dev = TorchRuntime.ResolveDevice(device);
         var dt = TorchRuntime.ResolveDType(dtype, cfg.TorchDtype);
         var tok = HfTokenizer.TryLoad(modelDir);
-        return new LanguageModel(modelDir, ModelLoader.Load(modelDir, dev, dt), tok);
+        IPromptableModel model = cfg.IsEncoderDecoder ? T5Model.Load(modelDir, dev, dt, ModelLoader.CheckFiniteByDefault) : ModelLoader.Load(modelDir, dev, dt);
+        return new LanguageModel(modelDir, model, tok);
     }
 
     public HfTokenizer RequireTokenizer() => Tokenizer ?? throw new SoftPromptException(
@@ -38,10 +47,20 @@ public sealed class LanguageModel : IDisposable
     public string TokenText(int id) => Tokenizer?.TokenText(id) ?? $"<{id}>";
 
     /// <summary>Stop ids: the tokenizer's (including generation_config.json) or else config.json's eos_token_id.</summary>
-    public IReadOnlyList<int> EosIds => Tokenizer is { EosIds.Count: > 0 } t ? t.EosIds : Model.Config.EosTokenIds;
+    public IReadOnlyList<int> EosIds => Tokenizer is { EosIds.Count: > 0 } t ? t.EosIds : Base.Config.EosTokenIds;
 
     /// <summary>Loads a PEFT prompt adapter folder (prompt tuning or prefix tuning) made for this model.</summary>
-    public IPromptMethod LoadPrompt(string adapterDir) => Adapter.Load(adapterDir, Model);
+    public IPromptMethod LoadPrompt(string adapterDir) => Adapter.Load(adapterDir, Base);
+
+    /// <summary>Encoder-decoder scoring: log-probabilities of <paramref name="targetIds"/> as the decoder's continuation
+    /// of the encoder input <paramref name="inputIds"/>.</summary>
+    public TokenScores Score(IReadOnlyList<int> inputIds, IReadOnlyList<int> targetIds, IPromptMethod? prompt = null)
+    {
+        var t5 = Seq2Seq ?? throw new SoftPromptException($"{Directory}: scoring an input and a target separately needs an encoder-decoder model.");
+        using var scope = TorchSharp.torch.NewDisposeScope();
+        using var noGrad = TorchSharp.torch.no_grad();
+        return Seq2SeqGenerator.Score(t5, inputIds, targetIds, prompt?.Inject(1));
+    }
 
     public TokenScores Score(IReadOnlyList<int> ids, IPromptMethod? prompt = null)
     {
@@ -54,8 +73,8 @@ public sealed class LanguageModel : IDisposable
     {
         using var scope = TorchSharp.torch.NewDisposeScope();
         using var noGrad = TorchSharp.torch.no_grad();
-        return Generator.Generate(Model, ids, options, prompt?.Inject(1));
+        return Seq2Seq is { } t5 ? Seq2SeqGenerator.Generate(t5, ids, options, prompt?.Inject(1)) : Generator.Generate(Model, ids, options, prompt?.Inject(1));
     }
 
-    public void Dispose() => Model.Dispose();
+    public void Dispose() => Base.Dispose();
 }

@@ -51,7 +51,7 @@ public sealed class T5Cache : IDisposable
 /// buckets in the encoder, causal in the decoder, none in cross-attention); ReLU or gated feed-forward; a tied head
 /// scales the decoder output by d_model^-1/2 first, an untied one does not.
 /// </summary>
-public sealed class T5Model : IDisposable
+public sealed class T5Model : IPromptableModel
 {
     public ModelConfig Config { get; }
     public T5Config T5 => Config.T5!;

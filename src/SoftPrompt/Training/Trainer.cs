@@ -51,7 +51,7 @@ public sealed record TrainResult(int Steps, double? BestValidationLoss, IReadOnl
 /// </summary>
 public sealed class Trainer
 {
-    readonly CausalLM _model;
+    readonly IPromptableModel _model;
     readonly IPromptMethod _method;
     readonly IReadOnlyList<TokenizedExample> _train;
     readonly IReadOnlyList<TokenizedExample>? _val;
@@ -73,7 +73,7 @@ public sealed class Trainer
     public string MetricsPath => Path.Combine(_runDir, "metrics.jsonl");
     public string PlotPath => Path.Combine(_runDir, "training.png");
 
-    public Trainer(CausalLM model, IPromptMethod method, IReadOnlyList<TokenizedExample> train, IReadOnlyList<TokenizedExample>? validation,
+    public Trainer(IPromptableModel model, IPromptMethod method, IReadOnlyList<TokenizedExample> train, IReadOnlyList<TokenizedExample>? validation,
         TrainOptions options, int padId, string runDir, ITrainingReporter? reporter = null)
     {
         if (train.Count == 0) throw new SoftPromptException("The training set is empty.");
@@ -143,7 +143,7 @@ public sealed class Trainer
                 for (int m = 0; m < _o.GradAccum; m++)
                 {
                     var (idx, ep, bi) = batches.Next();
-                    micro.Add((Collator.Collate(idx.Select(i => _train[i]).ToList(), _padId, _model.Device, _o.LossOnPrompt), ep, bi));
+                    micro.Add((PromptLoss.Collate(_model, idx.Select(i => _train[i]).ToList(), _padId, _o.LossOnPrompt), ep, bi));
                 }
                 long totalTargets = micro.Sum(x => (long)x.Batch.LossCount); // the positions the loss actually counts
                 var nllAcc = torch.zeros(1, ScalarType.Float32, _model.Device).sum();
