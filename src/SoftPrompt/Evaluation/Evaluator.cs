@@ -117,7 +117,7 @@ public static class Evaluator
         using var judge = o.Rubric is null ? null : JudgeClient(o);
         using var lm = LanguageModel.Load(o.Model!, o.Device, o.Dtype);
         var tok = lm.RequireTokenizer();
-        var model = lm.Model;
+        var model = lm.Base;
         var notes = new List<string>();
         var ct = task == "classification" ? ClassificationTask.Create(all, dataOptions, tok, o.Labels, o.Data!) : null;
         if (ct is not null && dataOptions.LabelWords is not null)
@@ -221,7 +221,7 @@ public static class Evaluator
     static ConditionResult EvaluateCondition(Condition c, IReadOnlyList<Example> examples, EvalOptions o, LanguageModel lm, HfTokenizer tok,
         ClassificationTask? ct, int padId, List<string> notes, Action<int> done)
     {
-        var model = lm.Model;
+        var model = lm.Base;
         int virtualTokens = c.Method?.NumVirtualTokens ?? 0;
         int maxLen = o.MaxLength;
         if (model.Config.Family == ArchFamily.Gpt2) maxLen = Math.Min(maxLen, model.Config.MaxPositions - virtualTokens);
@@ -273,12 +273,27 @@ public static class Evaluator
             var prompts = examples.Select((_, i) => Prompt(i, o.MaxNewTokens)).ToList();
             var firstOf = new Dictionary<string, int>();
             var todo = Enumerable.Range(0, examples.Count).Where(i => o.Temperature > 0 || firstOf.TryAdd(string.Join(",", prompts[i]), i)).ToList();
-            using var attached = c.Method is null ? null : AttachedPrompt.From(c.Method, model);
-            var generated = BatchEngine.GenerateAll(model, todo.Select(i => new SequenceRequest
+            GenerationOptions Options(int i) => new() { MaxNewTokens = o.MaxNewTokens, Temperature = o.Temperature, Seed = o.Seed + i, EosIds = eos };
+            IReadOnlyList<GenerationResult> generated;
+            if (lm.Seq2Seq is { } t5)
             {
-                PromptIds = prompts[i], Prompt = attached,
-                Options = new GenerationOptions { MaxNewTokens = o.MaxNewTokens, Temperature = o.Temperature, Seed = o.Seed + i, EosIds = eos },
-            }).ToList());
+                // Encoder-decoder: the prompt is the encoder input; each is decoded with its own decoder cache.
+                var list = new List<GenerationResult>();
+                foreach (var i in todo)
+                {
+                    using var scope = TorchSharp.torch.NewDisposeScope();
+                    list.Add(Seq2SeqGenerator.Generate(t5, prompts[i], Options(i), c.Method?.Inject(1)));
+                }
+                generated = list;
+            }
+            else
+            {
+                using var attached = c.Method is null ? null : AttachedPrompt.From(c.Method, model);
+                generated = BatchEngine.GenerateAll(lm.Model, todo.Select(i => new SequenceRequest
+                {
+                    PromptIds = prompts[i], Prompt = attached, Options = Options(i),
+                }).ToList()).Select(r => new GenerationResult(r.PromptIds, r.NewIds, r.FinishReason, null)).ToList();
+            }
             var texts = todo.Zip(generated).ToDictionary(x => x.First, x => tok.Decode(x.Second.NewIds, skipSpecialTokens: true));
             double em = 0, f1 = 0, any = 0;
             for (int i = 0; i < examples.Count; i++)

@@ -87,8 +87,11 @@ public static class TrainingJob
         // Virtual tokens occupy positions too: models with learned positions (GPT-2) have room for fewer real ones.
         int maxLength = lm.Base.Config.Family == Models.ArchFamily.Gpt2 ? Math.Min(o.MaxLength, lm.Base.Config.MaxPositions - o.VirtualTokens) : o.MaxLength;
         if (maxLength < 2) throw new SoftPromptException($"--virtual-tokens {o.VirtualTokens} leaves no room for text in the model's {lm.Base.Config.MaxPositions} positions.");
-        var train = ExampleTokenizer.TokenizeAll(trainEx, encode, o.AddEos, tok.EosId, maxLength);
-        var val = ExampleTokenizer.TokenizeAll(valEx, encode, o.AddEos, tok.EosId, maxLength);
+        // An encoder-decoder model learns where its output ends: its targets always end with EOS (transformers' T5
+        // tokenizer writes labels that way).
+        bool addEos = o.AddEos || lm.IsEncoderDecoder;
+        var train = ExampleTokenizer.TokenizeAll(trainEx, encode, addEos, tok.EosId, maxLength);
+        var val = ExampleTokenizer.TokenizeAll(valEx, encode, addEos, tok.EosId, maxLength);
         reporter?.Message($"{train.Count} training examples, {val.Count} validation examples; model {lm.Base.Config.ModelType} " +
                           $"({lm.Base.ParameterCount / 1e6:F1} M parameters, frozen, {TorchRuntime.DTypeName(lm.Base.DType)}) on {lm.Base.Device}");
 
