@@ -16,7 +16,7 @@ internal static class UnigramModel
     public static byte[] ProtoFromTokenizerJson(JsonElement root, JsonElement model, string file, IReadOnlyCollection<AddedToken> added)
     {
         if (!HfJson.Has(model, "vocab", out var vocab) || vocab.ValueKind != JsonValueKind.Array || vocab.GetArrayLength() == 0)
-            throw new TokenizerLoadException($"{file}: key 'model.vocab' must be a non-empty array of [piece, score] pairs", file);
+            throw new TokenizerLoadException($"{file}: key 'model.vocab' of the Unigram model must be a non-empty array of [piece, score] pairs", file);
         int? unk = null;
         if (HfJson.Has(model, "unk_id", out var u) && u.ValueKind != JsonValueKind.Null) unk = HfJson.Int(u, file, "model.unk_id");
         if (unk is int ui && (ui < 0 || ui >= vocab.GetArrayLength()))
