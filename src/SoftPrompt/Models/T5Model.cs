@@ -181,6 +181,20 @@ public sealed class T5Model : IPromptableModel
         }
     }
 
+    /// <summary>A frozen model from weights in memory (names and shapes as in a checkpoint, checked against the config);
+    /// the model owns them from here on.</summary>
+    public static T5Model FromWeights(ModelConfig cfg, Dictionary<string, Tensor> weights)
+    {
+        var expected = ExpectedShapes(cfg);
+        foreach (var (name, shape) in expected)
+            if (!weights.TryGetValue(name, out var t) || !t.shape.SequenceEqual(shape))
+                throw new ArgumentException($"weight '{name}' is missing or not of shape [{string.Join(", ", shape)}].");
+        var extra = weights.Keys.FirstOrDefault(k => !expected.ContainsKey(k));
+        if (extra is not null) throw new ArgumentException($"unexpected weight '{extra}' for this config.");
+        var first = weights["shared.weight"];
+        return new T5Model(cfg, weights, first.device, first.dtype);
+    }
+
     /// <summary>A frozen model of <paramref name="cfg"/>'s shape with random weights (tests, benchmarks).</summary>
     public static T5Model Random(ModelConfig cfg, long seed = 0, ScalarType dtype = ScalarType.Float32, Device? device = null, double std = 0.05)
     {
