@@ -28,9 +28,10 @@ public static class Cli
     });
 
     /// <summary>The root command with every subcommand (Program.cs and the tests use the same tree).</summary>
-    public static RootCommand BuildRoot()
+    /// <param name="allocatorMode">What <see cref="SoftPrompt.Runtime.TorchRuntime.ConfigureAllocator"/> did at start-up (bench reports it).</param>
+    public static RootCommand BuildRoot(string allocatorMode = "default (not configured)")
     {
-        var root = BuildCommands();
+        var root = BuildCommands(allocatorMode);
         // On every command: weights and adapters are checked for NaN/infinity at load (one reduction per tensor);
         // --no-check skips that on models too large to spend the time.
         root.Options.Add(new Option<bool>(NoCheck) { Description = "Skip the NaN/infinity check of weights and adapters at load.", Recursive = true });
@@ -39,14 +40,21 @@ public static class Cli
 
     public const string NoCheck = "--no-check";
 
-    static RootCommand BuildCommands() => new("softprompt: tune soft prompts (prompt tuning, prefix tuning) for frozen Hugging Face causal LMs on TorchSharp.")
+    /// <summary>The invocation's verbosity, from the global <c>--quiet</c> / <c>--verbose</c>.</summary>
+    public static Verbosity VerbosityOf(ParseResult pr) =>
+        pr.GetValue(QuietOption) ? Verbosity.Quiet : pr.GetValue(VerboseOption) ? Verbosity.Verbose : Verbosity.Normal;
+
+    /// <summary>Whether this invocation checks weights and adapters for NaN/infinity at load (not with <c>--no-check</c>).</summary>
+    public static bool CheckFinite(ParseResult pr) => !pr.GetValue<bool>(NoCheck);
+
+    static RootCommand BuildCommands(string allocatorMode) => new("softprompt: tune soft prompts (prompt tuning, prefix tuning) for frozen Hugging Face causal LMs on TorchSharp.")
     {
         QuietOption, VerboseOption,
         Commands.InspectCommand.Create(),
         Commands.ScoreCommand.Create(),
         Commands.GenerateCommand.Create(),
         Commands.TrainCommand.Create(),
-        Commands.BenchCommand.Create(),
+        Commands.BenchCommand.Create(allocatorMode),
         Commands.SearchCommand.Create(),
         Commands.InspectPromptCommand.Create(),
         Commands.EvalCommand.Create(),
@@ -70,10 +78,8 @@ public static class Cli
         if (args.Length == 0) { root.Parse("--help").Invoke(); return 0; } // bare `softprompt`: the help text
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0) return UsageFail(parse);
-        ConsoleProgress.Level = parse.GetValue(QuietOption) ? Verbosity.Quiet : parse.GetValue(VerboseOption) ? Verbosity.Verbose : Verbosity.Normal;
         try
         {
-            SoftPrompt.Models.ModelLoader.CheckFiniteByDefault = !parse.GetValue<bool>(NoCheck);
             return parse.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
         }
         catch (Exception e) { return Fail(e); }
@@ -190,12 +196,12 @@ public static class Cli
     /// the one the adapter was trained with (so `--prompt RUN --text good` reads as in training); unchanged without a
     /// template, with <paramref name="raw"/>, or for --ids. A template with several fields cannot take one text.
     /// </summary>
-    public static string? TemplatedText(string? text, string? adapterDir, string? template, bool raw)
+    public static string? TemplatedText(string? text, string? adapterDir, string? template, bool raw, Verbosity verbosity = Verbosity.Normal)
     {
         if (text is null || raw) return text;
         string? source = template is not null ? "--prompt-template" : null;
         if (template is null && adapterDir is not null
-            && SoftPrompt.Tuning.Adapter.RecordedDataSettings(adapterDir).TryGetValue("prompt_template", out var t) && t is string recorded)
+            && SoftPrompt.Tuning.AdapterMetadata.TryRead(adapterDir) is { IsTrained: true, PromptTemplate: { } recorded })
         {
             template = recorded;
             source = $"the prompt template recorded in {adapterDir}";
@@ -205,7 +211,7 @@ public static class Cli
         if (tpl.Fields.Count != 1)
             throw new SoftPromptException($"{source} \"{template.Replace("\n", "\\n")}\" has {tpl.Fields.Count} fields ({string.Join(", ", tpl.Fields)}); --text fills exactly one. Give the whole text with --no-template.");
         var rendered = tpl.Render(new Dictionary<string, string> { [tpl.Fields[0]] = text }, out _)!;
-        ConsoleProgress.Info($"text through {source}: {System.Text.Json.JsonSerializer.Serialize(rendered, Json)} (--no-template to send --text as it is)");
+        ConsoleProgress.Info(verbosity, $"text through {source}: {System.Text.Json.JsonSerializer.Serialize(rendered, Json)} (--no-template to send --text as it is)");
         return rendered;
     }
 

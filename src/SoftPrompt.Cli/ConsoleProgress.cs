@@ -13,9 +13,9 @@ public enum Verbosity { Quiet, Normal, Verbose }
 /// </summary>
 public sealed class ConsoleProgress
 {
-    /// <summary>Set from <c>--quiet</c> / <c>--verbose</c> before a command runs.</summary>
-    public static Verbosity Level { get; set; } = Verbosity.Normal;
-    public static TimeSpan LineInterval { get; set; } = TimeSpan.FromSeconds(10);
+    /// <summary>From <c>--quiet</c> / <c>--verbose</c> of the invocation (<see cref="Cli.VerbosityOf"/>).</summary>
+    public Verbosity Level { get; }
+    public static readonly TimeSpan LineInterval = TimeSpan.FromSeconds(10);
 
     readonly IAnsiConsole? _console;
     readonly ProgressContext? _ctx;
@@ -23,22 +23,20 @@ public sealed class ConsoleProgress
     DateTime _lastLine = DateTime.MinValue;
     readonly object _lock = new();
 
-    ConsoleProgress(IAnsiConsole? console, ProgressContext? ctx) { _console = console; _ctx = ctx; }
-
-    static bool LiveAllowed => Level == Verbosity.Normal && !Console.IsErrorRedirected;
+    ConsoleProgress(Verbosity level, IAnsiConsole? console, ProgressContext? ctx) { Level = level; _console = console; _ctx = ctx; }
 
     /// <summary>Runs <paramref name="job"/> with a progress display for it; returns what the job returns.</summary>
-    public static T Run<T>(Func<ConsoleProgress, T> job)
+    public static T Run<T>(Verbosity level, Func<ConsoleProgress, T> job)
     {
-        if (!LiveAllowed) return job(new ConsoleProgress(null, null));
+        if (level != Verbosity.Normal || Console.IsErrorRedirected) return job(new ConsoleProgress(level, null, null));
         var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Error) });
-        if (!console.Profile.Capabilities.Interactive || !console.Profile.Capabilities.Ansi) return job(new ConsoleProgress(null, null));
+        if (!console.Profile.Capabilities.Interactive || !console.Profile.Capabilities.Ansi) return job(new ConsoleProgress(level, null, null));
         T result = default!;
         console.Progress()
             .AutoClear(true).HideCompleted(true)
             .Columns(new TaskDescriptionColumn { Alignment = Justify.Left }, new ProgressBarColumn(), new PercentageColumn(),
                      new ElapsedTimeColumn(), new RemainingTimeColumn(), new SpinnerColumn())
-            .Start(ctx => { result = job(new ConsoleProgress(console, ctx)); });
+            .Start(ctx => { result = job(new ConsoleProgress(level, console, ctx)); });
         return result;
     }
 
@@ -99,7 +97,7 @@ public sealed class ConsoleProgress
     }
 
     /// <summary>An informational line outside a progress display (stderr; suppressed by --quiet).</summary>
-    public static void Info(string text) { if (Level != Verbosity.Quiet) Console.Error.WriteLine(text); }
+    public static void Info(Verbosity level, string text) { if (level != Verbosity.Quiet) Console.Error.WriteLine(text); }
 
     /// <summary>Result lines: stdout, whatever the verbosity.</summary>
     public static readonly ResultLines Results = new();

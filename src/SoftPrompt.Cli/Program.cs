@@ -2,5 +2,5 @@ using SoftPrompt.Cli;
 using SoftPrompt.Runtime;
 
 // Process-wide: keep freed memory in glibc's heap for reuse (Linux only; SOFTPROMPT_MALLOC=default turns it off).
-TorchRuntime.ConfigureAllocator();
-return Cli.Invoke(Cli.BuildRoot(), args);
+var allocator = TorchRuntime.ConfigureAllocator();
+return Cli.Invoke(Cli.BuildRoot(allocator), args);

@@ -28,6 +28,8 @@ public sealed class RecordOptions<T> where T : class, new()
                 : p.PropertyType == typeof(bool) ? new Option<bool>(name) { Description = desc }
                 : p.PropertyType == typeof(string[]) ? new Option<string[]>(name) { Description = desc + " (repeatable)" }
                 : new Option<string>(name) { Description = desc };
+            // Enum settings are spelled as in config files (snake_case); the help lists them, a wrong one is an error naming the option.
+            if (p.PropertyType.IsEnum) opt.CompletionSources.Add(OptionsRecord.EnumNames(p.PropertyType));
             if (name == "--model") opt.Aliases.Add("-m");
             if (name == "--output") opt.Aliases.Add("-o");
             _options.Add((p, opt));
@@ -45,6 +47,7 @@ public sealed class RecordOptions<T> where T : class, new()
             if (pr.GetResult(opt) is { Implicit: false } r)
             {
                 given[p.Name] = r.GetValueOrDefault<object?>();
+                if (p.PropertyType.IsEnum && given[p.Name] is string text) given[p.Name] = OptionsRecord.ParseEnum(p.PropertyType, text, opt.Name);
                 if (given[p.Name] is double d && !double.IsFinite(d)) throw new SoftPromptException($"{opt.Name} {d}: expected a finite number.");
                 WarnOnLiteralEscapes(opt.Name, given[p.Name]);
             }
@@ -61,7 +64,7 @@ public sealed class RecordOptions<T> where T : class, new()
         var o = Bind(pr);
         foreach (var dir in adapters(o))
         {
-            var recorded = SoftPrompt.Tuning.Adapter.RecordedDataSettings(dir);
+            var recorded = SoftPrompt.Tuning.AdapterMetadata.TryRead(dir)?.DataSettingsAsConfig() ?? new();
             if (recorded.Count == 0) continue;
             var byKey = OptionsRecord.Properties<T>().ToDictionary(OptionsRecord.Key);
             var start = OptionsRecord.With(new T(), recorded.Where(kv => byKey.ContainsKey(kv.Key)).ToDictionary(kv => byKey[kv.Key].Name, kv => (object?)kv.Value));

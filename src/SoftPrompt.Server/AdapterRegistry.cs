@@ -31,10 +31,12 @@ public sealed class AdapterRegistry : IDisposable
     readonly object _lock = new();
     long _clock;
 
-    public AdapterRegistry(CausalLM model, int maxResident)
+    readonly bool _checkFinite;
+
+    public AdapterRegistry(CausalLM model, int maxResident, bool checkFinite = true)
     {
         if (maxResident < 1) throw new SoftPromptException("--max-resident-adapters must be at least 1.");
-        _model = model; _maxResident = maxResident;
+        _model = model; _maxResident = maxResident; _checkFinite = checkFinite;
     }
 
     public const string BaseName = "base";
@@ -52,7 +54,7 @@ public sealed class AdapterRegistry : IDisposable
         CheckName(name);
         lock (_lock) if (_entries.ContainsKey(name)) throw new InvalidOperationException($"an adapter named '{name}' is already served.");
         var full = System.IO.Path.GetFullPath(SoftPrompt.Tuning.Adapter.ResolveDir(path)); // a run folder stands for its adapter/
-        var prompt = AttachedPrompt.Load(full, _model, name);
+        var prompt = AttachedPrompt.Load(full, _model, name, _checkFinite);
         var info = ReadInfo(name, full, prompt);
         lock (_lock)
         {
@@ -93,7 +95,7 @@ public sealed class AdapterRegistry : IDisposable
             e.LastUse = ++_clock;
             if (e.Resident is not null && e.Resident.TryAcquire()) return e.Resident;
         }
-        var loaded = AttachedPrompt.Load(e.Info.Path, _model, name);   // outside the lock: a file read
+        var loaded = AttachedPrompt.Load(e.Info.Path, _model, name, _checkFinite);   // outside the lock: a file read
         lock (_lock)
         {
             if (!_entries.TryGetValue(name, out var now) || now != e) { loaded.Dispose(); return null; }
@@ -135,14 +137,9 @@ public sealed class AdapterRegistry : IDisposable
 
     static AdapterInfo ReadInfo(string name, string dir, AttachedPrompt p)
     {
-        var meta = SafeTensors.ReadHeader(System.IO.Path.Combine(dir, Adapter.WeightsFile)).Metadata;
-        meta.TryGetValue("softprompt.prompt_template", out var pt);
-        meta.TryGetValue("softprompt.target_template", out var tt);
-        Dictionary<string, string>? words = null;
-        if (meta.TryGetValue("softprompt.label_words", out var lw))
-            words = lw.Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => l.Split('=', 2)).Where(kv => kv.Length == 2).ToDictionary(kv => kv[0], kv => kv[1]);
-        string method = p.PeftType == "PREFIX_TUNING" ? "prefix_tuning" : "prompt_tuning";
-        return new AdapterInfo(name, dir, method, p.VirtualTokens, pt, tt, words);
+        var meta = AdapterMetadata.Read(dir);
+        string method = p.Method == TuningMethod.Prefix ? "prefix_tuning" : "prompt_tuning";
+        return new AdapterInfo(name, dir, method, p.VirtualTokens, meta.PromptTemplate, meta.TargetTemplate, meta.LabelWords?.ToDictionary(kv => kv.Key, kv => kv.Value));
     }
 
     public void Dispose()

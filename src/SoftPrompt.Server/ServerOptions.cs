@@ -30,6 +30,8 @@ public sealed record ServerOptions
     public int MaxResidentAdapters { get; init; } = 64;
     /// <summary>Seconds to wait for in-flight requests on shutdown (SIGTERM).</summary>
     public int DrainSeconds { get; init; } = 30;
+    /// <summary>NaN/infinity check of the weights and of every adapter at load (off with the CLI's --no-check).</summary>
+    public bool CheckFinite { get; init; } = true;
     /// <summary>Where log lines go (the CLI: stderr). Null = nowhere.</summary>
     public Action<string>? Log { get; init; }
 }

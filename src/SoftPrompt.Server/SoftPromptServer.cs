@@ -116,13 +116,13 @@ public sealed class SoftPromptServer : IAsyncDisposable
         try
         {
             var sw = Stopwatch.StartNew();
-            var lm = LanguageModel.Load(_o.ModelDir, _o.Device, _o.DType);
+            var lm = LanguageModel.Load(_o.ModelDir, _o.Device, _o.DType, _o.CheckFinite);
             int positions = lm.Model.Config.MaxPositions;
             int capacity = Math.Min(_o.MaxContext ?? positions, positions);
             var engine = new BatchEngine(lm.Model, new BatchEngineOptions { MaxBatch = _o.MaxBatch, MaxQueue = _o.MaxQueue, Capacity = capacity });
             engine.Stepped += Metrics.OnStep;
             engine.SequenceFinished += reason => Metrics.Sequences.Add(1, new KeyValuePair<string, object?>("finish", reason));
-            var reg = new AdapterRegistry(lm.Model, _o.MaxResidentAdapters);
+            var reg = new AdapterRegistry(lm.Model, _o.MaxResidentAdapters, _o.CheckFinite);
             foreach (var (name, path) in _o.Adapters.Concat(discovered))
             {
                 try { reg.Add(name, path); }

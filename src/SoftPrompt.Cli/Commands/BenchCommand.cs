@@ -7,7 +7,7 @@ namespace SoftPrompt.Cli.Commands;
 
 public static class BenchCommand
 {
-    public static Command Create()
+    public static Command Create(string allocatorMode)
     {
         var model = new Option<string>("--model", "-m") { Description = "Hugging Face model folder (or use --shape)." };
         var shape = new Option<string>("--shape") { Description = $"Random weights of a known shape: {string.Join(", ", ModelFactory.Shapes.Keys)}." };
@@ -28,9 +28,9 @@ public static class BenchCommand
             bool json = pr.GetValue(format) == "json";
             var r = Benchmark.Run(new BenchOptions
             {
-                Model = pr.GetValue(model), Shape = pr.GetValue(shape), Method = pr.GetValue(method)!, Batch = pr.GetValue(batch), Seq = pr.GetValue(seq),
+                Model = pr.GetValue(model), Shape = pr.GetValue(shape), Method = SoftPrompt.IO.OptionsRecord.ParseEnum<SoftPrompt.Tuning.TuningMethod>(pr.GetValue(method)!, "--method"), Batch = pr.GetValue(batch), Seq = pr.GetValue(seq),
                 VirtualTokens = pr.GetValue(vt), Steps = pr.GetValue(steps), Warmup = pr.GetValue(warmup), TargetTokens = pr.GetValue(targets),
-                Dtype = pr.GetValue(dtype)!, Device = pr.GetValue(device)!, Threads = pr.GetValue(threads), Profile = pr.GetValue(profile), ForwardOnly = pr.GetValue(forwardOnly),
+                Dtype = pr.GetValue(dtype)!, Device = pr.GetValue(device)!, Threads = pr.GetValue(threads), Profile = pr.GetValue(profile), ForwardOnly = pr.GetValue(forwardOnly), Allocator = allocatorMode,
             }, json ? null : Console.WriteLine);
             if (json)
             {

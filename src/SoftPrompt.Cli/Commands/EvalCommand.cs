@@ -18,18 +18,18 @@ public static class EvalCommand
         var options = new RecordOptions<EvalOptions>(cmd);
         cmd.SetAction(pr =>
         {
-            var o = options.BindWithAdapterDefaults(pr, x => x.Prompt, ConsoleProgress.Info);
-            o = o with { Prompt = o.Prompt.Select(SoftPrompt.Tuning.Adapter.ResolveDir).ToArray() }; // a run folder stands for its adapter/
+            var o = options.BindWithAdapterDefaults(pr, x => x.Prompt, text => ConsoleProgress.Info(Cli.VerbosityOf(pr), text));
+            o = o with { Prompt = o.Prompt.Select(SoftPrompt.Tuning.Adapter.ResolveDir).ToArray(), CheckFinite = Cli.CheckFinite(pr) }; // a run folder stands for its adapter/
             o.Validate();
             // One writer per report folder for the whole evaluation; the lock also proves the place writable before
             // the model is loaded.
             using var reportLock = RunLock.AcquireSibling(o.Output!);
-            var result = ConsoleProgress.Run(p => Evaluator.Run(o, msg => (msg.StartsWith("warning") ? (Action<string>)p.Important : p.Message)(msg), new EvalProgressLines(p)));
+            var result = ConsoleProgress.Run(Cli.VerbosityOf(pr), p => Evaluator.Run(o, msg => (msg.StartsWith("warning") ? (Action<string>)p.Important : p.Message)(msg), new EvalProgressLines(p)));
             var path = EvalReport.Write(result, o.Output!, o.Run);
             if (o.Format == "json") Console.WriteLine(JsonFile.Write(EvalReport.MetricsJson(result), Cli.Json));
             else
             {
-                Console.WriteLine($"task: {result.Task} ({result.TaskReason})");
+                Console.WriteLine($"task: {SoftPrompt.IO.OptionsRecord.EnumName(result.Task)} ({result.TaskReason})");
                 Console.Write(EvalReport.Table(result, markdown: false));
                 if (result.ClassPrior is double prior) Console.WriteLine($"class prior (majority-class accuracy): {prior:F4}");
                 if (EvalReport.Verdict(result) is { } v) Console.WriteLine(v);

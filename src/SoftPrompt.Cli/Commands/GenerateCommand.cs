@@ -26,8 +26,8 @@ public static class GenerateCommand
             // Every number is checked before the model is loaded.
             new GenerationOptions { MaxNewTokens = n, Temperature = t, TopP = p, TopK = pr.GetValue(topK) }.Validate();
             TorchRuntime.SetThreads(pr.GetValue(threads));
-            using var lm = LanguageModel.Load(pr.GetValue(model)!, pr.GetValue(device)!, pr.GetValue(dtype)!);
-            var promptText = Cli.TemplatedText(pr.GetValue(text), pr.GetValue(prompt), pr.GetValue(template), pr.GetValue(raw));
+            using var lm = LanguageModel.Load(pr.GetValue(model)!, pr.GetValue(device)!, pr.GetValue(dtype)!, Cli.CheckFinite(pr));
+            var promptText = Cli.TemplatedText(pr.GetValue(text), pr.GetValue(prompt), pr.GetValue(template), pr.GetValue(raw), Cli.VerbosityOf(pr));
             var input = Cli.InputIds(lm, promptText, pr.GetValue(ids));
             using var adapter = pr.GetValue(prompt) is { } pdir ? lm.LoadPrompt(pdir) : null;
             var opt = new GenerationOptions

@@ -29,7 +29,7 @@ public static class InspectPromptCommand
                 ({ } a, { } b) when a != b => throw new SoftPromptException($"two adapters given (--prompt {a} and {b}); give one."),
                 var (a, b) => a ?? b!,
             };
-            using var lm = LanguageModel.Load(pr.GetValue(model)!, pr.GetValue(device)!, pr.GetValue(dtype)!);
+            using var lm = LanguageModel.Load(pr.GetValue(model)!, pr.GetValue(device)!, pr.GetValue(dtype)!, Cli.CheckFinite(pr));
             var r = PromptInspection.Inspect(lm, dir, pr.GetValue(topK));
             if (pr.GetValue(format) == "json")
             {

@@ -18,8 +18,8 @@ public static class ScoreCommand
         cmd.SetAction(pr =>
         {
             TorchRuntime.SetThreads(pr.GetValue(threads));
-            using var lm = LanguageModel.Load(pr.GetValue(model)!, pr.GetValue(device)!, pr.GetValue(dtype)!);
-            var promptText = Cli.TemplatedText(pr.GetValue(text), pr.GetValue(prompt), pr.GetValue(template), pr.GetValue(raw));
+            using var lm = LanguageModel.Load(pr.GetValue(model)!, pr.GetValue(device)!, pr.GetValue(dtype)!, Cli.CheckFinite(pr));
+            var promptText = Cli.TemplatedText(pr.GetValue(text), pr.GetValue(prompt), pr.GetValue(template), pr.GetValue(raw), Cli.VerbosityOf(pr));
             var input = Cli.InputIds(lm, promptText, pr.GetValue(ids));
             bool hasTarget = pr.GetValue(target) is not null || pr.GetValue(targetIds) is not null;
             if (lm.IsEncoderDecoder != hasTarget)

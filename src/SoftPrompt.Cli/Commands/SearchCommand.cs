@@ -24,12 +24,13 @@ public static class SearchCommand
             var resumeDir = pr.GetValue(resume);
             var o = options.Bind(pr, resumeDir is not null ? ResumeOptions(resumeDir) : null);
             if (resumeDir is not null) o = o with { Output = resumeDir };
+            o = o with { CheckFinite = Cli.CheckFinite(pr) };
             using var interruption = new Interruption(cancel);
-            var result = ConsoleProgress.Run(p => { var r = new SearchReporter(p); return HardPromptSearchJob.Run(o, r, r.Message, interruption.Token, resume: resumeDir is not null); });
+            var result = ConsoleProgress.Run(Cli.VerbosityOf(pr), p => { var r = new SearchReporter(p); return HardPromptSearchJob.Run(o, r, r.Message, interruption.Token, resume: resumeDir is not null); });
             var reporter = ConsoleProgress.Results; // closing lines are results: stdout
             if (result.StopReason == "cancelled")
             {
-                Console.Error.WriteLine(o.Strategy == "opro"
+                Console.Error.WriteLine(o.Strategy == SoftPrompt.Search.SearchStrategy.Opro
                     ? $"interrupted at step {result.Steps}; the best instruction so far, \"{result.Text.Replace("\n", "\\n")}\", is saved in {Path.GetFullPath(Path.Combine(o.Output!, HardPrompt.FileName))} and the trajectory too; continue with: softprompt search-hard-prompt --resume {Interruption.Quote(o.Output!)}"
                     : $"interrupted at step {result.Steps}; the best prompt so far, \"{result.Text}\", is saved in {Path.GetFullPath(Path.Combine(o.Output!, HardPrompt.FileName))} (eval takes it as it is; a new search needs another --output)");
                 return Task.FromResult(interruption.ExitCode);

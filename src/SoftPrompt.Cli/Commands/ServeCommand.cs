@@ -38,7 +38,7 @@ public static class ServeCommand
                 ModelDir = pr.GetValue(model)!, Adapters = adapters, AdaptersDir = pr.GetValue(adaptersDir), Host = pr.GetValue(host)!, Port = pr.GetValue(port),
                 ApiKeyEnv = pr.GetValue(apiKeyEnv), Device = pr.GetValue(device)!, DType = pr.GetValue(dtype)!, MaxBatch = pr.GetValue(maxBatch),
                 MaxQueue = pr.GetValue(maxQueue), MaxContext = pr.GetValue(maxContext), MaxTokens = pr.GetValue(maxTokens), MaxBodyBytes = pr.GetValue(maxBody),
-                MaxResidentAdapters = pr.GetValue(maxResident), Log = line => Console.Error.WriteLine($"[serve] {line}"),
+                MaxResidentAdapters = pr.GetValue(maxResident), CheckFinite = Cli.CheckFinite(pr), Log = line => Console.Error.WriteLine($"[serve] {line}"),
             };
             return Run(o).GetAwaiter().GetResult();
         });

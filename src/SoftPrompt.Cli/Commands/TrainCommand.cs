@@ -19,8 +19,9 @@ public static class TrainCommand
             var resumeDir = pr.GetValue(resume);
             var o = options.Bind(pr, resumeDir is not null ? TrainingJob.ResumeOptions(resumeDir) : null);
             if (resumeDir is not null) o = o with { Output = resumeDir };
+            o = o with { CheckFinite = Cli.CheckFinite(pr) };
             using var interruption = new Interruption(cancel);
-            var result = ConsoleProgress.Run(p => TrainingJob.Run(o, new TrainProgress(p, o.LogEvery), resume: resumeDir is not null, interruption.Token));
+            var result = ConsoleProgress.Run(Cli.VerbosityOf(pr), p => TrainingJob.Run(o, new TrainProgress(p, o.LogEvery), resume: resumeDir is not null, interruption.Token));
             if (result.StopReason == "cancelled")
             {
                 Console.Error.WriteLine($"interrupted at step {result.Steps}; continue with: softprompt train --resume {Interruption.Quote(o.Output!)}");

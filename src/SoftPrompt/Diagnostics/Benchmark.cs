@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using SoftPrompt.Data;
+using SoftPrompt.IO;
 using SoftPrompt.Models;
 using SoftPrompt.Optimization;
 using SoftPrompt.Runtime;
@@ -14,7 +15,9 @@ public sealed record BenchOptions
 {
     public string? Model { get; init; }
     public string? Shape { get; init; }
-    public string Method { get; init; } = "prompt";
+    public TuningMethod Method { get; init; } = TuningMethod.Prompt;
+    /// <summary>How the process's CPU allocator was set up (what <see cref="TorchRuntime.ConfigureAllocator"/> returned), for the report.</summary>
+    public string Allocator { get; init; } = "default (not configured)";
     public int Batch { get; init; } = 8;
     public int Seq { get; init; } = 128;
     public int VirtualTokens { get; init; } = 20;
@@ -43,8 +46,8 @@ public sealed record BenchResult(
     /// <summary>Median process CPU milliseconds (all threads) of one forward-only pass: far less sensitive to other
     /// processes' load than <see cref="EvalMsMedian"/> on a shared machine (with --threads 1 it is the pass's own work).</summary>
     public double EvalCpuMsMedian { get; init; }
-    /// <summary>How the process's CPU allocator was set up (<see cref="TorchRuntime.ConfigureAllocator"/>).</summary>
-    public string Allocator { get; init; } = TorchRuntime.AllocatorMode;
+    /// <summary>How the process's CPU allocator was set up (<see cref="BenchOptions.Allocator"/>).</summary>
+    public string Allocator { get; init; } = "";
 }
 
 /// <summary>
@@ -58,7 +61,6 @@ public static class Benchmark
     {
         if (o.Batch < 1 || o.Seq < 2 || o.Steps < 1 || o.Warmup < 0 || o.VirtualTokens < 1 || o.TargetTokens < 0 || o.TargetTokens >= o.Seq)
             throw new SoftPromptException("bench: need --batch-size >= 1, --seq-len >= 2, --steps >= 1, --warmup >= 0, --virtual-tokens >= 1, 0 <= --target-tokens < --seq-len.");
-        if (o.Method is not ("prompt" or "prefix")) throw new SoftPromptException($"--method '{o.Method}': expected prompt or prefix.");
         if ((o.Model is null) == (o.Shape is null)) throw new SoftPromptException("give exactly one of --model DIR or --shape NAME.");
         TorchRuntime.SetThreads(o.Threads);
         var device = TorchRuntime.ResolveDevice(o.Device);
@@ -69,7 +71,7 @@ public static class Benchmark
         using var model = o.Model is not null ? ModelLoader.Load(o.Model, device, dtype) : ModelFactory.Random(cfg, o.Seed, dtype, device);
         log?.Invoke($"{cfg.ModelType}: {cfg.NumLayers} layers x {cfg.HiddenSize}, vocab {cfg.VocabSize}, {model.ParameterCount / 1e6:F1} M parameters, {TorchRuntime.DTypeName(dtype)} on {device}");
 
-        using IPromptMethod method = o.Method == "prompt"
+        using IPromptMethod method = o.Method == TuningMethod.Prompt
             ? PromptTuning.Create(model, o.VirtualTokens, PromptInit.SampleVocab, o.Seed)
             : PrefixTuning.Create(cfg, o.VirtualTokens, false, 0, o.Seed, device);
         using var optimizer = new AdamW(method.Parameters);
@@ -167,9 +169,9 @@ public static class Benchmark
         double med = o.ForwardOnly ? 0 : Median(stepMs), evalMed = Median(evalMs);
         var (peak, kind) = PeakMemory(device);
         return new BenchResult(o.Model ?? "shape:" + o.Shape, cfg.ModelType, cfg.NumLayers, cfg.HiddenSize, cfg.VocabSize, model.ParameterCount,
-            o.Method, o.Batch, o.Seq, o.VirtualTokens, targets, TorchRuntime.DTypeName(dtype), device.ToString(), torch.get_num_threads(), o.Steps, o.Warmup,
+            OptionsRecord.EnumName(o.Method), o.Batch, o.Seq, o.VirtualTokens, targets, TorchRuntime.DTypeName(dtype), device.ToString(), torch.get_num_threads(), o.Steps, o.Warmup,
             Math.Round(med, 2), o.ForwardOnly ? 0 : Math.Round(stepMs.Min(), 2), o.ForwardOnly ? 0 : Math.Round(realTokens / (med / 1000), 1), Math.Round(evalMed, 2), Math.Round(realTokens / (evalMed / 1000), 1), peak, kind)
-            { PhaseMsMedian = phases, EvalCpuMsMedian = Math.Round(Median(evalCpuMs), 2) };
+            { PhaseMsMedian = phases, EvalCpuMsMedian = Math.Round(Median(evalCpuMs), 2), Allocator = o.Allocator };
     }
 
     static double Median(List<double> xs)

@@ -1,4 +1,5 @@
 using System.ComponentModel;
+using SoftPrompt.Scoring;
 using SoftPrompt.Tuning;
 
 namespace SoftPrompt.Evaluation;
@@ -23,7 +24,7 @@ public sealed record EvalOptions : Data.DataFields
     [Description("Training run folder: its curve (metrics.jsonl) becomes training.png; repeatable.")] public string[] Run { get; init; } = Array.Empty<string>();
 
     [Description("Label set for classification, comma-separated (default: the distinct outputs of the data, exactly as written).")] public string? Labels { get; init; }
-    [Description("classification, generation or auto (classification when there are <= 20 distinct short outputs, one of them repeated).")] public string Task { get; init; } = "auto";
+    [Description("classification, generation or auto (classification when there are <= 20 distinct short outputs, one of them repeated).")] public TaskKind Task { get; init; } = TaskKind.Auto;
     [Description("Rank classification: divide each label's log-probability by its token count.")] public bool LengthNormalize { get; init; }
 
     [Description("Maximum tokens per example (prompts, hard prompt included, are truncated from the left).")] public int MaxLength { get; init; } = 256;
@@ -45,6 +46,8 @@ public sealed record EvalOptions : Data.DataFields
     [Description("auto, cpu, cuda or cuda:N.")] public string Device { get; init; } = "auto";
     [Description("Weights dtype: fp32, bf16, fp16 or auto.")] public string Dtype { get; init; } = "fp32";
     [Description("CPU threads for libtorch (0 = all cores).")] public int Threads { get; init; }
+    /// <summary>NaN/infinity check of the weights and adapters at load; the CLI's global --no-check turns it off.</summary>
+    [IO.NotAnOption] public bool CheckFinite { get; init; } = true;
     [Description("Terminal output: text (a table) or json (metrics.json on one line).")] public string Format { get; init; } = "text";
 
     /// <summary>Checks values, combinations and that every named file exists; errors name the option and the file.</summary>
@@ -54,7 +57,6 @@ public sealed record EvalOptions : Data.DataFields
         Req(!string.IsNullOrEmpty(Model), "--model (config key 'model') is required.");
         Req(!string.IsNullOrEmpty(Data), "--data (config key 'data') is required.");
         Req(!string.IsNullOrEmpty(Output), "--output (config key 'output') is required.");
-        Req(Task is "auto" or "classification" or "generation", $"--task '{Task}': expected classification, generation or auto.");
         Req(Format is "text" or "json", $"--format '{Format}': expected text or json.");
         Req(FewShot >= 0, "--few-shot must be >= 0.");
         Req(FewShot == 0 || !string.IsNullOrEmpty(ShotsFrom), $"--few-shot {FewShot} needs --shots-from (the file the demonstrations are drawn from).");

@@ -4,6 +4,8 @@ using System.Text.Json.Nodes;
 using System.Text.Json;
 using System.Text;
 using ScottPlot;
+using SoftPrompt.IO;
+using SoftPrompt.Scoring;
 using SoftPrompt.Runs;
 
 namespace SoftPrompt.Evaluation;
@@ -47,7 +49,7 @@ public static class EvalReport
         return new JsonObject
         {
             ["conditions"] = conds,
-            ["task"] = r.Task,
+            ["task"] = OptionsRecord.EnumName(r.Task),
             ["labels"] = r.Labels is null ? null : new JsonArray(r.Labels.Select(l => (JsonNode)l).ToArray()),
             ["class_prior"] = r.ClassPrior,
             ["model"] = r.Model,
@@ -97,7 +99,7 @@ public static class EvalReport
         sb.AppendLine("# Evaluation report").AppendLine();
         sb.AppendLine($"- model: `{r.Model}`");
         sb.AppendLine($"- data: `{r.Data}` ({r.Conditions.FirstOrDefault()?.N ?? 0} examples, the same for every condition)");
-        sb.AppendLine($"- task: {r.Task} ({r.TaskReason}); main metric: {r.MainMetric}");
+        sb.AppendLine($"- task: {OptionsRecord.EnumName(r.Task)} ({r.TaskReason}); main metric: {r.MainMetric}");
         if (r.Labels is not null) sb.AppendLine($"- labels: {string.Join(", ", r.Labels.Select(l => $"`{l}`"))}");
         if (r.ClassPrior is double p) sb.AppendLine($"- class prior (majority-class accuracy): {F(p)}");
         sb.AppendLine($"- created: {r.Created:yyyy-MM-dd HH:mm:ss zzz}").AppendLine();
@@ -134,7 +136,7 @@ public static class EvalReport
         }
         sb.AppendLine("## Notes").AppendLine();
         sb.AppendLine("- Every hard prompt (zero-shot's empty one included) is placed after the tokenizer's BOS and before the example's prompt text.");
-        sb.AppendLine(r.Task == "classification"
+        sb.AppendLine(r.Task == TaskKind.Classification
             ? "- Rank classification: each label is scored by the model's log-probability of its target-side text after the prompt; the best label is the prediction."
             : "- Generation: answers are compared after normalisation; exact_match and token_f1 use the example's own answer(s), any_gold_match any answer given for the same input.");
         sb.AppendLine("- loss: mean negative log-likelihood per target token (nats), the trainer's validation-loss code path; perplexity = exp(loss).");
@@ -203,7 +205,7 @@ public static class EvalReport
 
     /// <summary>The two metrics drawn per condition: accuracy and macro-F1 (classification), any-gold match and
     /// token F1 (generation).</summary>
-    public static (string Key, string Label)[] PlotMetrics(EvalResult r) => r.Task == "classification"
+    public static (string Key, string Label)[] PlotMetrics(EvalResult r) => r.Task == TaskKind.Classification
         ? new[] { ("accuracy", "accuracy"), ("macro_f1", "macro-F1") }
         : new[] { ("any_gold_match", "any-gold match"), ("token_f1", "token F1") };
 
@@ -263,7 +265,7 @@ public static class EvalReport
         plt.ShowLegend(Edge.Right);
         plt.Axes.SetLimitsY(0, 1);
         plt.Axes.SetLimitsX(-0.6, r.Conditions.Count - 0.4);
-        plt.Title($"{metrics[0].Label} and {metrics[1].Label} per condition ({r.Task}, n = {r.Conditions.FirstOrDefault()?.N ?? 0})");
+        plt.Title($"{metrics[0].Label} and {metrics[1].Label} per condition ({OptionsRecord.EnumName(r.Task)}, n = {r.Conditions.FirstOrDefault()?.N ?? 0})");
         plt.YLabel("score (0 to 1)");
         plt.SavePng(path, Math.Max(900, 150 * r.Conditions.Count + 220), 560);
     }

@@ -1,6 +1,7 @@
 using System.Text.Json.Nodes;
 using SoftPrompt.Data;
 using SoftPrompt.Inference;
+using SoftPrompt.IO;
 using SoftPrompt.Models;
 using SoftPrompt.Runtime;
 using SoftPrompt.Scoring;
@@ -35,11 +36,11 @@ public sealed record ConditionResult(string Name, string Kind, int N, IReadOnlyD
 public sealed record EvalProgress(string Condition, int Index, int Count, int Done, int Total, int Examples);
 
 /// <summary>What <see cref="Evaluator.Run"/> found: every condition on the same examples.</summary>
-public sealed record EvalResult(string Task, string TaskReason, IReadOnlyList<string>? Labels, double? ClassPrior, string Model, string Data,
+public sealed record EvalResult(TaskKind Task, string TaskReason, IReadOnlyList<string>? Labels, double? ClassPrior, string Model, string Data,
     DateTimeOffset Created, IReadOnlyList<ConditionResult> Conditions, IReadOnlyList<string> Notes)
 {
     /// <summary>The metric conditions are ranked by: accuracy (classification) or any_gold_match (generation).</summary>
-    public string MainMetric => Task == "classification" ? "accuracy" : "any_gold_match";
+    public string MainMetric => Task == TaskKind.Classification ? "accuracy" : "any_gold_match";
     public ConditionResult? BestHard => Conditions.Where(c => c.IsHard).OrderByDescending(c => c.Metrics[MainMetric]).FirstOrDefault();
     public ConditionResult? BestSoft => Conditions.Where(c => c.IsSoft).OrderByDescending(c => c.Metrics[MainMetric]).FirstOrDefault();
     /// <summary>The options the evaluation ran with (every key, as a config file would hold them).</summary>
@@ -99,27 +100,27 @@ public static class Evaluator
         IReadOnlyList<Example>? shots = o.FewShot > 0 ? DatasetReader.Read(o.ShotsFrom!, dataOptions).Examples : null;
         var searched = o.Searched.Select(s => (Path: s, Prompt: HardPrompt.Load(s))).ToList();
 
-        var labelField = o.Task == "generation" ? o.OutputField : SafeLabelField(dataOptions, o.Task);
-        string task, reason;
-        if (o.Task == "auto")
+        var labelField = o.Task == TaskKind.Generation ? o.OutputField : SafeLabelField(dataOptions, o.Task);
+        TaskKind task; string reason;
+        if (o.Task == TaskKind.Auto)
         {
             var (isClass, why) = o.Labels is not null ? (true, "--labels given")
                 : ClassificationTask.Detect(all.Select(e => ClassificationTask.LabelOf(e, labelField)).ToList());
-            task = isClass ? "classification" : "generation";
+            task = isClass ? TaskKind.Classification : TaskKind.Generation;
             reason = $"auto: {why}";
         }
         else { task = o.Task; reason = "--task"; }
-        if (task == "generation" && o.Labels is not null) throw new SoftPromptException("--labels applies to classification; this evaluation is a generation task (--task).");
+        if (task == TaskKind.Generation && o.Labels is not null) throw new SoftPromptException("--labels applies to classification; this evaluation is a generation task (--task).");
 
-        if (task == "classification" && o.Labels is not null) ClassificationTask.CheckLabels(all, dataOptions, o.Labels, o.Data!); // before the model load
+        if (task == TaskKind.Classification && o.Labels is not null) ClassificationTask.CheckLabels(all, dataOptions, o.Labels, o.Data!); // before the model load
         TorchRuntime.SetThreads(o.Threads); // warnings only: the report's stderr stays for the evaluation's own notes
-        if (o.Rubric is not null && task != "generation") throw new SoftPromptException("--rubric (the judge metric) applies to generation tasks; this evaluation is classification.");
+        if (o.Rubric is not null && task != TaskKind.Generation) throw new SoftPromptException("--rubric (the judge metric) applies to generation tasks; this evaluation is classification.");
         using var judge = o.Rubric is null ? null : JudgeClient(o);
-        using var lm = LanguageModel.Load(o.Model!, o.Device, o.Dtype);
+        using var lm = LanguageModel.Load(o.Model!, o.Device, o.Dtype, o.CheckFinite);
         var tok = lm.RequireTokenizer();
         var model = lm.Base;
         var notes = new List<string>();
-        var ct = task == "classification" ? ClassificationTask.Create(all, dataOptions, tok, o.Labels, o.Data!) : null;
+        var ct = task == TaskKind.Classification ? ClassificationTask.Create(all, dataOptions, tok, o.Labels, o.Data!) : null;
         if (ct is not null && dataOptions.LabelWords is not null)
             notes.Add("label words: " + string.Join(", ", ct.Labels.Select(l => $"{l} → \"{dataOptions.Verbalize(l).Trim()}\"")) + " (the model is scored on the words; metrics use the labels).");
         if (ct is { Labels.Count: < 2 })
@@ -141,15 +142,15 @@ public static class Evaluator
             var projected = new List<Condition>();
             foreach (var dir in o.Prompt)
             {
-                var m = Adapter.Load(dir, model);
+                var m = Adapter.Load(dir, model, checkFinite: o.CheckFinite);
                 methods.Add(m);
-                foreach (var mismatch in Adapter.DataSettingMismatches(dir, dataOptions))
+                foreach (var mismatch in AdapterMetadata.Read(dir).DataSettingMismatches(dataOptions, dir))
                 {
                     notes.Add("warning: " + mismatch + "; the prompt is scored on text it was not trained on.");
                     log?.Invoke("warning: " + mismatch);
                 }
                 var label = AdapterDescription(dir, m);
-                var kind = m.PeftType == "PREFIX_TUNING" ? "prefix" : "soft-prompt";
+                var kind = m.Method == TuningMethod.Prefix ? "prefix" : "soft-prompt";
                 var full = Path.GetFullPath(Adapter.ResolveDir(dir));
                 conditions.Add(new Condition { Name = label, Kind = kind, Method = m, AdapterDir = full });
                 var ids = PromptProjection.Project(model, m);
@@ -166,7 +167,7 @@ public static class Evaluator
                 conditions.Add(new Condition { Name = SearchedName(hp, path), Kind = "searched", Hard = hp });
             }
             MakeNamesUnique(conditions);
-            log?.Invoke($"task: {task} ({reason}); {conditions.Count} conditions on {examples.Count} examples");
+            log?.Invoke($"task: {OptionsRecord.EnumName(task)} ({reason}); {conditions.Count} conditions on {examples.Count} examples");
 
             var results = new List<ConditionResult>();
             int padId = tok.PadId ?? tok.EosId ?? 0;
@@ -212,10 +213,10 @@ public static class Evaluator
         notes.Add($"{r.Name}: judge ratings 1..10: [{string.Join(", ", hist)}]");
     }
 
-    static string SafeLabelField(DataOptions d, string task)
+    static string SafeLabelField(DataOptions d, TaskKind task)
     {
         try { return d.LabelField(); }
-        catch (SoftPromptException) when (task == "auto") { return d.OutputField; }
+        catch (SoftPromptException) when (task == TaskKind.Auto) { return d.OutputField; }
     }
 
     static ConditionResult EvaluateCondition(Condition c, IReadOnlyList<Example> examples, EvalOptions o, LanguageModel lm, HfTokenizer tok,
@@ -354,14 +355,13 @@ public static class Evaluator
     public static string AdapterDescription(string dir, IPromptMethod m)
     {
         var resolved = Adapter.ResolveDir(dir);
-        var parts = new List<string> { m.PeftType == "PREFIX_TUNING" ? "prefix" : "soft prompt", $"{m.NumVirtualTokens} tokens" };
+        var parts = new List<string> { m.Method.Label(), $"{m.NumVirtualTokens} tokens" };
         try
         {
             if (JsonNode.Parse(File.ReadAllText(Path.Combine(resolved, Adapter.ConfigFile)))?["prefix_projection"]?.GetValue<bool>() == true) parts.Add("MLP");
-            var meta = IO.SafeTensors.ReadHeader(Path.Combine(resolved, Adapter.WeightsFile)).Metadata;
-            if (meta.TryGetValue("softprompt.step", out var step)) parts.Add($"step {step}");
+            if (AdapterMetadata.Read(resolved).Step is { } step) parts.Add($"step {step}");
         }
-        catch (Exception e) when (e is IOException or System.Text.Json.JsonException or InvalidOperationException) { /* the name is a courtesy; Adapter.Load has checked the files */ }
+        catch (Exception e) when (e is IOException or System.Text.Json.JsonException or InvalidOperationException or SoftPromptException) { /* the name is a courtesy; Adapter.Load has checked the files */ }
         return string.Join(", ", parts);
     }
 
@@ -371,10 +371,9 @@ public static class Evaluator
         try
         {
             var o = new JsonObject { ["adapter_config"] = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, Adapter.ConfigFile))) };
-            var meta = IO.SafeTensors.ReadHeader(Path.Combine(dir, Adapter.WeightsFile)).Metadata;
             var rec = new JsonObject();
-            foreach (var (k, v) in meta.Where(kv => kv.Key.StartsWith("softprompt.", StringComparison.Ordinal)).OrderBy(kv => kv.Key, StringComparer.Ordinal))
-                rec[k["softprompt.".Length..]] = v;
+            foreach (var (k, v) in AdapterMetadata.Read(dir).ToDictionary())
+                rec[k[AdapterMetadata.KeyPrefix.Length..]] = v;
             o["recorded"] = rec;
             return o;
         }

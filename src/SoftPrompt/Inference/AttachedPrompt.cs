@@ -15,8 +15,7 @@ namespace SoftPrompt.Inference;
 public sealed class AttachedPrompt : IDisposable
 {
     public string Name { get; }
-    /// <summary>PROMPT_TUNING or PREFIX_TUNING.</summary>
-    public string PeftType { get; }
+    public TuningMethod Method { get; }
     public int VirtualTokens { get; }
     /// <summary>[n, hidden] embeddings placed before a row's tokens (prompt tuning), else null.</summary>
     public Tensor? Embeddings { get; }
@@ -27,9 +26,9 @@ public sealed class AttachedPrompt : IDisposable
     int _users;
     bool _disposeRequested, _disposed;
 
-    AttachedPrompt(string name, string type, int n, Tensor? emb, IReadOnlyList<(Tensor, Tensor)>? pkv)
+    AttachedPrompt(string name, TuningMethod method, int n, Tensor? emb, IReadOnlyList<(Tensor, Tensor)>? pkv)
     {
-        Name = name; PeftType = type; VirtualTokens = n; Embeddings = emb; PastKeyValues = pkv;
+        Name = name; Method = method; VirtualTokens = n; Embeddings = emb; PastKeyValues = pkv;
     }
 
     /// <summary>Computes the prompt's inference tensors once (a projection MLP, if any, is applied here).</summary>
@@ -41,13 +40,13 @@ public sealed class AttachedPrompt : IDisposable
         Tensor? emb = inj.PrefixEmbeds?[0].to(model.DType).contiguous().clone().DetachFromDisposeScope();
         var pkv = inj.PastKeyValues?.Select(p => (p.Key[0].to(model.DType).contiguous().clone().DetachFromDisposeScope(),
             p.Value[0].to(model.DType).contiguous().clone().DetachFromDisposeScope())).ToList();
-        return new AttachedPrompt(name, method.PeftType, inj.VirtualTokens, emb, pkv);
+        return new AttachedPrompt(name, method.Method, inj.VirtualTokens, emb, pkv);
     }
 
     /// <summary>Loads a PEFT adapter folder (checked against the model's fingerprint) and prepares it.</summary>
-    public static AttachedPrompt Load(string adapterDir, IPromptableModel model, string name = "")
+    public static AttachedPrompt Load(string adapterDir, IPromptableModel model, string name = "", bool checkFinite = true)
     {
-        using var method = Adapter.Load(adapterDir, model);
+        using var method = Adapter.Load(adapterDir, model, checkFinite: checkFinite);
         return From(method, model, name);
     }
 

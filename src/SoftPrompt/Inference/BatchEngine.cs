@@ -138,9 +138,7 @@ public sealed class BatchEngine : IDisposable
         if (req.PromptIds.Count == 0) throw new SoftPromptException("the prompt has no tokens.");
         foreach (var id in req.PromptIds)
             if (id < 0 || id >= _model.Config.VocabSize) throw new SoftPromptException($"token id {id} is outside the model's vocabulary (size {_model.Config.VocabSize}).");
-        if (o.MaxNewTokens < 1) throw new SoftPromptException("max new tokens must be at least 1.");
-        if (o.Temperature < 0 || double.IsNaN(o.Temperature)) throw new SoftPromptException("temperature must be >= 0.");
-        if (!(o.TopP > 0 && o.TopP <= 1)) throw new SoftPromptException("top_p must be in (0, 1].");
+        o.Validate(GenerationOptions.Naming.ApiFields);
         if (req.TopLogprobs < 0) throw new SoftPromptException("top logprobs must be >= 0.");
         int need = MixedBatch.Footprint(new PromptedIds(req.PromptIds, req.Prompt)) + o.MaxNewTokens;
         if (need > Capacity)

@@ -20,13 +20,19 @@ public sealed record GenerationOptions
     /// <summary>Ceiling on <see cref="MaxNewTokens"/>; what fits is further bounded by the model's positions and memory.</summary>
     public const int MaxNewTokensCeiling = 1 << 20;
 
-    /// <summary>Checks the values; errors name the CLI option.</summary>
-    public void Validate()
+    /// <summary>How <see cref="Validate"/> names the settings: as CLI options (<c>--top-p</c>) or as OpenAI API fields (<c>top_p</c>).</summary>
+    public enum Naming { CliOptions, ApiFields }
+
+    /// <summary>Checks the values: the one validation of generation settings, used by <see cref="Generator"/>, the
+    /// batch engine (eval, serve) and the CLI. Errors name the setting as <paramref name="naming"/> says.</summary>
+    public void Validate(Naming naming = Naming.CliOptions)
     {
-        if (MaxNewTokens is < 1 or > MaxNewTokensCeiling) throw new SoftPromptException($"--max-new-tokens {MaxNewTokens}: expected 1..{MaxNewTokensCeiling}.");
-        if (!double.IsFinite(Temperature) || Temperature < 0) throw new SoftPromptException($"--temperature {Temperature}: expected a finite number >= 0 (0 = greedy).");
-        if (!double.IsFinite(TopP) || TopP <= 0 || TopP > 1) throw new SoftPromptException($"--top-p {TopP}: expected a number in (0, 1].");
-        if (TopK < 0) throw new SoftPromptException($"--top-k {TopK}: expected 0 (all tokens) or a positive number.");
+        string N(string cli, string api) => naming == Naming.CliOptions ? cli : api;
+        static string G(double v) => v.ToString("G", System.Globalization.CultureInfo.InvariantCulture);
+        if (MaxNewTokens is < 1 or > MaxNewTokensCeiling) throw new SoftPromptException($"{N("--max-new-tokens", "max_tokens")} {MaxNewTokens}: expected 1..{MaxNewTokensCeiling}.");
+        if (!double.IsFinite(Temperature) || Temperature < 0) throw new SoftPromptException($"{N("--temperature", "temperature")} {G(Temperature)}: expected a finite number >= 0 (0 = greedy).");
+        if (!double.IsFinite(TopP) || TopP <= 0 || TopP > 1) throw new SoftPromptException($"{N("--top-p", "top_p")} {G(TopP)}: expected a number in (0, 1].");
+        if (TopK < 0) throw new SoftPromptException($"{N("--top-k", "top_k")} {TopK}: expected 0 (all tokens) or a positive number.");
     }
 }
 

@@ -23,17 +23,19 @@ public sealed class LanguageModel : IDisposable
     public bool IsEncoderDecoder => Base.Config.IsEncoderDecoder;
     public HfTokenizer? Tokenizer { get; }
     public string Directory { get; }
+    /// <summary>Whether weights and adapters loaded through this model are checked for NaN/infinity.</summary>
+    public bool CheckFinite { get; }
 
-    LanguageModel(string dir, IPromptableModel model, HfTokenizer? tok) { Directory = dir; Base = model; Tokenizer = tok; }
+    LanguageModel(string dir, IPromptableModel model, HfTokenizer? tok, bool checkFinite) { Directory = dir; Base = model; Tokenizer = tok; CheckFinite = checkFinite; }
 
-    public static LanguageModel Load(string modelDir, string device = "auto", string dtype = "fp32")
+    public static LanguageModel Load(string modelDir, string device = "auto", string dtype = "fp32", bool checkFinite = true)
     {
         var cfg = ModelConfig.Load(modelDir);
         var dev = TorchRuntime.ResolveDevice(device);
         var dt = TorchRuntime.ResolveDType(dtype, cfg.TorchDtype);
         var tok = HfTokenizer.TryLoad(modelDir);
-        IPromptableModel model = cfg.IsEncoderDecoder ? T5Model.Load(modelDir, dev, dt, ModelLoader.CheckFiniteByDefault) : ModelLoader.Load(modelDir, dev, dt);
-        return new LanguageModel(modelDir, model, tok);
+        IPromptableModel model = cfg.IsEncoderDecoder ? T5Model.Load(modelDir, dev, dt, checkFinite) : ModelLoader.Load(modelDir, dev, dt, checkFinite);
+        return new LanguageModel(modelDir, model, tok, checkFinite);
     }
 
     public HfTokenizer RequireTokenizer() => Tokenizer ?? throw new SoftPromptException(
@@ -50,7 +52,7 @@ public sealed class LanguageModel : IDisposable
     public IReadOnlyList<int> EosIds => Tokenizer is { EosIds.Count: > 0 } t ? t.EosIds : Base.Config.EosTokenIds;
 
     /// <summary>Loads a PEFT prompt adapter folder (prompt tuning or prefix tuning) made for this model.</summary>
-    public IPromptMethod LoadPrompt(string adapterDir) => Adapter.Load(adapterDir, Base);
+    public IPromptMethod LoadPrompt(string adapterDir) => Adapter.Load(adapterDir, Base, checkFinite: CheckFinite);
 
     /// <summary>Encoder-decoder scoring: log-probabilities of <paramref name="targetIds"/> as the decoder's continuation
     /// of the encoder input <paramref name="inputIds"/>.</summary>

@@ -9,14 +9,12 @@ namespace SoftPrompt.Models;
 /// <summary>Loads a Hugging Face model folder (config.json + model.safetensors or a sharded index) into a frozen <see cref="CausalLM"/>.</summary>
 public static class ModelLoader
 {
-    /// <summary>Process-wide default of the NaN/infinity check at load (<c>--no-check</c> turns it off): one reduction per
-    /// tensor, about the cost of reading the weights once more from memory.</summary>
-    public static bool CheckFiniteByDefault { get; set; } = true;
-
-    public static CausalLM Load(string modelDir, Device? device = null, ScalarType dtype = ScalarType.Float32, bool? checkFinite = null)
+    /// <summary>Loads and freezes the model. <paramref name="checkFinite"/>: the NaN/infinity check of every weight
+    /// (<c>--no-check</c> turns it off): one reduction per tensor, about the cost of reading the weights once more.</summary>
+    public static CausalLM Load(string modelDir, Device? device = null, ScalarType dtype = ScalarType.Float32, bool checkFinite = true)
     {
         device ??= torch.CPU;
-        bool check = checkFinite ?? CheckFiniteByDefault;
+        bool check = checkFinite;
         var cfg = ModelConfig.Load(modelDir);
         if (cfg.IsEncoderDecoder) throw new SoftPromptException($"{modelDir}: a {cfg.ModelType} model is an encoder-decoder model, not a decoder-only one; it loads with T5Model.Load.");
         var expected = ExpectedShapes(cfg);

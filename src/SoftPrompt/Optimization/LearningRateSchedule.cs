@@ -10,13 +10,14 @@ namespace SoftPrompt.Optimization;
 /// <item><c>linear</c>: linear decay from baseLr at the end of the warm-up to 0 at totalSteps;</item>
 /// <item><c>cosine</c>: half cosine from baseLr to baseLr · minLrRatio at totalSteps.</item>
 /// </list>
-/// Steps at or past totalSteps give the final value.
+/// Steps at or past totalSteps give the final value. The one schedule of the project: prompt training and the
+/// pretraining of the shipped model (cosine with a floor, <c>minLrRatio</c> = lr_min / lr_max) both use it.
 /// </summary>
 public static class LearningRateSchedule
 {
     public static readonly IReadOnlyList<string> Kinds = ["constant", "constant_with_warmup", "linear", "cosine"];
 
-    public static double At(string kind, int step, int totalSteps, int warmupSteps, double baseLr, double minLrRatio = 0)
+    public static double At(string kind, long step, long totalSteps, long warmupSteps, double baseLr, double minLrRatio = 0)
     {
         if (step < 0) throw new SoftPromptException($"lr schedule: step must be >= 0 (got {step}).");
         if (warmupSteps < 0) throw new SoftPromptException($"lr schedule: warm-up steps must be >= 0 (got {warmupSteps}).");
@@ -24,7 +25,7 @@ public static class LearningRateSchedule
         var k = (kind ?? "").Trim().ToLowerInvariant();
         if (!Kinds.Contains(k)) throw new SoftPromptException($"unknown lr schedule \"{kind}\" (expected {string.Join(", ", Kinds)}).");
         if (k == "constant") return baseLr;
-        if (step < warmupSteps) return baseLr * step / warmupSteps;
+        if (step < warmupSteps) return baseLr * step / (double)warmupSteps;
         if (k == "constant_with_warmup") return baseLr;
         if (totalSteps < 1) throw new SoftPromptException($"lr schedule \"{k}\" needs total steps >= 1 (got {totalSteps}).");
         double progress = Math.Clamp((double)(step - warmupSteps) / Math.Max(1, totalSteps - warmupSteps), 0, 1);

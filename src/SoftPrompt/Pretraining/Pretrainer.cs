@@ -4,6 +4,7 @@ using System.Text.Json.Nodes;
 using System.Text.Json;
 using SoftPrompt.IO;
 using SoftPrompt.Models;
+using SoftPrompt.Optimization;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -39,13 +40,10 @@ public sealed record PretrainOptions
     public long TotalSteps => (TotalTokens + TokensPerStep - 1) / TokensPerStep;
     public long WarmupSteps => Math.Max(1, WarmupTokens / TokensPerStep);
 
-    /// <summary>Linear warm-up, then cosine decay from LrMax to LrMin at TotalSteps (LrMin afterwards).</summary>
-    public double LearningRate(long step)
-    {
-        if (step < WarmupSteps) return LrMax * (step + 1) / WarmupSteps;
-        double p = Math.Min(1.0, (double)(step - WarmupSteps) / Math.Max(1, TotalSteps - WarmupSteps));
-        return LrMin + 0.5 * (LrMax - LrMin) * (1 + Math.Cos(Math.PI * p));
-    }
+    /// <summary>Linear warm-up, then cosine decay from LrMax to LrMin at TotalSteps (LrMin afterwards): the project's
+    /// one schedule (<see cref="LearningRateSchedule"/>, "cosine" with a floor). Before 2026-12-06 pretraining had its
+    /// own copy whose warm-up started one step higher ((step + 1) / warm-up steps); the shipped model was trained with it.</summary>
+    public double LearningRate(long step) => LearningRateSchedule.At("cosine", step, TotalSteps, WarmupSteps, LrMax, LrMax > 0 ? LrMin / LrMax : 0);
 
     public static readonly JsonSerializerOptions Json = new() { WriteIndented = true, IncludeFields = false };
 }

@@ -32,7 +32,7 @@ public static class TrainingPlot
             if (!File.Exists(f)) continue;
             try
             {
-                if (IO.SafeTensors.ReadHeader(f).Metadata.TryGetValue("softprompt.step", out var s) && int.TryParse(s, out var step)) return step;
+                if (Tuning.AdapterMetadata.Read(Path.Combine(runDir, sub)).Step is { } step) return step;
             }
             catch (Exception e) when (e is IOException or SoftPromptException or System.Text.Json.JsonException) { /* no step to mark */ }
         }

@@ -102,10 +102,8 @@ public static class TorchRuntime
     /// <summary>The environment variable that turns <see cref="ConfigureAllocator"/> off: <c>SOFTPROMPT_MALLOC=default</c>.</summary>
     public const string AllocatorEnvVar = "SOFTPROMPT_MALLOC";
 
-    /// <summary>What <see cref="ConfigureAllocator"/> did, for logs: "keep" or why it did nothing.</summary>
-    public static string AllocatorMode { get; private set; } = "default (not configured)";
-
     /// <summary>
+    /// Returns what it did, for logs and benchmarks: "keep", or why it did nothing.
     /// Linux/glibc only, process-wide, once at start-up (the CLI calls it first thing): tells glibc's malloc to
     /// keep freed memory for reuse instead of handing it back to the kernel. By default glibc serves every block
     /// above its mmap threshold (at most 32 MB) with a fresh mmap and unmaps it on free, and trims the heap top
@@ -118,26 +116,26 @@ public static class TorchRuntime
     /// explicit <c>MALLOC_MMAP_MAX_</c>/<c>MALLOC_TRIM_THRESHOLD_</c> in the environment also wins (we leave
     /// glibc's own tunables alone). No effect on CUDA memory, which libtorch's caching allocator already reuses.
     /// </summary>
-    public static void ConfigureAllocator()
+    public static string ConfigureAllocator()
     {
-        if (!OperatingSystem.IsLinux()) { AllocatorMode = "default (not Linux)"; return; }
+        if (!OperatingSystem.IsLinux()) return "default (not Linux)";
         var env = Environment.GetEnvironmentVariable(AllocatorEnvVar);
         if (env is not null && env.Trim().ToLowerInvariant() is "default" or "0" or "off" or "false")
-        { AllocatorMode = $"default ({AllocatorEnvVar}={env})"; return; }
+        return $"default ({AllocatorEnvVar}={env})";
         if (Environment.GetEnvironmentVariable("MALLOC_MMAP_MAX_") is not null || Environment.GetEnvironmentVariable("MALLOC_TRIM_THRESHOLD_") is not null
             || Environment.GetEnvironmentVariable("GLIBC_TUNABLES") is not null)
-        { AllocatorMode = "default (glibc MALLOC_* / GLIBC_TUNABLES set in the environment)"; return; }
+        return "default (glibc MALLOC_* / GLIBC_TUNABLES set in the environment)";
         try
         {
             // mallopt returns 1 on success. Not glibc (e.g. musl): the symbol is missing and nothing changes.
             bool ok = Glibc.mallopt(Glibc.M_MMAP_MAX, 0) == 1
                       & Glibc.mallopt(Glibc.M_TRIM_THRESHOLD, int.MaxValue) == 1
                       & Glibc.mallopt(Glibc.M_TOP_PAD, 256 << 20) == 1;
-            AllocatorMode = ok ? "keep (glibc mallopt: no mmap, no trim)" : "default (mallopt refused)";
+            return ok ? "keep (glibc mallopt: no mmap, no trim)" : "default (mallopt refused)";
         }
         catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
         {
-            AllocatorMode = "default (no glibc mallopt)";
+            return "default (no glibc mallopt)";
         }
     }
 

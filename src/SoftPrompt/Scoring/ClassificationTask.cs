@@ -159,3 +159,8 @@ public static class PromptBuilder
         return ExampleTokenizer.TruncateLeft(ids, Math.Min(keepFront, budget - 1), budget);
     }
 }
+
+/// <summary>What a dataset asks of the model: a label out of a small set (scored by rank over the labels), or free
+/// text (generated and compared with the gold answers). <see cref="Auto"/> decides from the data
+/// (<see cref="ClassificationTask.Detect"/>).</summary>
+public enum TaskKind { Auto, Classification, Generation }

@@ -148,13 +148,13 @@ public sealed record HardPromptSearchOptions : Data.DataFields
     [Description("Examples of the score set (a seeded sample of the search data; 0 = all; -1 = 256 for gradient, 100 for opro).")] public int ScoreExamples { get; init; } = -1;
 
     /// <summary>The score-set size after the strategy default (-1) is resolved.</summary>
-    public int ResolvedScoreExamples => ScoreExamples >= 0 ? ScoreExamples : Strategy == "opro" ? 100 : 256;
+    public int ResolvedScoreExamples => ScoreExamples >= 0 ? ScoreExamples : Strategy == SearchStrategy.Opro ? 100 : 256;
     [Description("Held-out metric that picks the final prompt: loss, or accuracy (rank classification over the labels).")] public string SelectBy { get; init; } = "loss";
     [Description("Label set for select_by=accuracy, comma-separated (default: the distinct targets).")] public string? Labels { get; init; }
     [Description("Rows (candidates x examples) per forward pass when evaluating candidates.")] public int ForwardBatch { get; init; } = 64;
     [Description("Random seed: same seed, same data, same result.")] public int Seed { get; init; } = 42;
 
-    [Description("Search strategy: gradient (token swaps proposed by the gradient) or opro (an LLM proposes whole instructions; Yang et al. 2023).")] public string Strategy { get; init; } = "gradient";
+    [Description("Search strategy: gradient (token swaps proposed by the gradient) or opro (an LLM proposes whole instructions; Yang et al. 2023).")] public SearchStrategy Strategy { get; init; } = SearchStrategy.Gradient;
     [Description("OPRO: OpenAI-compatible endpoint of the optimizer LLM, e.g. http://127.0.0.1:11434/v1 (POST {endpoint}/chat/completions).")] public string? OptimizerEndpoint { get; init; }
     [Description("OPRO: model name at --optimizer-endpoint.")] public string? OptimizerModel { get; init; }
     [Description("OPRO: run the optimizer in-process on this local Hugging Face model folder instead of an endpoint.")] public string? OptimizerModelDir { get; init; }
@@ -187,6 +187,8 @@ public sealed record HardPromptSearchOptions : Data.DataFields
     [Description("auto, cpu, cuda or cuda:N.")] public string Device { get; init; } = "auto";
     [Description("Frozen weights dtype: fp32, bf16, fp16 or auto.")] public string Dtype { get; init; } = "fp32";
     [Description("CPU threads for libtorch (0 = all cores).")] public int Threads { get; init; }
+    /// <summary>NaN/infinity check of the weights and adapters at load; the CLI's global --no-check turns it off.</summary>
+    [IO.NotAnOption] public bool CheckFinite { get; init; } = true;
 
     /// <summary>Checks values and combinations; errors name the option.</summary>
     public void Validate(bool needPaths = true)
@@ -216,8 +218,7 @@ public sealed record HardPromptSearchOptions : Data.DataFields
             Req(v <= Big, $"{name} {v}: expected at most {Big}.");
         Req(MaxLength <= 1 << 20, $"--max-length {MaxLength}: expected at most {1 << 20}.");
         Req(Threads >= 0, $"--threads {Threads}: expected 0 (automatic) or a positive number.");
-        Req(Strategy is "gradient" or "opro", $"--strategy '{Strategy}': expected gradient or opro.");
-        if (Strategy != "opro") return;
+        if (Strategy != SearchStrategy.Opro) return;
         Req(OptimizerEndpoint is null != (OptimizerModelDir is null), "--strategy opro needs exactly one of --optimizer-endpoint (an OpenAI-compatible server) or --optimizer-model-dir (a local model).");
         Req(OptimizerEndpoint is null || !string.IsNullOrWhiteSpace(OptimizerModel), "--optimizer-model is required with --optimizer-endpoint.");
         static bool HttpUrl(string? u) => u is null || (Uri.TryCreate(u, UriKind.Absolute, out var uri) && uri.Scheme is "http" or "https");

@@ -27,7 +27,7 @@ public static class HardPromptSearchJob
     {
         o.Validate();
         o = o with { ScoreExamples = o.ResolvedScoreExamples };
-        bool opro = o.Strategy == "opro";
+        bool opro = o.Strategy == SearchStrategy.Opro;
         var runDir = o.Output!;
         if (File.Exists(runDir)) throw new SoftPromptException($"--output {runDir}: is a file, expected a run folder.");
         if (resume && !opro) throw new SoftPromptException("--resume continues an OPRO run (--strategy opro); a gradient search is restarted instead.");
@@ -53,7 +53,7 @@ public static class HardPromptSearchJob
     static HardPromptSearchResult RunLocked(HardPromptSearchOptions o, IProgress<HardPromptSearchProgress>? progress,
         Action<string>? message, CancellationToken cancel, IHardPromptOptimizer? optimizer, string runDir, bool resume, string trajectoryPath)
     {
-        bool opro = o.Strategy == "opro";
+        bool opro = o.Strategy == SearchStrategy.Opro;
         if (!resume && File.Exists(Path.Combine(runDir, HardPrompt.FileName)))
             throw new SoftPromptException($"{runDir} already holds a search result ({HardPrompt.FileName}); choose another --output.");
         if (!resume && opro && File.Exists(trajectoryPath))
@@ -81,7 +81,7 @@ public static class HardPromptSearchJob
         }
 
         TorchRuntime.SetThreads(o.Threads, message);
-        using var lm = LanguageModel.Load(o.Model!, o.Device, o.Dtype);
+        using var lm = LanguageModel.Load(o.Model!, o.Device, o.Dtype, o.CheckFinite);
         var tok = lm.RequireTokenizer();
         var objective = new TargetLossObjective(lm.Model, tok, search, heldOut, o);
         message?.Invoke($"{search.Count} search examples ({objective.ScoreSet.Count} in the score set), {heldOut.Count} held out; " +

@@ -86,7 +86,7 @@ public sealed class TargetLossObjective : IGradientPromptObjective, IInstruction
             _labelIds = labels.Select(l => tok.Encode(l, false)).ToList();
         }
 
-        if (o.Strategy == "opro")
+        if (o.Strategy == SearchStrategy.Opro)
         {
             _position = o.InstructionPosition; _maxNewTokens = o.MaxNewTokens;
             _after = _position is "q_end" or "a_begin";

@@ -16,7 +16,7 @@ public sealed record TrainOptions : Data.DataFields
     [Description("Fraction of the training data held out for validation when no validation file is given (0 = none).")] public double ValidationSplit { get; init; } = 0.1;
     [Description("Run folder (checkpoints, metrics, plots, adapter/).")] public string? Output { get; init; }
 
-    [Description("prompt (prompt tuning) or prefix (prefix tuning).")] public string Method { get; init; } = "prompt";
+    [Description("prompt (prompt tuning) or prefix (prefix tuning).")] public Tuning.TuningMethod Method { get; init; } = Tuning.TuningMethod.Prompt;
     [Description("Number of virtual tokens.")] public int VirtualTokens { get; init; } = 20;
     [Description("Prompt-tuning init: random, sample_vocab, text or class_labels.")] public string Init { get; init; } = "sample_vocab";
     [Description("Text for init=text.")] public string? InitText { get; init; }
@@ -50,6 +50,8 @@ public sealed record TrainOptions : Data.DataFields
     [Description("auto, cpu, cuda or cuda:N.")] public string Device { get; init; } = "auto";
     [Description("Frozen weights dtype: fp32, bf16, fp16 or auto (trainable prompts stay fp32).")] public string Dtype { get; init; } = "fp32";
     [Description("CPU threads for libtorch (0 = all cores).")] public int Threads { get; init; }
+    /// <summary>NaN/infinity check of the weights and adapters at load; the CLI's global --no-check turns it off.</summary>
+    [IO.NotAnOption] public bool CheckFinite { get; init; } = true;
 
     /// <summary>Reads a JSON config file over <paramref name="baseOptions"/> (see <see cref="OptionsRecord"/>).</summary>
     public static TrainOptions FromFile(string path, TrainOptions? baseOptions = null) => OptionsRecord.FromFile(path, baseOptions ?? new TrainOptions());
@@ -68,7 +70,6 @@ public sealed record TrainOptions : Data.DataFields
         Req(!string.IsNullOrEmpty(Model), "--model (config key 'model') is required.");
         Req(!string.IsNullOrEmpty(Train), "--train (config key 'train') is required.");
         Req(!string.IsNullOrEmpty(Output), "--output (config key 'output') is required.");
-        Req(Method is "prompt" or "prefix", $"--method '{Method}': expected prompt or prefix.");
         Req(Init is "random" or "sample_vocab" or "text" or "class_labels", $"--init '{Init}': expected random, sample_vocab, text or class_labels.");
         Req(Init != "text" || !string.IsNullOrEmpty(InitText), "--init text needs --init-text.");
         Req(Optimizer is "adamw" or "adafactor", $"--optimizer '{Optimizer}': expected adamw or adafactor.");
@@ -87,7 +88,7 @@ public sealed record TrainOptions : Data.DataFields
                      ("--checkpoint-every", CheckpointEvery, 0), ("--log-every", LogEvery, 1) })
             Req(v >= min, $"{name} {v}: expected at least {min}.");
         Req(EncoderHiddenSize is >= 1 and <= MaxEncoderHidden, $"--encoder-hidden-size {EncoderHiddenSize}: expected 1..{MaxEncoderHidden}.");
-        Req(!PrefixProjection || Method == "prefix", "--prefix-projection applies to --method prefix (use --prompt-projection for prompt tuning).");
-        Req(!PromptProjection || Method == "prompt", "--prompt-projection applies to --method prompt (use --prefix-projection for prefix tuning).");
+        Req(!PrefixProjection || Method == Tuning.TuningMethod.Prefix, "--prefix-projection applies to --method prefix (use --prompt-projection for prompt tuning).");
+        Req(!PromptProjection || Method == Tuning.TuningMethod.Prompt, "--prompt-projection applies to --method prompt (use --prefix-projection for prefix tuning).");
     }
 }

@@ -60,7 +60,7 @@ public sealed class Trainer
     readonly string _runDir;
     /// <summary>The data settings the prompt is trained under, written into every saved adapter so that eval can say
     /// when it scores the prompt under others.</summary>
-    readonly Dictionary<string, string> _dataSettings;
+    readonly AdapterMetadata _recorded;
     readonly ITrainingReporter? _reporter;
 
     /// <summary>Extra validation metrics (e.g. accuracy from rank classification), computed with the current prompt.
@@ -79,8 +79,7 @@ public sealed class Trainer
         if (train.Count == 0) throw new SoftPromptException("The training set is empty.");
         _model = model; _method = method; _train = train; _val = validation is { Count: > 0 } ? validation : null;
         _o = options; _padId = padId; _runDir = runDir; _reporter = reporter;
-        _dataSettings = Adapter.DataSettings(options.DataOptions());
-        foreach (var (k, v) in Adapter.DataLayout(options.DataOptions())) _dataSettings[k] = v;
+        _recorded = new AdapterMetadata { Method = options.Method }.WithData(options.DataOptions());
     }
 
     sealed class State
@@ -234,16 +233,8 @@ public sealed class Trainer
         };
     }
 
-    Dictionary<string, string> Provenance(State st)
-    {
-        var meta = new Dictionary<string, string>
-        {
-            ["softprompt.step"] = st.Step.ToString(CultureInfo.InvariantCulture),
-            ["softprompt.method"] = _o.Method,
-        };
-        foreach (var (k, v) in _dataSettings) meta[k] = v;
-        return meta;
-    }
+    /// <summary>What the saved adapter records: method, data settings and the step it was taken at.</summary>
+    AdapterMetadata Provenance(State st) => _recorded with { Step = st.Step };
 
     (Dictionary<string, double> Metrics, bool IsBest) Evaluate(State st)
     {

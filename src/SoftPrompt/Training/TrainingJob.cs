@@ -80,7 +80,7 @@ public static class TrainingJob
                               $"and results vary a lot from seed to seed; give --validation with at least {MinValidationExamples} examples (or a larger --validation-split).");
 
         TorchRuntime.SetThreads(o.Threads, reporter is null ? null : reporter.Message);
-        using var lm = LanguageModel.Load(o.Model!, o.Device, o.Dtype);
+        using var lm = LanguageModel.Load(o.Model!, o.Device, o.Dtype, o.CheckFinite);
         var tok = lm.RequireTokenizer();
         int padId = tok.PadId ?? tok.EosId ?? 0;
         Func<string, bool, int[]> encode = (text, special) => tok.Encode(text, special);
@@ -98,7 +98,7 @@ public static class TrainingJob
         CheckMethodSize(o, lm.Base.Config);
         using var method = CreateMethod(o, lm, trainEx);
         long trainable = method.Parameters.Sum(p => p.Param.NumberOfElements);
-        reporter?.Message($"{o.Method} tuning: {method.NumVirtualTokens} virtual tokens, {trainable:N0} trainable parameters");
+        reporter?.Message($"{OptionsRecord.EnumName(o.Method)} tuning: {method.NumVirtualTokens} virtual tokens, {trainable:N0} trainable parameters");
 
         if (!resume) AtomicFile.WriteAllText(Path.Combine(runDir, ResolvedConfigFile), o.ToJson());
         var trainer = new Trainer(lm.Base, method, train, val, o, padId, runDir, reporter)
@@ -115,15 +115,15 @@ public static class TrainingJob
     /// </summary>
     public static void CheckMethodSize(TrainOptions o, Models.ModelConfig c)
     {
-        long width = o.Method == "prefix" ? MemoryBudget.Product(2, c.NumLayers, c.KvDim) : c.HiddenSize;
+        long width = o.Method == TuningMethod.Prefix ? MemoryBudget.Product(2, c.NumLayers, c.KvDim) : c.HiddenSize;
         long elements = MemoryBudget.Product(o.VirtualTokens, width);
-        bool mlp = o.Method == "prefix" ? o.PrefixProjection : o.PromptProjection;
+        bool mlp = o.Method == TuningMethod.Prefix ? o.PrefixProjection : o.PromptProjection;
         if (mlp)
         {
             long mlpElems = MemoryBudget.Product(o.EncoderHiddenSize, c.HiddenSize + width + 2);
             elements = elements == long.MaxValue || mlpElems == long.MaxValue ? long.MaxValue : elements + mlpElems + MemoryBudget.Product(o.VirtualTokens, c.HiddenSize);
         }
-        var what = $"--virtual-tokens {o.VirtualTokens}{(mlp ? $" with --encoder-hidden-size {o.EncoderHiddenSize}" : "")} ({o.Method} tuning on this model)";
+        var what = $"--virtual-tokens {o.VirtualTokens}{(mlp ? $" with --encoder-hidden-size {o.EncoderHiddenSize}" : "")} ({OptionsRecord.EnumName(o.Method)} tuning on this model)";
         MemoryBudget.Check(MemoryBudget.Product(elements, 4 * 4), what);
     }
 
@@ -163,7 +163,7 @@ public static class TrainingJob
 
     public static IPromptMethod CreateMethod(TrainOptions o, LanguageModel lm, IReadOnlyList<Example> trainExamples)
     {
-        if (o.Method == "prefix")
+        if (o.Method == TuningMethod.Prefix)
             return PrefixTuning.Create(lm.Base.Config, o.VirtualTokens, o.PrefixProjection, o.EncoderHiddenSize, o.Seed, lm.Base.Device);
         var tok = lm.RequireTokenizer();
         var init = o.Init switch { "random" => PromptInit.Random, "text" => PromptInit.Text, "class_labels" => PromptInit.ClassLabels, _ => PromptInit.SampleVocab };

@@ -9,8 +9,10 @@ namespace SoftPrompt.Tuning;
 /// </summary>
 public interface IPromptMethod : IDisposable
 {
-    /// <summary>PEFT's peft_type: PROMPT_TUNING or PREFIX_TUNING.</summary>
-    string PeftType { get; }
+    /// <summary>Which method this is (PEFT's peft_type PROMPT_TUNING or PREFIX_TUNING).</summary>
+    TuningMethod Method { get; }
+    /// <summary>PEFT's peft_type string of <see cref="Method"/>.</summary>
+    string PeftType => Method.PeftType();
     int NumVirtualTokens { get; }
     /// <summary>Trainable tensors (fp32, requires_grad), by name. Optimizers and checkpoints use these names.</summary>
     IReadOnlyList<(string Name, Tensor Param)> Parameters { get; }

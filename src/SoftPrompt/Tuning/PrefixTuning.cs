@@ -17,7 +17,7 @@ public sealed class PrefixTuning : IPromptMethod
     readonly ModelConfig _cfg;
     readonly Tensor _embedding;                  // [n, 2·L·kv_dim] without projection, [n, kv_dim] with it
     readonly Tensor? _w1, _b1, _w2, _b2;         // projection MLP
-    public string PeftType => "PREFIX_TUNING";
+    public TuningMethod Method => TuningMethod.Prefix;
     public int NumVirtualTokens { get; }
     public bool Projection => _w1 is not null;
     public int EncoderHiddenSize { get; }
@@ -103,7 +103,7 @@ public sealed class PrefixTuning : IPromptMethod
 
     public AdapterConfig AdapterConfig(ModelConfig model) => new()
     {
-        PeftType = PeftType, NumVirtualTokens = NumVirtualTokens,
+        PeftType = Method.PeftType(), NumVirtualTokens = NumVirtualTokens,
         // PEFT, for grouped-query attention: token_dim = kv_dim and num_attention_heads = KV heads, so that
         // token_dim / num_attention_heads is the head size of the cache entries.
         TokenDim = model.KvDim, NumAttentionHeads = model.NumKvHeads, NumLayers = model.NumLayers,

@@ -21,7 +21,7 @@ public sealed class PromptTuning : IPromptMethod
 {
     readonly Tensor _embedding;            // [n, hidden] fp32
     readonly Tensor? _w1, _b1, _w2, _b2;   // residual reparameterisation
-    public string PeftType => "PROMPT_TUNING";
+    public TuningMethod Method => TuningMethod.Prompt;
     public int NumVirtualTokens { get; }
     public PromptInit Init { get; }
     public string? InitText { get; }
@@ -123,7 +123,7 @@ public sealed class PromptTuning : IPromptMethod
 
     public AdapterConfig AdapterConfig(ModelConfig model) => new()
     {
-        PeftType = PeftType, NumVirtualTokens = NumVirtualTokens, TokenDim = model.HiddenSize, NumLayers = model.NumLayers,
+        PeftType = Method.PeftType(), NumVirtualTokens = NumVirtualTokens, TokenDim = model.HiddenSize, NumLayers = model.NumLayers,
         NumAttentionHeads = model.NumHeads,
         PromptTuningInit = Init switch { PromptInit.SampleVocab => "SAMPLE_VOCAB", PromptInit.Text => "TEXT", _ => "RANDOM" },
         PromptTuningInitText = Init == PromptInit.Text ? InitText : null,

@@ -134,7 +134,7 @@ public class DefaultDeviceMetaTests
         {
             var result = TrainingJob.Run(new TrainOptions
             {
-                Model = modelDir, Train = train, Validation = val, Output = tmp["run"], Method = method, Optimizer = optimizer,
+                Model = modelDir, Train = train, Validation = val, Output = tmp["run"], Method = Enum.Parse<SoftPrompt.Tuning.TuningMethod>(method, true), Optimizer = optimizer,
                 VirtualTokens = 3, Steps = 4, BatchSize = 4, GradAccum = 2, EvalEvery = 2, LogEvery = 2, Device = "cpu", Threads = 1,
                 PrefixProjection = method == "prefix", EncoderHiddenSize = 8, Lr = 0.01,
             });

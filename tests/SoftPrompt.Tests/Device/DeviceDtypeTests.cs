@@ -59,7 +59,7 @@ public class DeviceDtypeTests
         // The trainer: checkpoint, best and the exported adapter.
         var o = new TrainOptions
         {
-            Method = method.StartsWith("prefix") ? "prefix" : "prompt", Optimizer = optimizer, VirtualTokens = 3, Lr = 0.01, Steps = 2, BatchSize = 4,
+            Method = method.StartsWith("prefix") ? SoftPrompt.Tuning.TuningMethod.Prefix : SoftPrompt.Tuning.TuningMethod.Prompt, Optimizer = optimizer, VirtualTokens = 3, Lr = 0.01, Steps = 2, BatchSize = 4,
             EvalEvery = 2, LogEvery = 1, Seed = 3, Schedule = "constant", Output = tmp.Path, Model = "unused", Train = "unused", Dtype = "bf16",
         };
         new Trainer(model, m, Task(8, 1), Task(4, 2), o, 0, tmp.Path).Run();

@@ -67,7 +67,7 @@ public sealed class EvalWorld : IDisposable
         // A real (short) prompt-tuning run on the learnable task; its validation uses rank classification.
         TrainingJob.Run(new TrainOptions
         {
-            Model = ModelDir, Train = TrainFile, Output = RunDir, ValidationSplit = 0.2, Method = "prompt", VirtualTokens = Scale.Virtual,
+            Model = ModelDir, Train = TrainFile, Output = RunDir, ValidationSplit = 0.2, Method = SoftPrompt.Tuning.TuningMethod.Prompt, VirtualTokens = Scale.Virtual,
             Lr = Scale.Lr, Steps = Scale.Steps, BatchSize = 8, EvalEvery = 20, LogEvery = 10, Schedule = "constant", Seed = 5,
         });
     }

@@ -85,6 +85,21 @@ public class LayeringTests
         Assert.False(r.IsSuccessful, $"{from} is known to use {to}, but the check saw no reference");
     }
 
+    /// <summary>Settings reach the library as arguments and options records, never as process-wide switches an
+    /// application flips (the old ModelLoader.CheckFiniteByDefault, TorchRuntime.AllocatorMode).</summary>
+    [Fact]
+    public void The_library_has_no_public_static_mutable_state()
+    {
+        const BindingFlags Static = BindingFlags.Public | BindingFlags.Static | BindingFlags.DeclaredOnly;
+        var found = new List<string>();
+        foreach (var t in Library.GetExportedTypes())
+        {
+            found.AddRange(t.GetFields(Static).Where(f => !f.IsInitOnly && !f.IsLiteral).Select(f => $"field {t.FullName}.{f.Name}"));
+            found.AddRange(t.GetProperties(Static).Where(p => p.SetMethod is { IsPublic: true }).Select(p => $"property {t.FullName}.{p.Name}"));
+        }
+        Assert.True(found.Count == 0, "public static state that callers can change: " + string.Join(", ", found));
+    }
+
     [Fact]
     public void Library_knows_nothing_of_the_cli_or_the_server()
     {

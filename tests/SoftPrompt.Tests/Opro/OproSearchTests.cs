@@ -265,7 +265,7 @@ public class OproSearchTests
         server.Handler = r => { if (r.Index == 4) cts.Cancel(); return FakeReply.Chat($"<INS>Instruction {r.Index}.</INS>"); };
         var o = new HardPromptSearchOptions
         {
-            Strategy = "opro", Model = SearchFixture.ModelDir, Train = train, Output = tmp["run"], OptimizerEndpoint = server.Endpoint,
+            Strategy = SoftPrompt.Search.SearchStrategy.Opro, Model = SearchFixture.ModelDir, Train = train, Output = tmp["run"], OptimizerEndpoint = server.Endpoint,
             OptimizerModel = "m", Steps = 5, CandidatesPerStep = 3, Parallel = 1, ScoreExamples = 4, Threads = 1,
         };
         var result = HardPromptSearchJob.Run(o, cancel: cts.Token);

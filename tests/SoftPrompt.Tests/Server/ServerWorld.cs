@@ -35,7 +35,7 @@ public sealed class ServerWorld : IAsyncLifetime
         using (var model = ModelLoader.Load(ModelDir))
         {
             using (var p = PromptTuning.Create(model, 5, PromptInit.SampleVocab, 1))
-                Adapter.Save(PromptDir, p, model, Adapter.DataSettings(new DataOptions { PromptTemplate = "Word: {input}\nSentiment:", LabelWords = new Dictionary<string, string> { ["positive"] = "good", ["negative"] = "bad" } }));
+                Adapter.Save(PromptDir, p, model, new AdapterMetadata().WithData(new DataOptions { PromptTemplate = "Word: {input}\nSentiment:", LabelWords = new Dictionary<string, string> { ["positive"] = "good", ["negative"] = "bad" } }));
             using (var p = PrefixTuning.Create(model.Config, 3, false, 0, 2, model.Device, initScale: 0.5))
                 Adapter.Save(PrefixDir, p, model);
         }

@@ -13,7 +13,7 @@ public class SelectionTests
 
     static TrainOptions Options(string dir, int steps) => new()
     {
-        Method = "prompt", VirtualTokens = 4, Lr = 0.3, Steps = steps, BatchSize = 4, EvalEvery = 2, LogEvery = 2,
+        Method = SoftPrompt.Tuning.TuningMethod.Prompt, VirtualTokens = 4, Lr = 0.3, Steps = steps, BatchSize = 4, EvalEvery = 2, LogEvery = 2,
         Seed = 3, Schedule = "constant", Output = dir, Model = "unused", Train = "unused",
     };
 

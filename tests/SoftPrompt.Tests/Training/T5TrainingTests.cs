@@ -56,7 +56,7 @@ public class T5TrainingTests
         double initial = PromptLoss.ValidationLoss(model, m, val, 8, 0);
         var o = new TrainOptions
         {
-            Method = "prompt", VirtualTokens = 4, Lr = 0.3, Steps = 30, BatchSize = 4, EvalEvery = 10, LogEvery = 5,
+            Method = TuningMethod.Prompt, VirtualTokens = 4, Lr = 0.3, Steps = 30, BatchSize = 4, EvalEvery = 10, LogEvery = 5,
             Seed = 3, Schedule = "constant", Output = tmp.Path, Model = "unused", Train = "unused",
         };
         var result = new Trainer(model, m, train, val, o, 0, tmp.Path).Run();

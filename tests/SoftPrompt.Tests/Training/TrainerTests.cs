@@ -21,7 +21,7 @@ public class TrainerTests
 
     static TrainOptions Options(string method, int steps, string dir) => new()
     {
-        Method = method, VirtualTokens = 4, Lr = 0.3, Steps = steps, BatchSize = 4, EvalEvery = 10, LogEvery = 5,
+        Method = Enum.Parse<SoftPrompt.Tuning.TuningMethod>(method, true), VirtualTokens = 4, Lr = 0.3, Steps = steps, BatchSize = 4, EvalEvery = 10, LogEvery = 5,
         Seed = 3, Schedule = "constant", Output = dir, Model = "unused", Train = "unused",
     };
 
@@ -150,7 +150,7 @@ public class TrainerTests
     sealed class PoisonedPrompt(IPromptMethod inner, int healthyForwards) : IPromptMethod
     {
         int _calls;
-        public string PeftType => inner.PeftType;
+        public TuningMethod Method => inner.Method;
         public int NumVirtualTokens => inner.NumVirtualTokens;
         public IReadOnlyList<(string Name, Tensor Param)> Parameters => inner.Parameters;
         public PromptInjection Inject(int batchSize)
