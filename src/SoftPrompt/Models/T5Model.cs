@@ -66,6 +66,7 @@ public sealed class T5Model : IPromptableModel
     internal T5Model(ModelConfig cfg, Dictionary<string, Tensor> weights, Device device, ScalarType dtype)
     {
         if (cfg.T5 is null) throw new ArgumentException("not a T5 config", nameof(cfg));
+        RefuseFp16(dtype);
         Config = cfg; Device = device; DType = dtype; _w = weights;
         foreach (var t in _w.Values) t.requires_grad = false;
         _shared = _w["shared.weight"];
@@ -112,6 +113,14 @@ public sealed class T5Model : IPromptableModel
         return e;
     }
 
+    /// <summary>T5's activations overflow fp16 (transformers clamps them to the fp16 range after every sub-layer, a
+    /// workaround not implemented here); bf16 has fp32's range.</summary>
+    static void RefuseFp16(ScalarType dtype)
+    {
+        if (dtype == ScalarType.Float16)
+            throw new SoftPromptException("T5 in fp16 is not supported (its activations overflow fp16; transformers clamps them, which is not implemented here): use --dtype fp32 or bf16.");
+    }
+
     /// <summary>Copies of <c>shared.weight</c> some checkpoints store (and, tied, the head), and the cross-attention
     /// bias table old checkpoints carry that transformers never uses: read past, not loaded.</summary>
     static bool Ignored(ModelConfig c, string name) =>
@@ -125,6 +134,7 @@ public sealed class T5Model : IPromptableModel
         device ??= torch.CPU;
         var cfg = ModelConfig.Load(modelDir);
         if (cfg.T5 is null) throw new SoftPromptException($"{modelDir}: model_type '{cfg.ModelType}' is not an encoder-decoder T5 model.");
+        RefuseFp16(dtype);
         if (cfg.T5.NumDecoderLayers > ModelConfig.MaxLayers)
             throw new SoftPromptException($"{Path.Combine(modelDir, "config.json")}: num_decoder_layers is {cfg.T5.NumDecoderLayers}; expected 1..{ModelConfig.MaxLayers}.");
         var expected = ExpectedShapes(cfg);

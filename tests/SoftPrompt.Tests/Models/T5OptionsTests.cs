@@ -96,4 +96,20 @@ public class T5OptionsTests
         Assert.Contains(expected, e.Message);
         Assert.Contains("t5/config.json", e.Message);
     }
+
+    [Fact]
+    public void Fp16IsRefusedAndBf16Runs()
+    {
+        var dir = Path.Combine(Fixtures.Root, "hf-reference-more", "t5");
+        Assert.Contains("fp16", Assert.Throws<SoftPromptException>(() => T5Model.Load(dir, dtype: ScalarType.Float16)).Message);
+        using var bf = T5Model.Load(dir, dtype: ScalarType.BFloat16);
+        using var fp = T5Model.Load(dir);
+        using var _ = torch.no_grad();
+        var ids = torch.tensor(new long[] { 5, 6, 7, 8 }).unsqueeze(0);
+        var dec = torch.tensor(new long[] { 0, 9, 10 }).unsqueeze(0);
+        var a = fp.Logits(fp.Decode(dec, fp.Encode(ids)).Hidden);
+        var b = bf.Logits(bf.Decode(dec, bf.Encode(ids)).Hidden);
+        Assert.Equal(ScalarType.Float32, b.dtype);
+        Assert.InRange(Fixtures.MaxAbsDiff(a, b), 0, 0.1); // bf16 rounding of logits within about +-5
+    }
 }
