@@ -59,5 +59,14 @@ public class T5CliTests
         var (rc6, _, err6) = Run("train", "--model", model, "--train", train, "--output", tmp["run2"], "--method", "prefix", "--steps", "1");
         Assert.Equal(2, rc6);
         Assert.Contains("prefix tuning is not supported for encoder-decoder", err6);
+        var (rc7, _, err7) = Run("serve", "-m", model, "--host", "127.0.0.1", "--port", "0", "--threads", "1");
+        Assert.Equal(2, rc7);
+        Assert.Contains("encoder-decoder", err7);
+
+        var (rc8, out8, _) = Run("inspect", "--model", model);
+        Assert.Equal(0, rc8);
+        Assert.Contains("2 encoder / 2 decoder", out8);
+        Assert.Contains("relative buckets 32", out8);
+        Assert.Contains("SentencePiece Unigram", out8);
     }
 }
