@@ -55,6 +55,10 @@ public class T5CliTests
         Assert.True(rc5 == 0, err5 + out5);
         Assert.Contains("accuracy", out5);
 
+        var (rc9, out9, err9) = Run("eval", "-m", model, "--data", train, "--task", "generation", "--max-new-tokens", "3", "--output", tmp["evalgen"], "--threads", "1");
+        Assert.True(rc9 == 0, err9 + out9);
+        Assert.Contains("exact_match", out9 + File.ReadAllText(Directory.EnumerateFiles(tmp["evalgen"], "*.json").First()));
+
         // Prefix tuning and decoder-only-only commands are refused by name.
         var (rc6, _, err6) = Run("train", "--model", model, "--train", train, "--output", tmp["run2"], "--method", "prefix", "--steps", "1");
         Assert.Equal(2, rc6);

@@ -112,4 +112,22 @@ public class T5OptionsTests
         Assert.Equal(ScalarType.Float32, b.dtype);
         Assert.InRange(Fixtures.MaxAbsDiff(a, b), 0, 0.1); // bf16 rounding of logits within about +-5
     }
+
+    [Fact]
+    public void SampledGenerationIsSeededAndStopsAtEos()
+    {
+        using var m = T5Model.Random(ModelConfig.Parse(Base()), seed: 4, std: 0.5);
+        var input = new[] { 3, 4, 5 };
+        var opt = new SoftPrompt.Inference.GenerationOptions { MaxNewTokens = 12, Temperature = 1.0, Seed = 7 };
+        var a = SoftPrompt.Inference.Seq2SeqGenerator.Generate(m, input, opt);
+        var b = SoftPrompt.Inference.Seq2SeqGenerator.Generate(m, input, opt);
+        Assert.Equal(a.NewIds, b.NewIds);
+        Assert.Equal(12, a.NewIds.Length);
+        Assert.True(a.NewIds.Distinct().Count() > 1, "sampling from a random model picks varied tokens");
+        // The first sampled token as EOS stops right after it.
+        var stop = SoftPrompt.Inference.Seq2SeqGenerator.Generate(m, input, opt with { EosIds = new[] { a.NewIds[0] } });
+        Assert.Equal(new[] { a.NewIds[0] }, stop.NewIds);
+        Assert.Equal("eos", stop.StopReason);
+        Assert.Throws<SoftPromptException>(() => SoftPrompt.Inference.Seq2SeqGenerator.Generate(m, new[] { 3, 999 }, opt));
+    }
 }
