@@ -17,7 +17,7 @@ public sealed class LanguageModel : IDisposable
     /// <summary>The decoder-only model; an encoder-decoder one is refused by name here, so code written for decoder-only
     /// models (search, OPRO's local model, inspection, the batch engine) says so instead of failing later.</summary>
     public CausalLM Model => Base as CausalLM ?? throw new SoftPromptException(
-        $"{Directory}: {Base.Config.ModelType} is an encoder-decoder model; this command supports decoder-only models only (with T5: train, eval, generate, score).");
+        $"{Directory}: {Base.Config.ModelType} is an encoder-decoder model; this command supports decoder-only models only (with T5: train, eval, generate, score, serve).");
     /// <summary>The encoder-decoder model (T5), else null.</summary>
     public T5Model? Seq2Seq => Base as T5Model;
     public bool IsEncoderDecoder => Base.Config.IsEncoderDecoder;
