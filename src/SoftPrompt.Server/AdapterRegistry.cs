@@ -26,18 +26,21 @@ public sealed class AdapterRegistry : IDisposable
     }
 
     readonly IPromptableModel _model;
-    readonly int _maxResident;
+    readonly int _maxResident, _maxRegistered;
     readonly Dictionary<string, Entry> _entries = new(StringComparer.Ordinal);
     readonly object _lock = new();
     long _clock;
 
     readonly bool _checkFinite;
 
-    public AdapterRegistry(IPromptableModel model, int maxResident, bool checkFinite = true)
+    public AdapterRegistry(IPromptableModel model, int maxResident, bool checkFinite = true, int maxRegistered = int.MaxValue)
     {
         if (maxResident < 1) throw new SoftPromptException("--max-resident-adapters must be at least 1.");
-        _model = model; _maxResident = maxResident; _checkFinite = checkFinite;
+        if (maxRegistered < 1) throw new SoftPromptException("--max-adapters must be at least 1.");
+        _model = model; _maxResident = maxResident; _checkFinite = checkFinite; _maxRegistered = maxRegistered;
     }
+
+    public int Count { get { lock (_lock) return _entries.Count; } }
 
     public const string BaseName = "base";
 
@@ -48,21 +51,32 @@ public sealed class AdapterRegistry : IDisposable
     }
 
     /// <summary>Loads (fingerprint check) and registers an adapter; throws <see cref="SoftPromptException"/> for a bad
-    /// folder or model mismatch, <see cref="InvalidOperationException"/> when the name is taken.</summary>
-    public AdapterInfo Add(string name, string path)
+    /// folder or model mismatch, <see cref="InvalidOperationException"/> when the name is taken (unless
+    /// <paramref name="replace"/>: requests already holding the old adapter finish with it), and
+    /// <see cref="AdapterLimitException"/> when the registry holds its maximum.</summary>
+    public AdapterInfo Add(string name, string path, bool replace = false)
     {
         CheckName(name);
-        lock (_lock) if (_entries.ContainsKey(name)) throw new InvalidOperationException($"an adapter named '{name}' is already served.");
+        lock (_lock) CheckRoomLocked(name, replace);
         var full = System.IO.Path.GetFullPath(SoftPrompt.Tuning.Adapter.ResolveDir(path)); // a run folder stands for its adapter/
         var prompt = AttachedPrompt.Load(full, _model, name, _checkFinite);
         var info = ReadInfo(name, full, prompt);
         lock (_lock)
         {
-            if (_entries.ContainsKey(name)) { prompt.Dispose(); throw new InvalidOperationException($"an adapter named '{name}' is already served."); }
+            try { CheckRoomLocked(name, replace); }
+            catch { prompt.Dispose(); throw; }
+            if (_entries.Remove(name, out var old)) old.Resident?.Dispose();
             _entries[name] = new Entry { Info = info, Resident = prompt, LastUse = ++_clock };
             EvictLocked();
         }
         return info;
+    }
+
+    void CheckRoomLocked(string name, bool replace)
+    {
+        bool exists = _entries.ContainsKey(name);
+        if (exists && !replace) throw new InvalidOperationException($"an adapter named '{name}' is already served (send \"replace\": true to re-point it).");
+        if (!exists && _entries.Count >= _maxRegistered) throw new AdapterLimitException($"the server serves its maximum of {_maxRegistered} adapters (--max-adapters); remove one first.");
     }
 
     public bool Remove(string name)
@@ -150,4 +164,10 @@ public sealed class AdapterRegistry : IDisposable
             _entries.Clear();
         }
     }
+}
+
+/// <summary>The registry holds its maximum number of adapters.</summary>
+public sealed class AdapterLimitException : SoftPromptException
+{
+    public AdapterLimitException(string message) : base(message) { }
 }

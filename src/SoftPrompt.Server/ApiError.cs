@@ -40,8 +40,23 @@ public sealed class ApiError : Exception
 
 static class Json
 {
+    /// <summary>Response JSON. JSON has no NaN or infinity and System.Text.Json throws on them, which mid-stream would
+    /// cut a response short: any non-finite float or double that reaches the writer is written as null.</summary>
     public static readonly JsonSerializerOptions Options = new()
     {
         Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
+        Converters = { new NonFiniteAsNull<float>(), new NonFiniteAsNull<double>() },
     };
+
+    sealed class NonFiniteAsNull<T> : System.Text.Json.Serialization.JsonConverter<T> where T : struct, System.Numerics.IFloatingPointIeee754<T>
+    {
+        public override bool HandleNull => false;
+        public override T Read(ref Utf8JsonReader reader, Type typeToConvert, JsonSerializerOptions options) => T.CreateChecked(reader.GetDouble());
+        public override void Write(Utf8JsonWriter writer, T value, JsonSerializerOptions options)
+        {
+            if (!T.IsFinite(value)) writer.WriteNullValue();
+            else if (value is float f) writer.WriteNumberValue(f);
+            else writer.WriteNumberValue(double.CreateChecked(value));
+        }
+    }
 }

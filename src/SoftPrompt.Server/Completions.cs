@@ -39,6 +39,9 @@ sealed class Completions
     string[] _stops = Array.Empty<string>();
     HashSet<int> _eos = new();
     readonly List<string> _chatStops = new();
+    /// <summary>Cancelled when the client leaves or the request passes --request-timeout.</summary>
+    CancellationToken _cancel;
+    CancellationTokenSource? _deadline;
 
     public Completions(SoftPromptServer srv, SoftPromptServer.Loaded s, HttpContext ctx)
     {
@@ -47,6 +50,37 @@ sealed class Completions
     }
 
     public async Task RunAsync(bool chat)
+    {
+        var o = SoftPromptServerOptions;
+        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(_ctx.RequestAborted);
+        if (o.RequestTimeoutSeconds > 0) deadline.CancelAfter(TimeSpan.FromSeconds(o.RequestTimeoutSeconds));
+        _deadline = deadline;
+        _cancel = deadline.Token;
+        try { await RunCoreAsync(chat); }
+        catch (Exception e) when (e is not (ApiError or BadHttpRequestException) && !_ctx.RequestAborted.IsCancellationRequested) { throw ToApiError(e); }
+    }
+
+    /// <summary>What the client is told when generation fails: a timeout is 408, a sequence that failed alone 500
+    /// (logged), a stopping engine 503; other faults 500 (logged, no stack trace).</summary>
+    ApiError ToApiError(Exception e)
+    {
+        while (e is System.Threading.Channels.ChannelClosedException { InnerException: { } inner }) e = inner;
+        if (e is AggregateException { InnerException: { } ai }) e = ai;
+        switch (e)
+        {
+            case ApiError a: return a;
+            case OperationCanceledException when _deadline?.IsCancellationRequested == true && !_ctx.RequestAborted.IsCancellationRequested:
+                return new ApiError(408, $"the request took longer than the server's limit of {SoftPromptServerOptions.RequestTimeoutSeconds} s (--request-timeout).", code: "request_timeout");
+            case EngineStoppedException: return new ApiError(503, e.Message, code: "shutting_down");
+            case SequenceFailedException:
+                SoftPromptServerOptions.Log?.Invoke($"sequence failed ({_model}): {e.Message}{(e.InnerException is { } i ? $" [{i.GetType().Name}: {i.Message}]" : "")}");
+                return new ApiError(500, $"generation failed for this request: {e.Message}", code: "generation_failed");
+        }
+        SoftPromptServerOptions.Log?.Invoke($"error: {_ctx.Request.Path}: {e.GetType().Name}: {e.Message}");
+        return new ApiError(500, "internal error during generation (the server log has the details).");
+    }
+
+    async Task RunCoreAsync(bool chat)
     {
         _chat = chat;
         var o = SoftPromptServerOptions;
@@ -69,12 +103,38 @@ sealed class Completions
         if (f.Bool("ignore_eos", false)) _eos.Clear();   // vLLM's extension: generate max_tokens tokens (benchmarks)
         bool usageInStream = stream && f.Get("stream_options") is { ValueKind: JsonValueKind.Object } so && so.TryGetProperty("include_usage", out var iu) && iu.ValueKind == JsonValueKind.True;
         if (prompts.Count * n > o.MaxChoices) throw ApiError.BadField("n", $"{prompts.Count} prompts x n {n} exceed the server's cap of {o.MaxChoices} sequences per request.");
+        // Fields that would change what is generated and are not implemented: refused unless neutral.
+        f.Unsupported("best_of", v => v.ValueKind == JsonValueKind.Number && v.TryGetInt32(out var b) && b == n, "only best_of equal to n");
+        f.Unsupported("logit_bias", v => v.ValueKind == JsonValueKind.Object && !v.EnumerateObject().Any(), "only an empty object");
+        foreach (var field in new[] { "tools", "functions" }) f.Unsupported(field, v => v.ValueKind == JsonValueKind.Array && v.GetArrayLength() == 0, "no tool or function calling");
+        foreach (var field in new[] { "tool_choice", "function_call" }) f.Unsupported(field, v => v.ValueKind == JsonValueKind.String && v.GetString() == "none", "no tool or function calling");
+        f.Unsupported("response_format", v => v.ValueKind == JsonValueKind.Object && v.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String && t.GetString() == "text", "only {\"type\": \"text\"}");
+        f.Unsupported("suffix", v => v.ValueKind == JsonValueKind.String && v.GetString() == "", "no insertion");
+        foreach (var field in new[] { "presence_penalty", "frequency_penalty" }) f.Unsupported(field, v => v.ValueKind == JsonValueKind.Number && v.TryGetDouble(out var x) && x == 0, "only 0");
+        // A fair share of the queue per client (its remote address), so one client cannot take every slot.
+        int sequences = prompts.Count * n;
+        var client = _ctx.Connection.RemoteIpAddress?.ToString() ?? "unknown";
+        if (!_srv.Shares.TryTake(client, sequences))
+            throw new ApiError(429, $"this client already holds its share of {_srv.Shares.PerClient} sequences (queued or running); retry when they finish.", code: "rate_limit_exceeded") { RetryAfterSeconds = 1 };
+        try { await GenerateAsync(f, prompts, maxTokens, temperature, topP, seed, n, stream, usageInStream); }
+        finally { _srv.Shares.Give(client, sequences); }
+    }
+
+    async Task GenerateAsync(RequestFields f, List<PromptInput> prompts, int? maxTokens, double temperature, double topP, long? seed, int n, bool stream, bool usageInStream)
+    {
+        bool chat = _chat;
+        var o = SoftPromptServerOptions;
+        int cap = o.MaxTokens;
 
         AttachedPrompt? adapter = null;
         if (_model != AdapterRegistry.BaseName)
         {
             try { adapter = _s.Adapters.Acquire(_model); }
-            catch (SoftPromptException e) { throw new ApiError(500, $"adapter '{_model}' could not be reloaded: {e.Message}"); }
+            catch (SoftPromptException e)
+            {
+                o.Log?.Invoke($"adapter '{_model}' could not be reloaded: {e.Message}");
+                throw new ApiError(500, $"adapter '{_model}' could not be reloaded (the server log has the details).", "model", "adapter_unavailable");
+            }
             if (adapter is null) throw SoftPromptServer.UnknownModel(_model);
         }
         var choices = new List<Choice>();
@@ -107,7 +167,7 @@ sealed class Completions
         if (stream) await StreamAsync(choices, usageInStream);
         else
         {
-            await Task.WhenAll(choices.Select(c => RunChoice(c, null)));
+            await RunAll(choices, null);
             CountCompletion(choices);
             _ctx.Response.ContentType = "application/json";
             await _ctx.Response.WriteAsync(JsonSerializer.Serialize(new Dictionary<string, object?>
@@ -116,15 +176,28 @@ sealed class Completions
                 ["created"] = _created, ["model"] = _model,
                 ["choices"] = choices.Select(c => chat ? ChatChoice(c) : TextChoice(c)).ToList(),
                 ["usage"] = Usage(prompts, choices),
-            }, Json.Options), _ctx.RequestAborted);
+            }, Json.Options), _cancel);
         }
     }
+
+    /// <summary>Runs every choice; when one fails, its siblings (the other choices of this request) are cancelled at
+    /// once rather than generated for an answer that will not be sent.</summary>
+    async Task RunAll(List<Choice> choices, Func<Choice, string, int, int, Task>? onDelta) =>
+        await Task.WhenAll(choices.Select(async c =>
+        {
+            try { await RunChoice(c, onDelta); }
+            catch
+            {
+                foreach (var x in choices) x.Handle.Cancel();
+                throw;
+            }
+        }));
 
     ServerOptions SoftPromptServerOptions => _srv.Options;
 
     SequenceHandle Submit(SequenceRequest req)
     {
-        try { return _s.Engine.Submit(req, _ctx.RequestAborted); }
+        try { return _s.Engine.Submit(req, _cancel); }
         catch (EngineBusyException e) { throw new ApiError(429, $"the server is busy: {e.Message} Retry shortly.", code: "rate_limit_exceeded") { RetryAfterSeconds = 1 }; }
         catch (EngineStoppedException e) { throw new ApiError(503, e.Message, code: "shutting_down"); }
         catch (ContextLengthException e) { throw new ApiError(400, e.Message, _chat ? "messages" : "prompt", "context_length_exceeded"); }
@@ -168,7 +241,7 @@ sealed class Completions
     PromptInput FromText(string text)
     {
         var tok = _s.Lm.Tokenizer ?? throw ApiError.BadField("prompt", "this model has no tokenizer files: send token ids instead of text.");
-        var ids = tok.Encode(text);
+        var ids = Encode(() => tok.Encode(text), "prompt");
         if (ids.Length == 0) throw ApiError.BadField("prompt", "the prompt is empty (it encodes to no tokens).");
         return new PromptInput(ids, text);
     }
@@ -201,7 +274,7 @@ sealed class Completions
             {
                 JsonValueKind.String => c.GetString()!,
                 JsonValueKind.Array => string.Concat(c.EnumerateArray().Select(p =>
-                    p.ValueKind == JsonValueKind.Object && p.TryGetProperty("type", out var t) && t.GetString() == "text" && p.TryGetProperty("text", out var tx) && tx.ValueKind == JsonValueKind.String
+                    p.ValueKind == JsonValueKind.Object && p.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String && t.GetString() == "text" && p.TryGetProperty("text", out var tx) && tx.ValueKind == JsonValueKind.String
                         ? tx.GetString() : throw ApiError.BadField(where, $"'{where}.content' parts must be {{\"type\": \"text\", \"text\": ...}}."))),
                 _ => throw ApiError.BadField(where, $"'{where}.content' must be a string or an array of text parts."),
             } : throw ApiError.BadField(where, $"'{where}.content' is required.");
@@ -213,7 +286,20 @@ sealed class Completions
             if (tok.SpecialTokens.TryGetValue(eot, out var id)) _eos.Add(id);
             else _chatStops.Add(eot);
         var text = tmpl.Render(msgs);
-        return new List<PromptInput> { new(tok.Encode(text, addSpecialTokens: false), text) };
+        var chatIds = Encode(() => tok.Encode(text, addSpecialTokens: false), "messages");
+        if (chatIds.Length == 0) throw ApiError.BadField("messages", "the messages encode to no tokens.");
+        return new List<PromptInput> { new(chatIds, text) };
+    }
+
+    /// <summary>A tokenizer failure on client text is that text's fault: a 400 naming the field (logged once).</summary>
+    int[] Encode(Func<int[]> encode, string field)
+    {
+        try { return encode(); }
+        catch (Exception e) when (e is not ApiError)
+        {
+            SoftPromptServerOptions.Log?.Invoke($"tokenizer refused the {field} text: {e.GetType().Name}: {e.Message}");
+            throw ApiError.BadField(field, $"the {field} text could not be tokenized.");
+        }
     }
 
     // ------------------------------------------------------------------ generation
@@ -223,7 +309,7 @@ sealed class Completions
     {
         int maxStop = _stops.Length == 0 ? 0 : _stops.Max(s => s.Length);
         var ids = new List<int>();
-        await foreach (var tok in c.Handle.Tokens.ReadAllAsync(_ctx.RequestAborted))
+        await foreach (var tok in c.Handle.Tokens.ReadAllAsync(_cancel))
         {
             c.Generated++;
             if (!_firstToken) { _firstToken = true; _srv.Metrics.FirstTokenSeconds.Record(Stopwatch.GetElapsedTime(_t0).TotalSeconds); }
@@ -278,7 +364,7 @@ sealed class Completions
     /// <summary>OpenAI's legacy logprobs object for tokens [from, to) (and the prompt's tokens first with echo).</summary>
     object TextLogprobs(Choice c, int from, int to, bool withPrompt, int textOffset)
     {
-        var tokens = new List<string>(); var lps = new List<float?>(); var tops = new List<Dictionary<string, float>?>(); var offsets = new List<int>();
+        var tokens = new List<string>(); var lps = new List<float?>(); var tops = new List<Dictionary<string, float?>?>(); var offsets = new List<int>();
         int off = textOffset;
         if (withPrompt)
         {
@@ -286,7 +372,7 @@ sealed class Completions
             for (int i = 0; i < c.Prompt.Ids.Length; i++)
             {
                 var t = _s.Lm.TokenText(c.Prompt.Ids[i]);
-                tokens.Add(t); lps.Add(plp?[i] is double d ? (float)d : null); tops.Add(null); offsets.Add(off); off += t.Length;
+                tokens.Add(t); lps.Add(plp?[i] is double d ? Lp((float)d) : null); tops.Add(null); offsets.Add(off); off += t.Length;
             }
         }
         else if (from == 0 && _echo) off += c.Prompt.Text.Length;
@@ -294,13 +380,17 @@ sealed class Completions
         {
             var g = c.Tokens[i];
             var t = _s.Lm.TokenText(g.Id);
-            tokens.Add(t); lps.Add(g.LogProb); offsets.Add(off); off += t.Length;
-            var d = new Dictionary<string, float>();
-            if (g.Top is not null) foreach (var a in g.Top) d.TryAdd(_s.Lm.TokenText(a.Id), a.LogProb);
+            tokens.Add(t); lps.Add(Lp(g.LogProb)); offsets.Add(off); off += t.Length;
+            var d = new Dictionary<string, float?>();
+            if (g.Top is not null) foreach (var a in g.Top) d.TryAdd(_s.Lm.TokenText(a.Id), Lp(a.LogProb));
             tops.Add(d);
         }
         return new { tokens, token_logprobs = lps, top_logprobs = tops, text_offset = offsets };
     }
+
+    /// <summary>A log-probability as JSON can carry it: -infinity (a token the model rules out) is -9999, the value
+    /// OpenAI's API uses for "very unlikely"; NaN or +infinity (never a log-probability) are null.</summary>
+    internal static float? Lp(float x) => float.IsNegativeInfinity(x) ? -9999f : float.IsFinite(x) ? x : null;
 
     List<object> ChatLogprobs(Choice c, int from, int to)
     {
@@ -310,8 +400,8 @@ sealed class Completions
             var g = c.Tokens[i];
             list.Add(new
             {
-                token = _s.Lm.TokenText(g.Id), logprob = g.LogProb, bytes = (int[]?)null,
-                top_logprobs = (g.Top ?? Array.Empty<TokenLogprob>()).Select(a => new { token = _s.Lm.TokenText(a.Id), logprob = a.LogProb, bytes = (int[]?)null }).ToList(),
+                token = _s.Lm.TokenText(g.Id), logprob = Lp(g.LogProb), bytes = (int[]?)null,
+                top_logprobs = (g.Top ?? Array.Empty<TokenLogprob>()).Select(a => new { token = _s.Lm.TokenText(a.Id), logprob = Lp(a.LogProb), bytes = (int[]?)null }).ToList(),
             });
         }
         return list;
@@ -325,7 +415,7 @@ sealed class Completions
         res.ContentType = "text/event-stream";
         res.Headers.CacheControl = "no-cache";
         res.Headers["X-Accel-Buffering"] = "no";
-        await res.StartAsync(_ctx.RequestAborted);
+        await res.StartAsync(_cancel);
         if (_chat)
             foreach (var c in choices) await Event(ChatChunk(c.Index, new { role = "assistant", content = "" }, null, null));
         else if (_echo)
@@ -333,17 +423,18 @@ sealed class Completions
                 await Event(TextChunk(c.Index, c.Prompt.Text, _logprobs is null ? null : TextLogprobs(c, 0, 0, true, 0), null));
         try
         {
-            await Task.WhenAll(choices.Select(c => RunChoice(c, (ch, delta, from, to) =>
+            await RunAll(choices, (ch, delta, from, to) =>
                 Event(_chat
                     ? ChatChunk(ch.Index, new { content = delta }, _logprobs is null ? null : new { content = ChatLogprobs(ch, from, to) }, null)
-                    : TextChunk(ch.Index, delta, _logprobs is null ? null : TextLogprobs(ch, from, to, false, (_echo ? ch.Prompt.Text.Length : 0) + ch.EmittedChars), null)))));
+                    : TextChunk(ch.Index, delta, _logprobs is null ? null : TextLogprobs(ch, from, to, false, (_echo ? ch.Prompt.Text.Length : 0) + ch.EmittedChars), null)));
         }
-        catch (Exception e) when (e is not OperationCanceledException || !_ctx.RequestAborted.IsCancellationRequested)
+        catch (Exception e) when (!_ctx.RequestAborted.IsCancellationRequested)
         {
             // Headers are sent: report in the stream, as OpenAI-compatible servers do, then end it.
-            var err = e as ApiError ?? new ApiError(500, "internal error during generation (the server log has the details).");
-            await Event(err.Body);
-            throw;
+            var err = ToApiError(e);
+            try { await Event(err.Body, CancellationToken.None); }
+            catch (Exception) { }   // a client that stopped reading does not get it either
+            throw err;
         }
         foreach (var c in choices)
             await Event(_chat ? ChatChunk(c.Index, new { }, null, c.Finish) : TextChunk(c.Index, "", null, c.Finish));
@@ -356,7 +447,7 @@ sealed class Completions
                 ["usage"] = Usage(choices.Select(c => c.Prompt).Distinct().ToList(), choices),
             });
         await _write.WaitAsync();
-        try { await res.WriteAsync("data: [DONE]\n\n", _ctx.RequestAborted); await res.Body.FlushAsync(_ctx.RequestAborted); }
+        try { await res.WriteAsync("data: [DONE]\n\n", _cancel); await res.Body.FlushAsync(_cancel); }
         finally { _write.Release(); }
     }
 
@@ -372,14 +463,25 @@ sealed class Completions
         ["choices"] = new[] { new Dictionary<string, object?> { ["index"] = index, ["delta"] = delta, ["logprobs"] = logprobs, ["finish_reason"] = finish } },
     };
 
-    async Task Event(object payload)
+    Task Event(object payload) => Event(payload, _cancel);
+
+    async Task Event(object payload, CancellationToken cancel)
     {
         var line = "data: " + JsonSerializer.Serialize(payload, Json.Options) + "\n\n";
         await _write.WaitAsync();
         try
         {
-            await _ctx.Response.WriteAsync(line, _ctx.RequestAborted);
-            await _ctx.Response.Body.FlushAsync(_ctx.RequestAborted);
+            using var bounded = CancellationTokenSource.CreateLinkedTokenSource(_ctx.RequestAborted, cancel);
+            bounded.CancelAfter(TimeSpan.FromSeconds(30));   // a client that stops reading does not hold the request forever
+            try
+            {
+                await _ctx.Response.WriteAsync(line, bounded.Token);
+                await _ctx.Response.Body.FlushAsync(bounded.Token);
+            }
+            catch (OperationCanceledException) when (!cancel.IsCancellationRequested && !_ctx.RequestAborted.IsCancellationRequested)
+            {
+                throw new ApiError(408, "the client stopped reading the stream for 30 s.", code: "request_timeout");
+            }
         }
         finally { _write.Release(); }
     }

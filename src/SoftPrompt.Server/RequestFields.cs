@@ -56,11 +56,21 @@ sealed class RequestFields
     {
         var v = Get(name);
         if (v is null) return null;
-        if (v.Value.ValueKind != JsonValueKind.Number) throw ApiError.BadField(name, $"'{name}' must be a number.");
-        double x = v.Value.GetDouble();
+        if (v.Value.ValueKind != JsonValueKind.Number || !v.Value.TryGetDouble(out var x) || !double.IsFinite(x)) throw ApiError.BadField(name, $"'{name}' must be a finite number.");
         if (double.IsNaN(x) || x > max || (minExclusive ? x <= min : x < min))
             throw ApiError.BadField(name, $"'{name}' must be {(minExclusive ? "above" : "at least")} {min} and at most {max} (got {x}).");
         return x;
+    }
+
+    /// <summary>Characters of one stop sequence at most (the stream holds back that much text while it matches).</summary>
+    public const int MaxStopLength = 256;
+
+    /// <summary>A field that would change what is generated but is not implemented: absent, null or its neutral
+    /// value pass (the client asked for nothing different); anything else is a 400 naming it, never silently ignored.</summary>
+    public void Unsupported(string name, Func<JsonElement, bool> neutral, string what)
+    {
+        var v = Get(name);
+        if (v is not null && !neutral(v.Value)) throw ApiError.BadField(name, $"'{name}' is not supported by this server ({what}).");
     }
 
     /// <summary>"stop": a string or an array of up to 4 non-empty strings.</summary>
@@ -76,6 +86,7 @@ sealed class RequestFields
         };
         if (stops.Length > 4) throw ApiError.BadField("stop", "'stop' takes at most 4 sequences.");
         if (stops.Any(s => s.Length == 0)) throw ApiError.BadField("stop", "'stop' sequences must not be empty.");
+        if (stops.Any(s => s.Length > MaxStopLength)) throw ApiError.BadField("stop", $"'stop' sequences are at most {MaxStopLength} characters.");
         return stops;
     }
 }

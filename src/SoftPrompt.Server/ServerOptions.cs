@@ -30,6 +30,30 @@ public sealed record ServerOptions
     public int MaxResidentAdapters { get; init; } = 64;
     /// <summary>Seconds to wait for in-flight requests on shutdown (SIGTERM).</summary>
     public int DrainSeconds { get; init; } = 30;
+    /// <summary>Enables POST/DELETE /v1/adapters (off: 403). Loads are confined to <see cref="AdaptersDir"/>, which is
+    /// then required; beyond loopback <see cref="AdminKeyEnv"/> is required too.</summary>
+    public bool AllowAdapterAdmin { get; init; }
+    /// <summary>Name of an environment variable holding the key that POST/DELETE /v1/adapters need ("Authorization:
+    /// Bearer KEY"); the API key does not grant them.</summary>
+    public string? AdminKeyEnv { get; init; }
+    /// <summary>Allows binding a non-loopback host without an API key.</summary>
+    public bool Insecure { get; init; }
+    /// <summary>Browser origins allowed to call the API cross-origin ("https://app.example", or "*"); others get 403.</summary>
+    public IReadOnlyList<string> CorsOrigins { get; init; } = Array.Empty<string>();
+    /// <summary>Open connections at most (Kestrel); beyond it new connections are refused.</summary>
+    public int MaxConnections { get; init; } = 1024;
+    /// <summary>Seconds a client has to send its request headers, and the grace period of the minimum body rate
+    /// (240 bytes/s) before the connection is answered 408 and closed (slowloris).</summary>
+    public int HeaderTimeoutSeconds { get; init; } = 10;
+    /// <summary>Seconds a completion request may take from its arrival to its last token (408 beyond); 0 = no limit.</summary>
+    public int RequestTimeoutSeconds { get; init; } = 600;
+    /// <summary>Adapters registered at most (start-up and POST /v1/adapters).</summary>
+    public int MaxAdapters { get; init; } = 4096;
+    /// <summary>Sequences (queued or decoding) one client may hold at once: its fair share of the queue. A client is
+    /// its remote address. Default: half of max batch + max queue (at least 1).</summary>
+    public int? MaxClientSequences { get; init; }
+    /// <summary>Padded tokens per prefill forward (<see cref="Inference.BatchEngineOptions.MaxPrefillTokens"/>); default max(context, 4096).</summary>
+    public int? MaxPrefillTokens { get; init; }
     /// <summary>NaN/infinity check of the weights and of every adapter at load (off with the CLI's --no-check).</summary>
     public bool CheckFinite { get; init; } = true;
     /// <summary>Where log lines go (the CLI: stderr). Null = nowhere.</summary>

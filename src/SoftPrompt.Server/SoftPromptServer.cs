@@ -13,6 +13,7 @@ using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using OpenTelemetry.Metrics;
+using OpenTelemetry.Resources;
 using SoftPrompt.Inference;
 
 namespace SoftPrompt.Server;
@@ -37,7 +38,9 @@ public sealed class SoftPromptServer : IAsyncDisposable
 
     readonly ServerOptions _o;
     readonly WebApplication _app;
-    readonly byte[]? _apiKey;
+    readonly byte[]? _apiKey, _adminKey;
+    readonly HashSet<string> _corsOrigins;
+    internal readonly ClientShares Shares;
     readonly TaskCompletionSource _ready = new(TaskCreationOptions.RunContinuationsAsynchronously);
     readonly long _created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
     internal volatile Loaded? State;
@@ -49,7 +52,12 @@ public sealed class SoftPromptServer : IAsyncDisposable
     /// <summary>Completes when the model and the start-up adapters are loaded; faults with the reason if they cannot be.</summary>
     public Task Ready => _ready.Task;
 
-    SoftPromptServer(ServerOptions o, WebApplication app, byte[]? key, ServerMetrics metrics) { _o = o; _app = app; _apiKey = key; Metrics = metrics; }
+    SoftPromptServer(ServerOptions o, WebApplication app, byte[]? key, byte[]? adminKey, ServerMetrics metrics)
+    {
+        _o = o; _app = app; _apiKey = key; _adminKey = adminKey; Metrics = metrics;
+        _corsOrigins = new HashSet<string>(o.CorsOrigins, StringComparer.OrdinalIgnoreCase);
+        Shares = new ClientShares(o.MaxClientSequences ?? Math.Max(1, (o.MaxBatch + o.MaxQueue) / 2));
+    }
 
     /// <summary>Checks the options, starts listening, and loads the model and adapters in the background.</summary>
     public static async Task<SoftPromptServer> StartAsync(ServerOptions o, CancellationToken cancel = default)
@@ -60,27 +68,57 @@ public sealed class SoftPromptServer : IAsyncDisposable
         if (o.MaxQueue < 0) throw new SoftPromptException("--max-queue must be >= 0.");
         if (o.MaxTokens < 1) throw new SoftPromptException("--max-tokens must be at least 1.");
         if (o.MaxBodyBytes < 1024) throw new SoftPromptException("--max-body-bytes must be at least 1024.");
+        if (o.MaxConnections < 1) throw new SoftPromptException("--max-connections must be at least 1.");
+        if (o.HeaderTimeoutSeconds < 1) throw new SoftPromptException("--header-timeout must be at least 1 second.");
+        if (o.RequestTimeoutSeconds < 0) throw new SoftPromptException("--request-timeout must be >= 0 (0 = no limit).");
+        if (o.MaxAdapters < 1) throw new SoftPromptException("--max-adapters must be at least 1.");
+        if (o.MaxClientSequences is < 1) throw new SoftPromptException("--max-client-sequences must be at least 1.");
+        if (o.MaxPrefillTokens is < 1) throw new SoftPromptException("--max-prefill-tokens must be at least 1.");
         IPAddress? ip = null;
         if (o.Host != "localhost" && !IPAddress.TryParse(o.Host, out ip)) throw new SoftPromptException($"--host '{o.Host}' is not an IP address (or 'localhost').");
-        byte[]? key = null;
-        if (o.ApiKeyEnv is { } env)
+        bool loopback = ip is null || IPAddress.IsLoopback(ip);
+        if (!loopback && o.ApiKeyEnv is null && !o.Insecure)
+            throw new SoftPromptException($"--host {o.Host} is reachable from other machines: set --api-key-env (or --insecure to serve without a key).");
+        var key = ReadKey("--api-key-env", o.ApiKeyEnv);
+        var adminKey = ReadKey("--admin-key-env", o.AdminKeyEnv);
+        if (o.AdminKeyEnv is not null && !o.AllowAdapterAdmin) throw new SoftPromptException("--admin-key-env is only used with --allow-adapter-admin.");
+        if (o.AllowAdapterAdmin)
         {
-            var v = Environment.GetEnvironmentVariable(env);
-            if (string.IsNullOrEmpty(v)) throw new SoftPromptException($"--api-key-env {env}: the environment variable is not set or empty.");
-            key = Encoding.UTF8.GetBytes(v);
+            if (o.AdaptersDir is null) throw new SoftPromptException("--allow-adapter-admin needs --adapters-dir: POST /v1/adapters loads only folders inside it.");
+            if (!loopback && adminKey is null) throw new SoftPromptException($"--allow-adapter-admin on --host {o.Host} needs --admin-key-env.");
+            if (key is not null && adminKey is not null && CryptographicOperations.FixedTimeEquals(key, adminKey))
+                throw new SoftPromptException("--admin-key-env and --api-key-env must hold different keys.");
         }
+        foreach (var origin in o.CorsOrigins)
+            if (origin != "*" && !(Uri.TryCreate(origin, UriKind.Absolute, out var u) && u.Scheme is "http" or "https" && u.GetLeftPart(UriPartial.Authority) == origin.TrimEnd('/')))
+                throw new SoftPromptException($"--cors-origin '{origin}': expected an origin such as https://app.example.com (scheme://host[:port]) or *.");
         foreach (var (name, path) in o.Adapters)
         {
             AdapterRegistry.CheckName(name);
             if (!Directory.Exists(path)) throw new SoftPromptException($"--adapter {name}={path}: the folder does not exist.");
         }
         var discovered = o.AdaptersDir is null ? new List<(string, string)>() : AdapterRegistry.Discover(o.AdaptersDir);
+        // What --adapters-dir serves obeys the rule POST /v1/adapters obeys: nothing reached through a link out of it.
+        discovered = discovered.Where(d =>
+        {
+            var rel = Path.GetRelativePath(o.AdaptersDir!, d.Item2).Replace('\\', '/');
+            if (rel == ".") return true;
+            try { AdapterPaths.Resolve(o.AdaptersDir!, rel); return true; }
+            catch (SoftPromptException e) { o.Log?.Invoke($"warning: skipped {d.Item2}: {e.Message}"); return false; }
+        }).ToList();
 
         var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = Array.Empty<string>(), ContentRootPath = AppContext.BaseDirectory });
         builder.Logging.ClearProviders();
         builder.WebHost.ConfigureKestrel(k =>
         {
             k.Limits.MaxRequestBodySize = o.MaxBodyBytes;
+            // Every resource a connection holds is bounded: connections, time to send the headers, body rate
+            // (slowloris), idle keep-alive time; header sizes stay at Kestrel's defaults (32 KB, 100 headers).
+            k.Limits.MaxConcurrentConnections = o.MaxConnections;
+            k.Limits.MaxConcurrentUpgradedConnections = o.MaxConnections;
+            k.Limits.RequestHeadersTimeout = TimeSpan.FromSeconds(o.HeaderTimeoutSeconds);
+            k.Limits.MinRequestBodyDataRate = new Microsoft.AspNetCore.Server.Kestrel.Core.MinDataRate(240, TimeSpan.FromSeconds(o.HeaderTimeoutSeconds));
+            k.Limits.KeepAliveTimeout = TimeSpan.FromSeconds(3 * o.HeaderTimeoutSeconds);   // also a connection that never sends
             k.AddServerHeader = false;
             if (ip is null) k.ListenLocalhost(o.Port); else k.Listen(ip, o.Port);
         });
@@ -88,10 +126,11 @@ public sealed class SoftPromptServer : IAsyncDisposable
         SoftPromptServer? self = null;
         var metrics = new ServerMetrics(() => self?.State?.Engine.QueueDepth ?? 0, () => self?.State?.Engine.ActiveRows ?? 0,
             () => self?.State?.Adapters.ResidentCount ?? 0);
-        builder.Services.AddOpenTelemetry().WithMetrics(m => m.AddMeter(metrics.Name).AddPrometheusExporter());
+        builder.Services.AddOpenTelemetry().ConfigureResource(r => r.AddService("softprompt"))
+            .WithMetrics(m => m.AddMeter(metrics.Name).AddPrometheusExporter());
         var app = builder.Build();
 
-        self = new SoftPromptServer(o, app, key, metrics);
+        self = new SoftPromptServer(o, app, key, adminKey, metrics);
         self.Map();
         app.Lifetime.ApplicationStopping.Register(() =>
         {
@@ -122,10 +161,10 @@ public sealed class SoftPromptServer : IAsyncDisposable
             // --max-context (default 4096 tokens), and its requests are decoded one at a time (Seq2SeqEngine).
             int capacity = lm.IsEncoderDecoder ? _o.MaxContext ?? 4096 : Math.Min(_o.MaxContext ?? positions, positions);
             IGenerationEngine engine = lm.Seq2Seq is { } t5 ? new Seq2SeqEngine(t5, capacity, _o.MaxQueue)
-                : new BatchEngine(lm.Model, new BatchEngineOptions { MaxBatch = _o.MaxBatch, MaxQueue = _o.MaxQueue, Capacity = capacity });
+                : new BatchEngine(lm.Model, new BatchEngineOptions { MaxBatch = _o.MaxBatch, MaxQueue = _o.MaxQueue, Capacity = capacity, MaxPrefillTokens = _o.MaxPrefillTokens });
             engine.Stepped += Metrics.OnStep;
             engine.SequenceFinished += reason => Metrics.Sequences.Add(1, new KeyValuePair<string, object?>("finish", reason));
-            var reg = new AdapterRegistry(lm.Base, _o.MaxResidentAdapters, _o.CheckFinite);
+            var reg = new AdapterRegistry(lm.Base, _o.MaxResidentAdapters, _o.CheckFinite, _o.MaxAdapters);
             foreach (var (name, path) in _o.Adapters.Concat(discovered))
             {
                 try { reg.Add(name, path); }
@@ -134,6 +173,7 @@ public sealed class SoftPromptServer : IAsyncDisposable
                     _o.Log?.Invoke($"warning: skipped {path}: {e.Message}");   // a folder found by --adapters-dir may be for another model
                 }
                 catch (InvalidOperationException e) { throw new SoftPromptException($"--adapter {name}: {e.Message}"); }
+                catch (AdapterLimitException e) { throw new SoftPromptException($"--adapter {name}: {e.Message}"); }
             }
             var chat = ChatTemplate.Detect(_o.ModelDir, out var why); // an unreadable tokenizer_config.json stops the load
             State = new Loaded { Lm = lm, Engine = engine, Adapters = reg, Chat = chat, ChatWhy = why };
@@ -192,12 +232,26 @@ public sealed class SoftPromptServer : IAsyncDisposable
             var s = Need();
             var f = new RequestFields(await ReadJsonAsync(ctx));
             var name = f.String("name", required: true)!;
-            var path = f.String("path", required: true)!;
+            var rel = f.String("path", required: true)!;
+            bool replace = f.Bool("replace", false);
+            try { AdapterRegistry.CheckName(name); }
+            catch (SoftPromptException e) { throw new ApiError(400, e.Message, "name"); }
+            var root = _o.AdaptersDir!;
+            string dir;
+            try { dir = AdapterPaths.Resolve(root, rel); }
+            catch (SoftPromptException e) { throw new ApiError(400, e.Message, "path", "invalid_adapter_path"); }
             AdapterInfo info;
-            try { info = await Task.Run(() => s.Adapters.Add(name, path)); }
+            try { info = await Task.Run(() => s.Adapters.Add(name, dir, replace)); }
             catch (InvalidOperationException e) { throw new ApiError(409, e.Message, "name", "adapter_exists"); }
-            catch (SoftPromptException e) { throw new ApiError(400, e.Message, "path", "invalid_adapter"); }
-            _o.Log?.Invoke($"adapter '{name}' added from {info.Path}");
+            catch (AdapterLimitException e) { throw new ApiError(409, e.Message, "name", "adapter_limit"); }
+            catch (SoftPromptException e)
+            {
+                // The loader's message names files by their absolute path: the client sees them relative to the
+                // adapters folder, the server log has them whole.
+                _o.Log?.Invoke($"adapter '{name}' not added from {dir}: {e.Message}");
+                throw new ApiError(400, $"adapter '{name}' ('{rel}') cannot be served: {HidePaths(e.Message, root, dir, rel)}", "path", "invalid_adapter");
+            }
+            _o.Log?.Invoke($"adapter '{name}' {(replace ? "added or replaced" : "added")} from {info.Path}");
             return Results.Json(ModelObject(info), Json.Options, statusCode: 201);
         });
         app.MapDelete("/v1/adapters/{**name}", (string name) =>
@@ -212,37 +266,67 @@ public sealed class SoftPromptServer : IAsyncDisposable
         app.MapFallback((HttpContext ctx) => throw new ApiError(404, $"no route {ctx.Request.Method} {ctx.Request.Path}.", code: "not_found"));
     }
 
-    /// <summary>Auth, error mapping (OpenAI error JSON, never a stack trace), request metrics.</summary>
+    /// <summary>A loader message with the adapter folder's absolute paths replaced by the client's relative path.</summary>
+    static string HidePaths(string message, string root, string dir, string rel)
+    {
+        foreach (var (abs, shown) in new[] { (dir, rel), (AdapterPaths.RealPath(root), "<adapters-dir>"), (Path.GetFullPath(root), "<adapters-dir>"), (root, "<adapters-dir>") })
+            if (abs.Length > 0) message = message.Replace(abs, shown, StringComparison.Ordinal);
+        return message;
+    }
+
+    static bool IsAdminPath(PathString p) => p.StartsWithSegments("/v1/adapters");
+
+    /// <summary>Origin policy, auth, content type, error mapping (OpenAI error JSON, never a stack trace), metrics.</summary>
     async Task Guard(HttpContext ctx, RequestDelegate next)
     {
         var sw = Stopwatch.StartNew();
         try
         {
-            if (_apiKey is not null && ctx.Request.Path != "/health" && !Authorized(ctx.Request.Headers.Authorization.ToString()))
+            var req = ctx.Request;
+            // Browsers: a page on another origin may send requests to a server on localhost (cross-site request
+            // forgery, DNS rebinding). They mark them with Origin (and Sec-Fetch-Site); only --cors-origin ones pass.
+            var origin = req.Headers.Origin.ToString();
+            var site = req.Headers["Sec-Fetch-Site"].ToString();
+            if (origin.Length > 0 || site is "cross-site" or "same-site")
+            {
+                bool allowed = _corsOrigins.Contains("*") || (origin.Length > 0 && _corsOrigins.Contains(origin));
+                if (!allowed)
+                    throw new ApiError(403, $"cross-origin requests are refused{(origin.Length > 0 ? $" (Origin {origin})" : "")}; the server's --cors-origin lists the browser origins it accepts.", code: "cross_origin_forbidden");
+                ctx.Response.Headers.AccessControlAllowOrigin = origin.Length > 0 ? origin : "*";
+                ctx.Response.Headers.Vary = "Origin";
+                if (HttpMethods.IsOptions(req.Method))
+                {
+                    ctx.Response.Headers.AccessControlAllowMethods = "GET, POST, DELETE, OPTIONS";
+                    ctx.Response.Headers.AccessControlAllowHeaders = "Authorization, Content-Type";
+                    ctx.Response.Headers.AccessControlMaxAge = "600";
+                    ctx.Response.StatusCode = 204;
+                    return;
+                }
+            }
+            if (IsAdminPath(req.Path) && !HttpMethods.IsGet(req.Method))
+            {
+                if (!_o.AllowAdapterAdmin)
+                    throw new ApiError(403, "adapter administration is disabled on this server (the operator starts it with --allow-adapter-admin).", code: "admin_disabled");
+                var key = _adminKey ?? _apiKey;
+                if (key is not null && !Authorized(req.Headers.Authorization.ToString(), key))
+                    throw new ApiError(401, "missing or wrong admin key: send 'Authorization: Bearer ADMIN_KEY'.", code: "invalid_api_key");
+            }
+            else if (_apiKey is not null && req.Path != "/health" && !Authorized(req.Headers.Authorization.ToString(), _apiKey)
+                     && !(_adminKey is not null && Authorized(req.Headers.Authorization.ToString(), _adminKey)))
                 throw new ApiError(401, "missing or wrong API key: send 'Authorization: Bearer KEY'.", code: "invalid_api_key");
+            if (HttpMethods.IsPost(req.Method) && !IsJson(req.ContentType))
+                throw new ApiError(415, $"the request body must be JSON sent as 'Content-Type: application/json' (got '{Truncate(req.ContentType ?? "none", 100)}').", code: "unsupported_media_type");
             await next(ctx);
         }
         catch (Exception e) when (!ctx.Response.HasStarted)
         {
-            var err = e switch
-            {
-                ApiError a => a,
-                BadHttpRequestException b when b.StatusCode == 413 => new ApiError(413, $"the request body exceeds {_o.MaxBodyBytes} bytes.", code: "request_too_large"),
-                BadHttpRequestException b => new ApiError(b.StatusCode, b.Message),
-                OperationCanceledException when ctx.RequestAborted.IsCancellationRequested => null,
-                _ => null,
-            };
-            if (err is null && !ctx.RequestAborted.IsCancellationRequested)
-            {
-                _o.Log?.Invoke($"error: {ctx.Request.Method} {ctx.Request.Path}: {e.GetType().Name}: {e.Message}");
-                err = new ApiError(500, "internal error (the server log has the details).");
-            }
-            if (err is not null) await err.WriteAsync(ctx);
+            var err = Classify(e, ctx);
+            if (err is not null) { ctx.Response.Headers.Remove("Access-Control-Allow-Methods"); await err.WriteAsync(ctx); }
         }
         catch (Exception e)
         {
             // The response had started (a stream): the client sees the stream end; the server keeps serving.
-            if (!ctx.RequestAborted.IsCancellationRequested) _o.Log?.Invoke($"error mid-response: {ctx.Request.Path}: {e.GetType().Name}: {e.Message}");
+            if (e is not ApiError && !ctx.RequestAborted.IsCancellationRequested) _o.Log?.Invoke($"error mid-response: {ctx.Request.Path}: {e.GetType().Name}: {e.Message}");
         }
         finally
         {
@@ -252,11 +336,46 @@ public sealed class SoftPromptServer : IAsyncDisposable
         }
     }
 
-    bool Authorized(string header)
+    /// <summary>The answer to an exception: an <see cref="ApiError"/> as it is, a Kestrel refusal with its status
+    /// (413 body too large, 408 too slow, 400 malformed), null for a client that left; anything else is a server
+    /// fault: 500, logged as one line (type and message, no stack trace).</summary>
+    ApiError? Classify(Exception e, HttpContext ctx)
+    {
+        switch (e)
+        {
+            case ApiError a: return a;
+            case BadHttpRequestException b when b.StatusCode == 413: return new ApiError(413, $"the request body exceeds {_o.MaxBodyBytes} bytes.", code: "request_too_large");
+            case BadHttpRequestException b when b.StatusCode == 408: return new ApiError(408, "the request body arrived too slowly.", code: "request_timeout");
+            case BadHttpRequestException b: return new ApiError(b.StatusCode is >= 400 and < 500 ? b.StatusCode : 400, b.Message);
+            case OperationCanceledException or IOException when ctx.RequestAborted.IsCancellationRequested: return null;
+        }
+        if (ctx.RequestAborted.IsCancellationRequested) return null;
+        _o.Log?.Invoke($"error: {ctx.Request.Method} {ctx.Request.Path}: {e.GetType().Name}: {e.Message}");
+        return new ApiError(500, "internal error (the server log has the details).");
+    }
+
+    static bool IsJson(string? contentType)
+    {
+        if (contentType is null || !Microsoft.Net.Http.Headers.MediaTypeHeaderValue.TryParse(contentType, out var mt)) return false;
+        if (!mt.MediaType.Equals("application/json", StringComparison.OrdinalIgnoreCase)) return false;
+        return !mt.Charset.HasValue || mt.Charset.Equals("utf-8", StringComparison.OrdinalIgnoreCase) || mt.Charset.Equals("utf8", StringComparison.OrdinalIgnoreCase);
+    }
+
+    static string Truncate(string s, int n) => s.Length <= n ? s : s[..n] + "...";
+
+    static bool Authorized(string header, byte[] key)
     {
         const string scheme = "Bearer ";
         if (!header.StartsWith(scheme, StringComparison.OrdinalIgnoreCase)) return false;
-        return CryptographicOperations.FixedTimeEquals(Encoding.UTF8.GetBytes(header[scheme.Length..].Trim()), _apiKey);
+        return CryptographicOperations.FixedTimeEquals(Encoding.UTF8.GetBytes(header[scheme.Length..].Trim()), key);
+    }
+
+    static byte[]? ReadKey(string option, string? env)
+    {
+        if (env is null) return null;
+        var v = Environment.GetEnvironmentVariable(env);
+        if (string.IsNullOrEmpty(v)) throw new SoftPromptException($"{option} {env}: the environment variable is not set or empty.");
+        return Encoding.UTF8.GetBytes(v);
     }
 
     internal Loaded Need()
@@ -266,16 +385,45 @@ public sealed class SoftPromptServer : IAsyncDisposable
     }
 
     internal static ApiError UnknownModel(string name) =>
-        new(404, $"the model '{name}' does not exist (GET /v1/models lists them; 'base' is the model without an adapter).", "model", "model_not_found");
+        new(404, $"the model '{Truncate(name, 200)}' does not exist (GET /v1/models lists them; 'base' is the model without an adapter).", "model", "model_not_found");
 
+    /// <summary>The request body as JSON: a parse error, a nesting beyond 64 levels, or a string that is not valid
+    /// UTF-16 text (a lone surrogate escape such as "\udc00") is a 400.</summary>
     internal static async Task<JsonElement> ReadJsonAsync(HttpContext ctx)
     {
+        JsonElement root;
         try
         {
             using var doc = await JsonDocument.ParseAsync(ctx.Request.Body, default, ctx.RequestAborted);
-            return doc.RootElement.Clone();
+            root = doc.RootElement.Clone();
         }
         catch (JsonException e) { throw new ApiError(400, $"invalid JSON in the request body ({e.Message})."); }
+        CheckStrings(root, "");
+        return root;
+    }
+
+    static void CheckStrings(JsonElement e, string where)
+    {
+        switch (e.ValueKind)
+        {
+            case JsonValueKind.String:
+                try { e.GetString(); }
+                catch (InvalidOperationException) { throw new ApiError(400, $"{(where.Length == 0 ? "the body" : $"'{where}'")} is not valid text (an unpaired surrogate escape such as \\udc00).", where.Length == 0 ? null : where); }
+                break;
+            case JsonValueKind.Array:
+                int i = 0;
+                foreach (var x in e.EnumerateArray()) CheckStrings(x, $"{where}[{i++}]");
+                break;
+            case JsonValueKind.Object:
+                foreach (var p in e.EnumerateObject())
+                {
+                    string name;
+                    try { name = p.Name; }
+                    catch (InvalidOperationException) { throw new ApiError(400, "a property name is not valid text (an unpaired surrogate escape)."); }
+                    CheckStrings(p.Value, where.Length == 0 ? name : $"{where}.{name}");
+                }
+                break;
+        }
     }
 
     List<Dictionary<string, object?>> Models(Loaded s)
@@ -285,7 +433,7 @@ public sealed class SoftPromptServer : IAsyncDisposable
             new()
             {
                 ["id"] = AdapterRegistry.BaseName, ["object"] = "model", ["created"] = _created, ["owned_by"] = "softprompt",
-                ["root"] = s.Lm.Base.Config.NameOrPath, ["method"] = null, ["virtual_tokens"] = 0,
+                ["root"] = AdapterRegistry.BaseName, ["method"] = null, ["virtual_tokens"] = 0,
                 ["max_model_len"] = s.Engine.Capacity, ["chat_template"] = s.Chat?.Family,
             },
         };
@@ -293,10 +441,42 @@ public sealed class SoftPromptServer : IAsyncDisposable
         return list;
     }
 
+    // Names only: where an adapter or the model lies on the server's disk stays in the server log.
     Dictionary<string, object?> ModelObject(AdapterInfo a) => new()
     {
         ["id"] = a.Name, ["object"] = "model", ["created"] = _created, ["owned_by"] = "softprompt", ["parent"] = AdapterRegistry.BaseName,
-        ["root"] = a.Path, ["method"] = a.Method, ["virtual_tokens"] = a.VirtualTokens,
+        ["root"] = AdapterRegistry.BaseName, ["method"] = a.Method, ["virtual_tokens"] = a.VirtualTokens,
         ["prompt_template"] = a.PromptTemplate, ["target_template"] = a.TargetTemplate, ["label_words"] = a.LabelWords,
     };
+}
+
+/// <summary>Each client's fair share of the engine's queue: sequences (queued or decoding) held per remote address
+/// at most, so that one client cannot take every slot.</summary>
+internal sealed class ClientShares
+{
+    readonly Dictionary<string, int> _held = new(StringComparer.Ordinal);
+    public int PerClient { get; }
+    public ClientShares(int perClient) => PerClient = perClient;
+
+    public bool TryTake(string client, int n)
+    {
+        lock (_held)
+        {
+            _held.TryGetValue(client, out var have);
+            if (have + n > PerClient) return false;
+            _held[client] = have + n;
+            return true;
+        }
+    }
+
+    public int Held(string client) { lock (_held) return _held.TryGetValue(client, out var n) ? n : 0; }
+
+    public void Give(string client, int n)
+    {
+        lock (_held)
+        {
+            if (!_held.TryGetValue(client, out var have)) return;
+            if (have - n <= 0) _held.Remove(client); else _held[client] = have - n;
+        }
+    }
 }

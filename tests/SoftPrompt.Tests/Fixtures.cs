@@ -6,8 +6,10 @@ namespace SoftPrompt.Tests;
 public static class Fixtures
 {
     public static string Root => Path.Combine(AppContext.BaseDirectory, "fixtures");
-    public static string HfReference(string model) => Path.Combine(Root, "hf-reference", model);
+    public static string HfReference(string model) => Path.Combine(Root, MoreReferenceModels.Contains(model) ? "hf-reference-more" : "hf-reference", model);
     public static readonly string[] ReferenceModels = { "gpt2", "llama", "qwen2", "llama3rope", "mistral" };
+    /// <summary>The decoder-only families of fixtures/hf-reference-more (same cases; Gemma 2 has no prefix golden).</summary>
+    public static readonly string[] MoreReferenceModels = { "gemma", "gemma2", "phi3", "gpt_neox" };
     public static Dictionary<string, Tensor> Golden(string model) => SafeTensors.Load(Path.Combine(HfReference(model), "golden.safetensors"));
 
     public static double MaxAbsDiff(Tensor a, Tensor b) => (a.to(ScalarType.Float64) - b.to(ScalarType.Float64)).abs().max().item<double>();

@@ -28,7 +28,7 @@ public static class GoldenCommand
             {
                 Console.WriteLine($"golden fidelity on {report.Device}, {report.DType} weights (logit tolerance {report.Tolerance:G3}):");
                 foreach (var m in report.Models)
-                    Console.WriteLine($"  {m.Name,-11} plain {m.PlainLogits:E2}  prompt {m.PromptLogits:E2}  prefix {m.PrefixLogits:E2}  loss {m.PromptLoss:E2}  grad(rel) {m.PromptGradRel:E2}  greedy {(m.GreedyMatches ? "same" : "differs")}  {(m.Pass ? "ok" : "FAIL")}");
+                    Console.WriteLine($"  {m.Name,-11} plain {m.PlainLogits:E2}  prompt {m.PromptLogits:E2}  prefix {(m.PrefixLogits is double px ? px.ToString("E2") : "n/a     ")}  loss {m.PromptLoss:E2}  grad(rel) {m.PromptGradRel:E2}  greedy {(m.GreedyMatches ? "same" : "differs")}  {(m.Pass ? "ok" : "FAIL")}");
                 Console.WriteLine(report.Pass ? "all within tolerance" : "FAILED");
             }
             return report.Pass ? 0 : 1;

@@ -43,7 +43,7 @@ public static class InspectCommand
                 vocab_size = cfg.VocabSize,
                 max_positions = cfg.MaxPositions,
                 tied_embeddings = cfg.TieWordEmbeddings,
-                rope_theta = cfg.Family == ArchFamily.Llama ? cfg.RopeTheta : (double?)null,
+                rope_theta = cfg.Family != ArchFamily.Gpt2 ? cfg.RopeTheta : (double?)null,
                 rope_scaling = cfg.RopeScaling?.Type,
                 sliding_window = cfg.SlidingWindow,
                 parameters,
@@ -66,7 +66,7 @@ public static class InspectCommand
             Console.WriteLine($"mlp            {cfg.IntermediateSize} ({(cfg.T5 is { GatedAct: true } ? "gated " : "")}{cfg.Activation})");
             Console.WriteLine($"vocab          {cfg.VocabSize}");
             if (cfg.T5 is { } t5p) Console.WriteLine($"positions      relative buckets {t5p.NumBuckets} (max distance {t5p.MaxDistance}; no length limit)");
-            else Console.WriteLine($"positions      {cfg.MaxPositions}{(cfg.Family == ArchFamily.Llama ? $" (RoPE theta {cfg.RopeTheta}{(cfg.RopeScaling is { } rs ? $", {rs.Type} scaling x{rs.Factor}" : "")})" : " (learned)")}");
+            else Console.WriteLine($"positions      {cfg.MaxPositions}{(cfg.Family != ArchFamily.Gpt2 ? $" (RoPE theta {cfg.RopeTheta}{(cfg.RopeScaling is { } rs ? $", {rs.Type} scaling x{rs.Factor}" : "")})" : " (learned)")}");
             if (cfg.SlidingWindow is int w) Console.WriteLine($"sliding window {w}");
             Console.WriteLine($"embeddings     {(cfg.TieWordEmbeddings ? "tied to the LM head" : "separate LM head")}");
             Console.WriteLine($"parameters     {parameters:N0} ({parameters / 1e6:F1} M)");

@@ -25,6 +25,12 @@ public static class SearchCommand
             var o = options.Bind(pr, resumeDir is not null ? ResumeOptions(resumeDir) : null);
             if (resumeDir is not null) o = o with { Output = resumeDir };
             o = o with { CheckFinite = Cli.CheckFinite(pr) };
+            if (o.DryRun)
+            {
+                // Nothing is called and no folder is written: the bounds for these settings, on stdout.
+                foreach (var line in OproCost.Estimate(o).Lines()) Console.WriteLine(line);
+                return Task.FromResult(0);
+            }
             using var interruption = new Interruption(cancel);
             var result = ConsoleProgress.Run(Cli.VerbosityOf(pr), p => { var r = new SearchReporter(p); return HardPromptSearchJob.Run(o, r, r.Message, interruption.Token, resume: resumeDir is not null); });
             var reporter = ConsoleProgress.Results; // closing lines are results: stdout
@@ -41,9 +47,17 @@ public static class SearchCommand
                 : string.Format(CultureInfo.InvariantCulture, "done: {0} steps ({1}), {2} instructions scored; {3} {4:F4} (zero-shot) -> {5:F4}; {6} calls, {7} tokens",
                     result.Steps, result.StopReason, result.Accepted, result.Objective, result.InitialScore, result.Score,
                     result.Details?["calls"], result.Details?["total_tokens"]));
+            if (result.Objective == "judge" && result.Details?["judge_failures"]?.GetValue<int>() is int jf and > 0)
+                reporter.Message($"judge: {jf} verdict(s) failed (no verdict after a reminder, or an HTTP error); left out of the means, see search_log.jsonl");
             if (result.SelectMetric is not null) reporter.Message(string.Format(CultureInfo.InvariantCulture, "held-out {0}: {1:F4}", result.SelectMetric, result.SelectValue));
             reporter.Message($"hard prompt: \"{result.Text.Replace("\n", "\\n")}\" [{string.Join(",", result.TokenIds)}]");
             reporter.Message($"written: {Path.GetFullPath(Path.Combine(o.Output!, HardPrompt.FileName))}");
+            if (result.StopReason == "judge_failures")
+            {
+                // The best so far is written, but the judge failed too often to trust the run: a service failure's exit code.
+                Console.Error.WriteLine($"error: more than --max-judge-failures {o.MaxJudgeFailures} judge verdicts failed ({result.Details?["judge_failures"]}); the run stopped at step {result.Steps} with the best instruction so far written; see search_log.jsonl for the failures.");
+                return Task.FromResult(6);
+            }
             return Task.FromResult(0);
         });
         return cmd;

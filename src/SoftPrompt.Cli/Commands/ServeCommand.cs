@@ -22,8 +22,19 @@ public static class ServeCommand
         var maxTokens = new Option<int>("--max-tokens") { Description = "Cap on a request's max_tokens.", DefaultValueFactory = _ => 512 };
         var maxBody = new Option<long>("--max-body-bytes") { Description = "Cap on a request body (413 beyond).", DefaultValueFactory = _ => 1 << 20 };
         var maxResident = new Option<int>("--max-resident-adapters") { Description = "Adapters kept in memory (least recently used are reloaded on demand).", DefaultValueFactory = _ => 64 };
+        var maxAdapters = new Option<int>("--max-adapters") { Description = "Adapters registered at most (start-up and POST /v1/adapters).", DefaultValueFactory = _ => 4096 };
+        var allowAdmin = new Option<bool>("--allow-adapter-admin") { Description = "Enable POST/DELETE /v1/adapters (off by default); loads are confined to --adapters-dir." };
+        var adminKeyEnv = new Option<string>("--admin-key-env") { Description = "Require 'Authorization: Bearer KEY' for POST/DELETE /v1/adapters, KEY being this environment variable's value (required beyond loopback)." };
+        var insecure = new Option<bool>("--insecure") { Description = "Allow a non-loopback --host without --api-key-env." };
+        var cors = new Option<string[]>("--cors-origin") { Description = "A browser origin allowed to call the API (repeatable; * = any). Other cross-origin requests get 403.", AllowMultipleArgumentsPerToken = false };
+        var maxConnections = new Option<int>("--max-connections") { Description = "Open connections at most.", DefaultValueFactory = _ => 1024 };
+        var headerTimeout = new Option<int>("--header-timeout") { Description = "Seconds to send the request headers; also the grace before a body slower than 240 bytes/s is cut (408).", DefaultValueFactory = _ => 10 };
+        var requestTimeout = new Option<int>("--request-timeout") { Description = "Seconds a completion request may take (408 beyond; 0 = no limit).", DefaultValueFactory = _ => 600 };
+        var maxClientSeqs = new Option<int?>("--max-client-sequences") { Description = "Sequences one client (remote address) may hold queued or running; default half of --max-batch + --max-queue." };
+        var maxPrefill = new Option<int?>("--max-prefill-tokens") { Description = "Padded tokens per prefill forward (default: the larger of the context and 4096); a longer prompt gets 400." };
         var cmd = new Command("serve", "Serve the model and saved prompts over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /v1/models), batching requests across prompts.")
-            { model, adapter, adaptersDir, host, port, apiKeyEnv, maxBatch, maxQueue, maxContext, maxTokens, maxBody, maxResident, device, dtype, threads };
+            { model, adapter, adaptersDir, host, port, apiKeyEnv, maxBatch, maxQueue, maxContext, maxTokens, maxBody, maxResident, maxAdapters, allowAdmin, adminKeyEnv, insecure, cors,
+              maxConnections, headerTimeout, requestTimeout, maxClientSeqs, maxPrefill, device, dtype, threads };
         cmd.SetAction(pr =>
         {
             TorchRuntime.SetThreads(pr.GetValue(threads));
@@ -38,7 +49,11 @@ public static class ServeCommand
                 ModelDir = pr.GetValue(model)!, Adapters = adapters, AdaptersDir = pr.GetValue(adaptersDir), Host = pr.GetValue(host)!, Port = pr.GetValue(port),
                 ApiKeyEnv = pr.GetValue(apiKeyEnv), Device = pr.GetValue(device)!, DType = pr.GetValue(dtype)!, MaxBatch = pr.GetValue(maxBatch),
                 MaxQueue = pr.GetValue(maxQueue), MaxContext = pr.GetValue(maxContext), MaxTokens = pr.GetValue(maxTokens), MaxBodyBytes = pr.GetValue(maxBody),
-                MaxResidentAdapters = pr.GetValue(maxResident), CheckFinite = Cli.CheckFinite(pr), Log = line => Console.Error.WriteLine($"[serve] {line}"),
+                MaxResidentAdapters = pr.GetValue(maxResident), MaxAdapters = pr.GetValue(maxAdapters), AllowAdapterAdmin = pr.GetValue(allowAdmin),
+                AdminKeyEnv = pr.GetValue(adminKeyEnv), Insecure = pr.GetValue(insecure), CorsOrigins = pr.GetValue(cors) ?? Array.Empty<string>(),
+                MaxConnections = pr.GetValue(maxConnections), HeaderTimeoutSeconds = pr.GetValue(headerTimeout), RequestTimeoutSeconds = pr.GetValue(requestTimeout),
+                MaxClientSequences = pr.GetValue(maxClientSeqs), MaxPrefillTokens = pr.GetValue(maxPrefill),
+                CheckFinite = Cli.CheckFinite(pr), Log = line => Console.Error.WriteLine($"[serve] {line}"),
             };
             return Run(o).GetAwaiter().GetResult();
         });

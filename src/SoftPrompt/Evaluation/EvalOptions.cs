@@ -40,6 +40,9 @@ public sealed record EvalOptions : Data.DataFields
     [Description("Generation: OpenAI-compatible endpoint of the judge for --rubric, e.g. http://127.0.0.1:11434/v1.")] public string? JudgeEndpoint { get; init; }
     [Description("Generation: judge model name at --judge-endpoint.")] public string? JudgeModel { get; init; }
     [Description("Generation: environment variable holding the judge endpoint's API key (never logged or written).")] public string? JudgeApiKeyEnv { get; init; }
+    [Description("Generation: provider of the judge: openai (an OpenAI-compatible --judge-endpoint), anthropic (the Anthropic API) or bedrock (Claude on Amazon Bedrock, the standard AWS credential chain).")] public string JudgeProvider { get; init; } = "openai";
+    [Description("Generation: stop calling the judge after this many calls (0 = no limit); outputs left unjudged are counted (judge_not_called).")] public int MaxCalls { get; init; }
+    [Description("Generation: the judge's verdict cache (default: OUTPUT/judge_cache.json); give an OPRO run's RUN_DIR/judge_cache.json to reuse its verdicts.")] public string? JudgeCache { get; init; }
 
     [Description("Examples per batch for the loss.")] public int BatchSize { get; init; } = 8;
     [Description("Random seed (few-shot draws, sampling).")] public int Seed { get; init; } = 42;
@@ -73,7 +76,9 @@ public sealed record EvalOptions : Data.DataFields
         if (InstructionsFile is not null) Req(File.Exists(InstructionsFile), $"--instructions-file {InstructionsFile}: file not found.");
         foreach (var s in Searched)
             Req(File.Exists(s) || File.Exists(Path.Combine(s, HardPrompt.FileName)), $"--searched {s}: no such hard prompt file{(Directory.Exists(s) ? $" ({HardPrompt.FileName} is not in that folder)" : "")}.");
-        Req(Rubric is null || (JudgeEndpoint is not null && JudgeModel is not null), "--rubric needs --judge-endpoint and --judge-model (the LLM judge).");
+        Req(JudgeProvider is "openai" or "anthropic" or "bedrock", $"--judge-provider '{JudgeProvider}': expected openai, anthropic or bedrock.");
+        Req(Rubric is null || ((JudgeEndpoint is not null || JudgeProvider != "openai") && JudgeModel is not null), "--rubric needs --judge-model and --judge-endpoint (or --judge-provider anthropic|bedrock): the LLM judge.");
+        Req(MaxCalls >= 0, $"--max-calls must be >= 0 (got {MaxCalls}).");
         if (Rubric is not null) Req(File.Exists(Rubric), $"--rubric {Rubric}: file not found.");
         foreach (var p in Prompt) Req(Directory.Exists(p), $"--prompt {p}: adapter folder not found.");
         foreach (var r in Run)

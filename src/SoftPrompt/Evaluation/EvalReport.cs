@@ -189,6 +189,9 @@ public static class EvalReport
             }
             if (plotted.Count > 0) TrainingPlot.WriteRuns(plotted, Path.Combine(tmp, "training.png"));
             File.WriteAllText(Path.Combine(tmp, "report.md"), Markdown(r, runs));
+            // The judge's verdict cache, written into the folder during the evaluation, is kept with the report.
+            var cache = Path.Combine(full, Llm.VerdictCache.FileName);
+            if (File.Exists(cache)) File.Copy(cache, Path.Combine(tmp, Llm.VerdictCache.FileName));
 
             string? old = null;
             if (Directory.Exists(full)) { old = $"{full}.old-{Guid.NewGuid().ToString("N")[..8]}"; Directory.Move(full, old); }

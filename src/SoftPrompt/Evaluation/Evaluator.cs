@@ -115,7 +115,10 @@ public static class Evaluator
         if (task == TaskKind.Classification && o.Labels is not null) ClassificationTask.CheckLabels(all, dataOptions, o.Labels, o.Data!); // before the model load
         TorchRuntime.SetThreads(o.Threads); // warnings only: the report's stderr stays for the evaluation's own notes
         if (o.Rubric is not null && task != TaskKind.Generation) throw new SoftPromptException("--rubric (the judge metric) applies to generation tasks; this evaluation is classification.");
-        using var judge = o.Rubric is null ? null : JudgeClient(o);
+        var judgeMeter = new Llm.CallMeter { MaxCalls = o.MaxCalls };
+        using var judge = o.Rubric is null ? null : JudgeClient(o, judgeMeter);
+        var judgeCache = o.Rubric is null ? null
+            : new Llm.VerdictCache($"{o.JudgeProvider}:{o.JudgeModel}", o.JudgeCache ?? Path.Combine(o.Output!, Llm.VerdictCache.FileName));
         using var lm = LanguageModel.Load(o.Model!, o.Device, o.Dtype, o.CheckFinite);
         var tok = lm.RequireTokenizer();
         var model = lm.Base;
@@ -179,7 +182,7 @@ public static class Evaluator
                 Action<int> done = units => progress?.Report(new EvalProgress(c.Name, index, conditions.Count, units, 2 * n, n));
                 var result = EvaluateCondition(c, examples, o, lm, tok, ct, padId, notes, done);
                 results.Add(c.AdapterDir is null ? result : result with { AdapterPath = c.AdapterDir, AdapterSettings = AdapterSettings(c.AdapterDir) });
-                if (judge is not null) AddJudgeScore(results[^1], judge, Llm.Judge.ReadRubric(o.Rubric!), notes);
+                if (judge is not null) AddJudgeScore(results[^1], judge, Llm.Judge.ReadRubric(o.Rubric!), judgeCache, notes);
             }
             double? prior = ct is null ? null : ClassificationMetrics.MajorityClassAccuracy(examples.Select(ct.Gold).ToList());
             return new EvalResult(task, reason, ct?.Labels, prior, Path.GetFullPath(o.Model!), Path.GetFullPath(o.Data!), DateTimeOffset.Now, results, notes.Distinct().ToList())
@@ -193,24 +196,37 @@ public static class Evaluator
         }
     }
 
-    /// <summary>The LLM judge of --rubric (OpenAI-compatible endpoint; errors are one-line, the key never shown).</summary>
-    static Microsoft.Extensions.AI.IChatClient JudgeClient(EvalOptions o)
+    /// <summary>The LLM judge of --rubric (--judge-provider; errors are one-line, the key never shown), bounded by --max-calls.</summary>
+    static Microsoft.Extensions.AI.IChatClient JudgeClient(EvalOptions o, Llm.CallMeter meter)
     {
-        var (client, info) = Llm.ChatErrors.OpenAiCompatible(o.JudgeEndpoint!, o.JudgeModel!, o.JudgeApiKeyEnv, 3, TimeSpan.FromSeconds(120), "judge");
-        return new Llm.MeteredChatClient(client, new Llm.CallMeter(), judge: true, 4, info);
+        var (client, info) = Llm.ChatProviders.Create(new Llm.ChatEndpoint(o.JudgeProvider, o.JudgeEndpoint, o.JudgeModel!, o.JudgeApiKeyEnv, 3, TimeSpan.FromSeconds(120), "judge"));
+        return new Llm.MeteredChatClient(client, meter, judge: true, 4, info);
     }
 
-    /// <summary>judge_score (mean 1-10 rating of the answers against the rubric) and judge_failures (replies without a
-    /// number, rated 1) into the condition's metrics, with the rating counts (metrics.json's judge_histogram; a note in the report).</summary>
-    static void AddJudgeScore(ConditionResult r, Microsoft.Extensions.AI.IChatClient judge, string rubric, List<string> notes)
+    /// <summary>judge_score (mean 1-10 rating of the answers against the rubric, each judged with its input and gold
+    /// answer), judge_failures (verdicts that could not be had: left out of the mean), judge_not_called (outputs left
+    /// when --max-calls was spent) and the mean answer length in characters, into the condition's metrics, with the
+    /// rating counts (metrics.json's judge_histogram; a note in the report). Verdicts go through the cache.</summary>
+    static void AddJudgeScore(ConditionResult r, Microsoft.Extensions.AI.IChatClient judge, string rubric, Llm.VerdictCache? cache, List<string> notes)
     {
-        var verdicts = Llm.Judge.RateAll(judge, rubric, r.Predictions.Select(p => (p.Input, p.Prediction)).ToList(), 4).GetAwaiter().GetResult();
+        var items = r.Predictions.Select(p => new Llm.JudgeItem(p.Input, p.Prediction, p.Gold)).ToList();
+        var verdicts = Llm.Judge.RateAll(judge, rubric, items, 4, cache).GetAwaiter().GetResult();
+        cache?.Save();
         var m = (Dictionary<string, double>)r.Metrics;
-        m["judge_score"] = verdicts.Length == 0 ? double.NaN : verdicts.Average(v => v.Rating);
-        m["judge_failures"] = verdicts.Count(v => !v.Parsed);
+        m["judge_score"] = Llm.Judge.Mean(verdicts);
+        m["judge_failures"] = verdicts.Count(v => v.Failure is not null);
+        int notCalled = verdicts.Count(v => v.NotCalled);
+        if (notCalled > 0)
+        {
+            m["judge_not_called"] = notCalled;
+            notes.Add($"{r.Name}: {notCalled} of {verdicts.Length} answers not judged: --max-calls reached (judge_score is over the judged ones).");
+        }
+        m["judge_answer_chars"] = r.Predictions.Count == 0 ? double.NaN : r.Predictions.Average(p => (double)p.Prediction.Length);
         var hist = Llm.Judge.Histogram(verdicts);
         for (int i = 0; i < 10; i++) m[EvalReport.JudgeRating + (i + 1)] = hist[i];
         notes.Add($"{r.Name}: judge ratings 1..10: [{string.Join(", ", hist)}]");
+        var failure = verdicts.FirstOrDefault(v => v.Failure is not null)?.Failure;
+        if (failure is not null) notes.Add($"{r.Name}: {m["judge_failures"]} judge verdict(s) failed, left out of the mean (first: {failure})");
     }
 
     static string SafeLabelField(DataOptions d, TaskKind task)

@@ -51,6 +51,18 @@ public sealed record BatchEngineOptions
     public int MaxQueue { get; init; } = 256;
     /// <summary>Cache entries per sequence: virtual tokens + prompt + new tokens must fit (default: the model's positions).</summary>
     public int? Capacity { get; init; }
+    /// <summary>Token budget of one prefill forward: joining sequences are prefilled together while rows x the longest
+    /// row (the padded batch) stay within it, the rest in the next steps, so a burst of long prompts cannot take the
+    /// memory of one huge forward. A sequence whose own footprint exceeds it is refused at <see cref="BatchEngine.Submit"/>.
+    /// Default: the larger of the capacity and 4096.</summary>
+    public int? MaxPrefillTokens { get; init; }
+}
+
+/// <summary>One sequence failed on its own (non-finite logits, a failed sampling draw, a prefill that fails even
+/// alone, e.g. out of memory); the other sequences of the batch go on. A server answers 500 for that request.</summary>
+public sealed class SequenceFailedException : SoftPromptException
+{
+    public SequenceFailedException(string message, Exception? inner = null) : base(message, inner) { }
 }
 
 /// <summary>The queue is full: try again later (a server answers 429).</summary>
@@ -84,6 +96,7 @@ public sealed class BatchEngine : IGenerationEngine
         public required SequenceRequest Req;
         public required SequenceHandle Handle;
         public torch.Generator? Gen;
+        public required int Footprint;
         public readonly List<int> NewIds = new();
         public readonly List<float> LogProbs = new();
         public List<TokenLogprob[]>? Tops;
@@ -100,11 +113,18 @@ public sealed class BatchEngine : IGenerationEngine
     readonly SemaphoreSlim _signal = new(0);
     readonly Thread _thread;
     readonly TaskCompletionSource _stopped = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    readonly object _gate = new();   // Submit vs StopAsync: after _stopping is set under it, nothing more is queued
     int _queued;
     volatile bool _stopping, _abort;
 
+    /// <summary>Test seam (fault injection): called for each row of a prefill forward; an exception it returns is
+    /// thrown as that forward's failure (as an out-of-memory error would be).</summary>
+    internal Func<SequenceRequest, Exception?>? PrefillFault;
+
     public int Capacity { get; }
     public int MaxBatch => _opt.MaxBatch;
+    /// <summary>Padded tokens per prefill forward at most (<see cref="BatchEngineOptions.MaxPrefillTokens"/>).</summary>
+    public int MaxPrefillTokens { get; }
     /// <summary>Sequences waiting for a row.</summary>
     public int QueueDepth => Volatile.Read(ref _queued);
     /// <summary>Sequences being decoded (read on the engine thread; approximate elsewhere).</summary>
@@ -123,6 +143,8 @@ public sealed class BatchEngine : IGenerationEngine
         if (_opt.MaxBatch < 1 || _opt.MaxQueue < 0) throw new SoftPromptException("max batch must be >= 1 and max queue >= 0.");
         Capacity = _opt.Capacity ?? model.Config.MaxPositions;
         if (Capacity < 2) throw new SoftPromptException("the context capacity must be at least 2.");
+        MaxPrefillTokens = _opt.MaxPrefillTokens ?? Math.Max(Capacity, 4096);
+        if (MaxPrefillTokens < 1) throw new SoftPromptException("the prefill token budget must be at least 1.");
         if (model.Config.Family == ArchFamily.Gpt2 && Capacity > model.Config.MaxPositions)
             throw new SoftPromptException($"a context of {Capacity} exceeds the model's {model.Config.MaxPositions} learned positions.");
         _cache = KvCache.Ragged(model.Config, _opt.MaxBatch, Capacity, model.DType, model.Device);
@@ -138,33 +160,39 @@ public sealed class BatchEngine : IGenerationEngine
         if (req.PromptIds.Count == 0) throw new SoftPromptException("the prompt has no tokens.");
         foreach (var id in req.PromptIds)
             if (id < 0 || id >= _model.Config.VocabSize) throw new SoftPromptException($"token id {id} is outside the model's vocabulary (size {_model.Config.VocabSize}).");
-        o.Validate(GenerationOptions.Naming.ApiFields);
+        o.Validate(GenerationOptions.Naming.ApiFields);   // the one set of option rules, shared with the CLI's generate
         if (req.TopLogprobs < 0) throw new SoftPromptException("top logprobs must be >= 0.");
-        int need = MixedBatch.Footprint(new PromptedIds(req.PromptIds, req.Prompt)) + o.MaxNewTokens;
+        int footprint = MixedBatch.Footprint(new PromptedIds(req.PromptIds, req.Prompt));
+        long need = (long)footprint + o.MaxNewTokens;
         if (need > Capacity)
             throw new ContextLengthException($"{req.Prompt?.VirtualTokens ?? 0} virtual + {req.PromptIds.Count} prompt + {o.MaxNewTokens} new tokens = {need} exceed the context of {Capacity} tokens.");
-        if (_stopping) throw new EngineStoppedException("the server is shutting down.");
-        if (Interlocked.Increment(ref _queued) > _opt.MaxQueue + Math.Max(0, _opt.MaxBatch - ActiveRows))
+        if (footprint > MaxPrefillTokens)
+            throw new ContextLengthException($"{footprint} prompt tokens (virtual tokens included) exceed the prefill budget of {MaxPrefillTokens} tokens.");
+        lock (_gate)
         {
-            Interlocked.Decrement(ref _queued);
-            throw new EngineBusyException($"the queue is full ({_opt.MaxQueue} waiting).");
+            if (_stopping) throw new EngineStoppedException("the server is shutting down.");
+            if (Interlocked.Increment(ref _queued) > _opt.MaxQueue + Math.Max(0, _opt.MaxBatch - ActiveRows))
+            {
+                Interlocked.Decrement(ref _queued);
+                throw new EngineBusyException($"the queue is full ({_opt.MaxQueue} waiting).");
+            }
+            if (req.Prompt is not null && !req.Prompt.TryAcquire())
+            {
+                Interlocked.Decrement(ref _queued);
+                throw new SoftPromptException($"adapter '{req.Prompt.Name}' was removed.");
+            }
+            var h = new SequenceHandle();
+            var s = new Seq
+            {
+                Req = req, Handle = h, PromptHeld = req.Prompt is not null, Footprint = footprint,
+                Gen = !o.IsGreedy && o.Seed is long seed ? Generator.NewRandom(seed, _model.Device) : null,
+                Tops = req.TopLogprobs > 0 ? new List<TokenLogprob[]>() : null,
+            };
+            if (cancel.CanBeCanceled) cancel.Register(h.Cancel);
+            _pending.Enqueue(s);
+            _signal.Release();
+            return h;
         }
-        if (req.Prompt is not null && !req.Prompt.TryAcquire())
-        {
-            Interlocked.Decrement(ref _queued);
-            throw new SoftPromptException($"adapter '{req.Prompt.Name}' was removed.");
-        }
-        var h = new SequenceHandle();
-        var s = new Seq
-        {
-            Req = req, Handle = h, PromptHeld = req.Prompt is not null,
-            Gen = o.Temperature > 0 && o.Seed is long seed ? new torch.Generator((ulong)seed) : null,
-            Tops = req.TopLogprobs > 0 ? new List<TokenLogprob[]>() : null,
-        };
-        if (cancel.CanBeCanceled) cancel.Register(h.Cancel);
-        _pending.Enqueue(s);
-        _signal.Release();
-        return h;
     }
 
     /// <summary>Generates every request as one continuously batched run (the library's one call for a batch whose
@@ -182,7 +210,7 @@ public sealed class BatchEngine : IGenerationEngine
     /// cancels them. Completes when the engine thread has ended.</summary>
     public Task StopAsync(bool drain = true)
     {
-        _stopping = true;
+        lock (_gate) _stopping = true;
         if (!drain) _abort = true;
         _signal.Release();
         return _stopped.Task;
@@ -197,7 +225,9 @@ public sealed class BatchEngine : IGenerationEngine
             {
                 if (_active.Count == 0 && _pending.IsEmpty)
                 {
-                    if (_stopping) break;
+                    // Once _stopping is read as set nothing more is queued (Submit checks it under _gate), so a
+                    // queue still empty after that read is final; a sequence queued just before is still run.
+                    if (_stopping) { if (_pending.IsEmpty) break; continue; }
                     _signal.Wait(200);
                     continue;
                 }
@@ -207,6 +237,14 @@ public sealed class BatchEngine : IGenerationEngine
         }
         finally
         {
+            // Whatever ended the loop, nothing waits forever: queued sequences get "stopping" (a server's 503).
+            lock (_gate) _stopping = true;
+            try { FailAll(new EngineStoppedException("the server is shutting down.")); } catch (Exception) { }
+            while (_pending.TryDequeue(out var s))
+            {
+                Interlocked.Decrement(ref _queued);
+                Fail(s, new EngineStoppedException("the server is shutting down."));
+            }
             _stopped.TrySetResult();
         }
     }
@@ -217,11 +255,17 @@ public sealed class BatchEngine : IGenerationEngine
             if (_abort || _active[i].Handle.Cancellation.IsCancellationRequested) Finish(_active[i], "cancelled");
         RemoveFinished();
         var joins = new List<Seq>();
-        while (_active.Count + joins.Count < _opt.MaxBatch && _pending.TryDequeue(out var s))
+        int longest = 0;
+        while (_active.Count + joins.Count < _opt.MaxBatch && _pending.TryPeek(out var next))
         {
+            // The prefill budget: rows x longest row of the padded batch; the first joiner always fits (Submit checked it).
+            int l = Math.Max(longest, next.Footprint);
+            if (joins.Count > 0 && (long)l * (joins.Count + 1) > MaxPrefillTokens) break;
+            if (!_pending.TryDequeue(out var s)) break;
             Interlocked.Decrement(ref _queued);
-            if (_abort || s.Handle.Cancellation.IsCancellationRequested) Finish(s, "cancelled");
-            else joins.Add(s);
+            if (_abort || s.Handle.Cancellation.IsCancellationRequested) { Finish(s, "cancelled"); continue; }
+            joins.Add(s);
+            longest = l;
         }
         if (joins.Count > 0) Prefill(joins);
         RemoveFinished();
@@ -231,12 +275,41 @@ public sealed class BatchEngine : IGenerationEngine
         LiveTensors = DisposeScopeManager.Statistics.ThreadTotalLiveCount;
     }
 
+    /// <summary>Prefills the joining sequences in one forward; if it fails (out of memory, a bad row), the rows that
+    /// joined are taken back and prefilled one by one, so only a row that fails alone fails, with its own error.</summary>
     void Prefill(List<Seq> joins)
+    {
+        try { PrefillGroup(joins); return; }
+        catch (Exception e)
+        {
+            TakeBack(joins);
+            if (joins.Count == 1) { FailSequence(joins[0], $"its prefill failed ({e.Message})", e); return; }
+        }
+        foreach (var s in joins)
+        {
+            if (s.Finish is not null) continue;
+            try { PrefillGroup(new List<Seq> { s }); }
+            catch (Exception e) { TakeBack(new List<Seq> { s }); FailSequence(s, $"its prefill failed ({e.Message})", e); }
+        }
+    }
+
+    /// <summary>Undoes a failed prefill: the joiners leave the active rows and their cache rows are cleared.</summary>
+    void TakeBack(List<Seq> joins)
+    {
+        int first = _active.Count;
+        while (first > 0 && joins.Contains(_active[first - 1])) first--;
+        for (int i = first; i < _active.Count; i++) _cache.ClearRow(i);
+        _active.RemoveRange(first, _active.Count - first);
+    }
+
+    void PrefillGroup(List<Seq> joins)
     {
         var sw = Stopwatch.StartNew();
         using var scope = torch.NewDisposeScope();
         int first = _active.Count, n = joins.Count;
         _active.AddRange(joins);
+        if (PrefillFault is { } fault)
+            foreach (var s in joins) if (fault(s.Req) is { } e) throw e;
         var rows = joins.Select(s => new PromptedIds(s.Req.PromptIds, s.Req.Prompt)).ToList();
         var (hidden, offsets) = MixedBatch.Prefill(_model, _cache, first, rows);
         var lastIdx = new long[n];
@@ -247,8 +320,8 @@ public sealed class BatchEngine : IGenerationEngine
         for (int b = 0; b < n; b++)
             if (joins[b].Req.PromptLogprobs)
                 joins[b].Handle.PromptLogProbs = MixedBatch.TokenLogProbs(_model, hidden[b], rows[b].Ids, offsets[b]);
-        foreach (var s in joins) ReleasePrompt(s);
         Choose(joins, logits);
+        foreach (var s in joins) ReleasePrompt(s);
         Stepped?.Invoke(new EngineStep("prefill", n, rows.Sum(MixedBatch.Footprint), sw.Elapsed.TotalSeconds));
     }
 
@@ -265,16 +338,28 @@ public sealed class BatchEngine : IGenerationEngine
         Stepped?.Invoke(new EngineStep("decode", n, n, sw.Elapsed.TotalSeconds));
     }
 
-    /// <summary>Picks each row's next token from its logits [rows, vocab], records it, and finishes rows that are done.</summary>
+    /// <summary>Picks each row's next token from its logits [rows, vocab], records it, and finishes rows that are done.
+    /// A row whose logits are not finite (NaN, +inf, or all -inf), or whose sampling draw fails, fails alone: the
+    /// other rows' tokens do not depend on it.</summary>
     void Choose(IReadOnlyList<Seq> seqs, Tensor logits)
     {
         int n = seqs.Count;
-        var greedy = logits.argmax(-1).cpu().data<long>().ToArray();
+        // One host read: each row's argmax and whether its logits are unusable.
+        var bad = (logits.isnan().any(-1) | logits.isposinf().any(-1) | logits.isneginf().all(-1)).to(ScalarType.Int64);
+        var host = torch.stack(new[] { logits.argmax(-1), bad }).cpu().data<long>().ToArray();
         var picks = new long[n];
         for (int b = 0; b < n; b++)
         {
-            var o = seqs[b].Req.Options;
-            picks[b] = o.Temperature <= 0 ? greedy[b] : Generator.Pick(logits[b], o, seqs[b].Gen);
+            var s = seqs[b];
+            if (host[n + b] != 0)
+            {
+                FailSequence(s, "the model's logits for it are not finite (NaN or infinity): the adapter or the model's numerics failed on this input", null);
+                continue;
+            }
+            var o = s.Req.Options;
+            if (o.IsGreedy) { picks[b] = host[b]; continue; }
+            try { picks[b] = Generator.Pick(logits[b], o, s.Gen); }
+            catch (Exception e) { FailSequence(s, $"sampling failed ({e.Message})", e); }
         }
         var logp = logits.log_softmax(-1);
         var chosen = logp.gather(1, torch.tensor(picks, ScalarType.Int64, _model.Device).view(n, 1)).cpu().data<float>().ToArray();
@@ -289,7 +374,7 @@ public sealed class BatchEngine : IGenerationEngine
         for (int b = 0; b < n; b++)
         {
             var s = seqs[b];
-            if (s.Finish is not null) continue;
+            if (s.Finish is not null) continue;   // failed above, or cancelled meanwhile
             TokenLogprob[]? top = null;
             if (s.Tops is not null)
             {
@@ -310,6 +395,7 @@ public sealed class BatchEngine : IGenerationEngine
         if (s.Finish is not null) return;
         s.Finish = reason;
         ReleasePrompt(s);
+        s.Gen?.Dispose();
         SequenceFinished?.Invoke(reason);
         s.Handle.Channel.Writer.TryComplete();
         s.Handle.Result.TrySetResult(new SequenceResult(s.Req.PromptIds.ToArray(), s.NewIds.ToArray(), s.LogProbs.ToArray(),
@@ -329,6 +415,7 @@ public sealed class BatchEngine : IGenerationEngine
         for (int i = _active.Count - 1; i >= 0; i--)
         {
             if (_active[i].Finish is null) continue;
+            if (_active[i].Finish == "error") _cache.ClearRow(i);   // it may hold NaN keys/values
             int last = _active.Count - 1;
             if (i != last) { _cache.MoveRow(last, i); _active[i] = _active[last]; }
             else _cache.ResetRow(i);
@@ -336,19 +423,26 @@ public sealed class BatchEngine : IGenerationEngine
         }
     }
 
-    /// <summary>A failed forward (out of memory, a bug) fails the sequences it held, not the engine.</summary>
+    /// <summary>One sequence fails; it leaves the batch at the next <see cref="RemoveFinished"/>.</summary>
+    void FailSequence(Seq s, string why, Exception? inner) =>
+        Fail(s, new SequenceFailedException($"this sequence failed: {why}.", inner));
+
+    void Fail(Seq s, Exception e)
+    {
+        if (s.Finish is not null) return;
+        s.Finish = "error";
+        ReleasePrompt(s);
+        s.Gen?.Dispose();
+        SequenceFinished?.Invoke("error");
+        s.Handle.Channel.Writer.TryComplete(e);
+        s.Handle.Result.TrySetException(e);
+    }
+
+    /// <summary>A failed decode forward (a fault no row can be blamed for) fails the sequences it held, not the engine.</summary>
     void FailAll(Exception e)
     {
-        foreach (var s in _active)
-        {
-            if (s.Finish is not null) continue;
-            s.Finish = "error";
-            ReleasePrompt(s);
-            SequenceFinished?.Invoke("error");
-            s.Handle.Channel.Writer.TryComplete(e);
-            s.Handle.Result.TrySetException(e);
-        }
-        for (int i = 0; i < _active.Count; i++) _cache.ResetRow(i);
+        foreach (var s in _active) Fail(s, e);
+        for (int i = 0; i < _active.Count; i++) _cache.ClearRow(i);
         _active.Clear();
         ActiveRows = 0;
     }

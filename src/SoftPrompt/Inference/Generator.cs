@@ -9,7 +9,7 @@ namespace SoftPrompt.Inference;
 public sealed record GenerationOptions
 {
     public int MaxNewTokens { get; init; } = 32;
-    /// <summary>0 = greedy.</summary>
+    /// <summary>0 = greedy; so is anything below <see cref="GreedyBelowTemperature"/>.</summary>
     public double Temperature { get; init; } = 0;
     public double TopP { get; init; } = 1.0;
     public int TopK { get; init; } = 0;
@@ -20,11 +20,23 @@ public sealed record GenerationOptions
     /// <summary>Ceiling on <see cref="MaxNewTokens"/>; what fits is further bounded by the model's positions and memory.</summary>
     public const int MaxNewTokensCeiling = 1 << 20;
 
+    /// <summary>
+    /// Temperatures below this decode greedily (as vLLM does below 1e-5). The rule, shared by the CLI, the batch engine
+    /// and the server: a temperature that small leaves the most likely token with all the probability mass anyway, and
+    /// dividing logits by it can overflow float32 (1e-300 gives infinities, then NaN probabilities). So such a
+    /// temperature is accepted (it is a valid request) and treated as 0 — never refused, never sampled.
+    /// </summary>
+    public const double GreedyBelowTemperature = 1e-5;
+
+    /// <summary>Decoding picks the most likely token (<see cref="Temperature"/> below <see cref="GreedyBelowTemperature"/>).</summary>
+    public bool IsGreedy => Temperature < GreedyBelowTemperature;
+
     /// <summary>How <see cref="Validate"/> names the settings: as CLI options (<c>--top-p</c>) or as OpenAI API fields (<c>top_p</c>).</summary>
     public enum Naming { CliOptions, ApiFields }
 
     /// <summary>Checks the values: the one validation of generation settings, used by <see cref="Generator"/>, the
-    /// batch engine (eval, serve) and the CLI. Errors name the setting as <paramref name="naming"/> says.</summary>
+    /// batch engine (eval, serve) and the CLI. Errors name the setting as <paramref name="naming"/> says. A temperature
+    /// in (0, <see cref="GreedyBelowTemperature"/>) is valid and means greedy (<see cref="IsGreedy"/>).</summary>
     public void Validate(Naming naming = Naming.CliOptions)
     {
         string N(string cli, string api) => naming == Naming.CliOptions ? cli : api;
@@ -57,7 +69,7 @@ public static class Generator
         MemoryBudget.Check(MemoryBudget.Product(2, model.Config.NumLayers, model.Config.KvDim, capacityL, elem),
             $"--max-new-tokens {opt.MaxNewTokens} (a key/value cache of {capacityL} positions)");
         int capacity = (int)Math.Min(int.MaxValue, capacityL);
-        var gen = opt.Seed is long s ? new torch.Generator((ulong)s) : null;
+        using var gen = !opt.IsGreedy && opt.Seed is long s ? NewRandom(s, model.Device) : null;
         using var noGrad = torch.no_grad();
         using var cache = KvCache.Preallocated(model.Config, 1, capacity, model.DType, model.Device);
         var newIds = new List<int>();
@@ -85,10 +97,29 @@ public static class Generator
         return new GenerationResult(promptIds.ToArray(), newIds.ToArray(), reason, scores?.ToArray());
     }
 
+    /// <summary>A seeded random generator on <paramref name="device"/>: sampling draws on the logits' device, and a
+    /// CPU generator with CUDA logits makes <c>multinomial</c> throw.</summary>
+    public static torch.Generator NewRandom(long seed, Device device) => new((ulong)seed, device);
+
     internal static int Pick(Tensor logits, GenerationOptions opt, torch.Generator? gen)
     {
-        if (opt.Temperature <= 0) return (int)logits.argmax().item<long>();
-        var l = logits / opt.Temperature;
+        if (opt.IsGreedy) return (int)logits.argmax().item<long>();
+        using var scope = torch.NewDisposeScope();
+        return (int)PickOnDevice(logits, opt, gen).item<long>();
+    }
+
+    /// <summary>The sampled token of one row's logits [vocab] as a one-element tensor on the logits' device (no host
+    /// read): temperature, top-k, top-p, then <c>multinomial</c> with <paramref name="gen"/> (which must be on the same
+    /// device; see <see cref="NewRandom"/>). The logits are shifted by their maximum before dividing by the
+    /// temperature, so the largest scaled logit is exactly 0 and no temperature overflows them.</summary>
+    public static Tensor PickOnDevice(Tensor logits, GenerationOptions opt, torch.Generator? gen) =>
+        torch.multinomial(SamplingProbs(logits, opt), 1, generator: gen);
+
+    /// <summary>The distribution a sampled token is drawn from: softmax of the logits [vocab] over the temperature,
+    /// restricted to the top-k and the top-p mass (renormalised); on the logits' device, no host read.</summary>
+    public static Tensor SamplingProbs(Tensor logits, GenerationOptions opt)
+    {
+        var l = (logits - logits.amax(new long[] { -1 }, keepdim: true)) / opt.Temperature;
         if (opt.TopK > 0 && opt.TopK < l.shape[0])
         {
             var kth = l.topk(opt.TopK).values[-1];
@@ -104,6 +135,6 @@ public static class Generator
             probs = torch.zeros_like(probs).scatter(0, idx, sorted);
             probs = probs / probs.sum();
         }
-        return (int)torch.multinomial(probs, 1, generator: gen).item<long>();
+        return probs;
     }
 }

@@ -15,6 +15,10 @@ public sealed record PromptedIds(IReadOnlyList<int> Ids, AttachedPrompt? Prompt 
 /// </summary>
 public static class MixedBatch
 {
+    /// <summary>Logits scored at once by <see cref="TokenLogProbs"/>: positions x vocabulary elements per chunk
+    /// (16M: 64 MB of float32 logits plus their log-softmax), whatever the prompt's length.</summary>
+    public const long LogProbChunkElements = 1L << 24;
+
     /// <summary>Entries a row needs in the cache: prefix + virtual-token embeddings + tokens.</summary>
     public static int Footprint(PromptedIds r) => (r.Prompt?.VirtualTokens ?? 0) + r.Ids.Count;
 
@@ -75,10 +79,17 @@ public static class MixedBatch
         var lp = new double?[ids.Count];
         if (count <= 0) return lp;
         using var scope = torch.NewDisposeScope();
-        var logp = model.Logits(rowHidden.narrow(0, start, count)).log_softmax(-1);
         var targets = torch.tensor(ids.Skip(firstScored ? 0 : 1).Select(i => (long)i).ToArray(), ScalarType.Int64, model.Device);
-        var picked = logp.gather(1, targets.unsqueeze(1)).squeeze(1).to(ScalarType.Float64).cpu().data<double>().ToArray();
-        for (int j = 0; j < count; j++) lp[j + (firstScored ? 0 : 1)] = picked[j];
+        // [positions, vocab] logits in chunks of LogProbChunkElements: a long prompt's working memory stays bounded.
+        int chunk = (int)Math.Max(1, LogProbChunkElements / Math.Max(1, model.Config.VocabSize));
+        for (int c0 = 0; c0 < count; c0 += chunk)
+        {
+            using var inner = torch.NewDisposeScope();
+            int len = Math.Min(chunk, count - c0);
+            var logp = model.Logits(rowHidden.narrow(0, start + c0, len)).log_softmax(-1);
+            var picked = logp.gather(1, targets.narrow(0, c0, len).unsqueeze(1)).squeeze(1).to(ScalarType.Float64).cpu().data<double>().ToArray();
+            for (int j = 0; j < len; j++) lp[c0 + j + (firstScored ? 0 : 1)] = picked[j];
+        }
         return lp;
     }
 

@@ -98,7 +98,7 @@ public sealed class MeteredChatClient(IChatClient inner, CallMeter meter, bool j
 }
 
 /// <summary>What an error message may say about an endpoint (the key only to scrub it from server text).</summary>
-public sealed record EndpointInfo(string Endpoint, string Model, string? KeyEnv, string Role, int MaxRetries, string? Key = null)
+public sealed record EndpointInfo(string Endpoint, string Model, string? KeyEnv, string Role, int MaxRetries, IReadOnlyList<string>? Secrets = null, string Provider = "openai")
 {
     public override string ToString() => $"{Role} endpoint {Endpoint} (model {Model})"; // never the key
 }
@@ -112,21 +112,9 @@ public static class ChatErrors
         string where = info.ToString();
         string retried = info.MaxRetries > 0 ? $" after {info.MaxRetries} retr{(info.MaxRetries == 1 ? "y" : "ies")}" : "";
         if (e is ClientResultException cre && cre.Status != 0)
-        {
-            int s = cre.Status;
-            string body = Snippet(cre.GetRawResponse()?.Content?.ToString(), info.Key);
-            return s switch
-            {
-                401 or 403 => new RemoteServiceException(info.KeyEnv is null
-                    ? $"{where}: {s} {(s == 401 ? "Unauthorized" : "Forbidden")}; the server wants an API key: put it in an environment variable and pass --api-key-env NAME{body}."
-                    : $"{where}: {s} {(s == 401 ? "Unauthorized" : "Forbidden")}; the key in ${info.KeyEnv} was refused{body}.", 4),
-                404 => new RemoteServiceException($"{where}: 404 Not Found; is the model name right, and is the endpoint the API base (ending in /v1)?{body}", 5),
-                400 or 422 => new RemoteServiceException($"{where}: {s} Bad Request{body}.", 5),
-                429 => new RemoteServiceException($"{where}: 429 Too Many Requests{retried}; lower --parallel or try later{body}.", 6),
-                >= 500 => new RemoteServiceException($"{where}: server error {s}{retried}{body}.", 6),
-                _ => new RemoteServiceException($"{where}: HTTP {s}{body}.", 6),
-            };
-        }
+            return FromStatus(cre.Status, Snippet(cre.GetRawResponse()?.Content?.ToString(), info.Secrets), info, where, retried);
+        if (e is Anthropic.Exceptions.AnthropicApiException ae && (int)ae.StatusCode != 0)
+            return FromStatus((int)ae.StatusCode, Snippet(ae.ResponseBody, info.Secrets), info, where, retried);
         for (Exception? x = e; x is not null; x = x.InnerException)
         {
             switch (x)
@@ -153,10 +141,30 @@ public static class ChatErrors
         return e;
     }
 
+    static RemoteServiceException FromStatus(int s, string body, EndpointInfo info, string where, string retried)
+    {
+        string refused = info.Provider == "bedrock"
+            ? $"the AWS credentials were refused (check AWS_PROFILE / AWS_ACCESS_KEY_ID and the model's access in the region){body}."
+            : info.KeyEnv is null
+                ? $"the server wants an API key: put it in an environment variable and pass --api-key-env NAME{body}."
+                : $"the key in ${info.KeyEnv} was refused{body}.";
+        return s switch
+        {
+            401 or 403 => new RemoteServiceException($"{where}: {s} {(s == 401 ? "Unauthorized" : "Forbidden")}; {refused}", 4),
+            404 => new RemoteServiceException(info.Provider == "openai"
+                ? $"{where}: 404 Not Found; is the model name right, and is the endpoint the API base (ending in /v1)?{body}"
+                : $"{where}: 404 Not Found; is the model name right (and, on Bedrock, enabled in this region)?{body}", 5),
+            400 or 422 => new RemoteServiceException($"{where}: {s} Bad Request{body}.", 5),
+            429 => new RemoteServiceException($"{where}: 429 Too Many Requests{retried}; lower --parallel or try later{body}.", 6),
+            >= 500 => new RemoteServiceException($"{where}: server error {s}{retried}{body}.", 6),
+            _ => new RemoteServiceException($"{where}: HTTP {s}{body}.", 6),
+        };
+    }
+
     static string HostOf(string endpoint) => Uri.TryCreate(endpoint, UriKind.Absolute, out var u) ? u.Host : endpoint;
 
     /// <summary>A short, one-line excerpt of a server's error text, with the key removed should the server echo it.</summary>
-    static string Snippet(string? body, string? key)
+    static string Snippet(string? body, IReadOnlyList<string>? secrets)
     {
         if (string.IsNullOrWhiteSpace(body)) return "";
         try
@@ -166,7 +174,7 @@ public static class ChatErrors
                 body = err.ValueKind == JsonValueKind.Object && err.TryGetProperty("message", out var m) ? m.ToString() : err.ToString();
         }
         catch (JsonException) { }
-        if (!string.IsNullOrEmpty(key)) body = body.Replace(key, "***");
+        foreach (var key in secrets ?? Array.Empty<string>()) if (!string.IsNullOrEmpty(key)) body = body.Replace(key, "***");
         body = string.Join(" ", body.Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries));
         if (body.Length > 160) body = body[..160] + "...";
         return body.Length == 0 ? "" : $" (server: {body})";
@@ -198,6 +206,6 @@ public static class ChatErrors
             NetworkTimeout = timeout,
         };
         var chat = new OpenAI.Chat.ChatClient(model, new ApiKeyCredential(key), options);
-        return (chat.AsIChatClient(), new EndpointInfo(endpoint, model, keyEnv, role, maxRetries, keyEnv is null ? null : key));
+        return (chat.AsIChatClient(), new EndpointInfo(endpoint, model, keyEnv, role, maxRetries, keyEnv is null ? null : new[] { key }));
     }
 }

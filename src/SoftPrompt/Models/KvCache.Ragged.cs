@@ -19,6 +19,7 @@ public sealed partial class KvCache
     {
         public required int[] Lens;
         public int? Window;
+        public bool TwoMasks;   // some layers slide, some do not: channel 0 global, channel 1 sliding
         public long KvHeads, HeadDim;
         public int First, Count;
         public int[] Counts = Array.Empty<int>();
@@ -34,7 +35,7 @@ public sealed partial class KvCache
         if (rows < 1 || capacity < 1) throw new ArgumentOutOfRangeException(nameof(rows), "rows and capacity must be at least 1.");
         var c = new KvCache(cfg.NumLayers, true, capacity)
         {
-            _ragged = new RaggedState { Lens = new int[rows], Window = cfg.SlidingWindow, KvHeads = cfg.NumKvHeads, HeadDim = cfg.HeadDim },
+            _ragged = new RaggedState { Lens = new int[rows], Window = cfg.MixedSlidingLayers ? cfg.SlidingWindow : cfg.UniformSlidingWindow, TwoMasks = cfg.MixedSlidingLayers, KvHeads = cfg.NumKvHeads, HeadDim = cfg.HeadDim },
         };
         for (int l = 0; l < cfg.NumLayers; l++)
         {
@@ -53,6 +54,16 @@ public sealed partial class KvCache
 
     /// <summary>Empties a row (its buffers are overwritten by later steps).</summary>
     public void ResetRow(int row) { R.Lens[row] = 0; Length = R.Lens.Max(); }
+
+    /// <summary>Empties a row and zeroes its buffers. A row's entries past its length are read with zero attention
+    /// weight, and 0 x NaN is NaN: after a row held non-finite keys/values (a failed sequence), clear it so that the
+    /// next sequence in that row does not inherit them.</summary>
+    public void ClearRow(int row)
+    {
+        using var scope = torch.NewDisposeScope();
+        for (int l = 0; l < NumLayers; l++) { _k[l]![row].zero_(); _v[l]![row].zero_(); }
+        ResetRow(row);
+    }
 
     /// <summary>Seeds an empty row with a prefix: per layer (key, value), each [kv_heads, P, head_dim] or [1, kv_heads, P, head_dim].</summary>
     public void SetRowPrefix(int row, IReadOnlyList<(Tensor Key, Tensor Value)> prefix)
@@ -98,8 +109,9 @@ public sealed partial class KvCache
     /// Prepares the next forward over rows [<paramref name="first"/>, first + counts.Length): row first+b appends
     /// counts[b] entries (the forward's input is padded to T = max(counts) per row). Returns the boolean attention
     /// mask [rows, 1, T, S] (true = attend): a query sees its row's entries up to its own index (causal), and within
-    /// the sliding window when the model has one; a padding query sees its row's real entries. Tensors live in the
-    /// caller's dispose scope.
+    /// the sliding window when the model has one; a padding query sees its row's real entries. For a model whose layers
+    /// mix global and sliding-window attention (Gemma 2) the mask is [rows, 2, T, S]: channel 0 for the global layers,
+    /// channel 1 for the sliding ones. Tensors live in the caller's dispose scope.
     /// </summary>
     public Tensor BeginRaggedStep(int first, IReadOnlyList<int> counts)
     {
@@ -131,8 +143,9 @@ public sealed partial class KvCache
         var j = torch.arange(0, width, ScalarType.Int64, dev).view(1, 1, 1, width);
         var hi = torch.tensor(limit, ScalarType.Int64, dev).view(n, 1, T, 1);
         var mask = j <= hi;
-        if (r.Window is not null) mask = mask & (j >= torch.tensor(lower, ScalarType.Int64, dev).view(n, 1, T, 1));
-        return mask;
+        if (r.Window is null) return mask;
+        var windowed = mask & (j >= torch.tensor(lower, ScalarType.Int64, dev).view(n, 1, T, 1));
+        return r.TwoMasks ? torch.cat(new[] { mask, windowed }, 1) : windowed;
     }
 
     (Tensor Keys, Tensor Values) RaggedUpdate(int layer, Tensor k, Tensor v)

@@ -18,7 +18,31 @@ public static class ModelFactory
         ["qwen2.5-0.5b"] = () => Llama(896, 24, 14, 2, 4864, 151936, tied: true, theta: 1000000, type: "qwen2"),
         ["tinyllama-1.1b"] = () => Llama(2048, 22, 32, 4, 5632, 32000, tied: false, theta: 10000),
         ["llama-1b"] = () => Llama(2048, 16, 32, 8, 8192, 128256, tied: true, theta: 500000),
+        ["gemma-2b"] = () => Gemma("gemma", 2048, 18, 8, 1, 16384),
+        ["gemma2-2b"] = () => Gemma("gemma2", 2304, 26, 8, 4, 9216),
+        ["phi3-mini"] = () => new JsonObject
+        {
+            ["model_type"] = "phi3", ["hidden_size"] = 3072, ["num_hidden_layers"] = 32, ["num_attention_heads"] = 32, ["num_key_value_heads"] = 32,
+            ["intermediate_size"] = 8192, ["vocab_size"] = 32064, ["max_position_embeddings"] = 4096, ["sliding_window"] = 2047,
+        },
+        ["pythia-160m"] = () => new JsonObject
+        {
+            ["model_type"] = "gpt_neox", ["hidden_size"] = 768, ["num_hidden_layers"] = 12, ["num_attention_heads"] = 12,
+            ["intermediate_size"] = 3072, ["vocab_size"] = 50304, ["max_position_embeddings"] = 2048, ["rotary_pct"] = 0.25,
+        },
     };
+
+    /// <summary>Gemma / Gemma 2 shapes (head_dim 256; Gemma 2's other keys take transformers' defaults but the attention scalar).</summary>
+    static JsonObject Gemma(string type, int h, int layers, int heads, int kv, int inter)
+    {
+        var o = new JsonObject
+        {
+            ["model_type"] = type, ["hidden_size"] = h, ["num_hidden_layers"] = layers, ["num_attention_heads"] = heads, ["num_key_value_heads"] = kv,
+            ["head_dim"] = 256, ["intermediate_size"] = inter, ["vocab_size"] = 256000,
+        };
+        if (type == "gemma2") o["query_pre_attn_scalar"] = 256;
+        return o;
+    }
 
     static JsonObject Gpt2(int h, int layers, int heads) => new()
     {
@@ -52,7 +76,8 @@ public static class ModelFactory
         return weights;
     }
 
-    /// <summary>A frozen model of <paramref name="cfg"/>'s shape with random weights.</summary>
+    /// <summary>A frozen model of <paramref name="cfg"/>'s shape with random weights (Gemma's norm weights start at 0,
+    /// which it applies as 1 + w, as Hugging Face initialises them).</summary>
     public static CausalLM Random(ModelConfig cfg, long seed = 0, ScalarType dtype = ScalarType.Float32, Device? device = null)
     {
         device ??= torch.CPU;
@@ -61,6 +86,7 @@ public static class ModelFactory
             foreach (var (name, t0) in RandomWeights(ModelLoader.ExpectedShapes(cfg).Select(kv => (kv.Key, kv.Value)), seed))
             {
                 var t = cfg.Family == ArchFamily.Gpt2 && t0.dim() == 2 && (name.Contains(".attn.") || name.Contains(".mlp.")) ? t0.t() : t0; // Conv1D [in,out] -> [out,in]
+                if (cfg.NormAddsOne && t.dim() == 1 && name.EndsWith("norm.weight")) t = torch.zeros_like(t);
                 weights[name] = t.to(dtype).to(device).contiguous().MoveToOuterDisposeScope();
             }
         return new CausalLM(cfg, weights, device, dtype);

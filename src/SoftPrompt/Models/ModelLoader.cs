@@ -139,10 +139,13 @@ public static class ModelLoader
     static string Canonical(ModelConfig cfg, string name) =>
         cfg.Family == ArchFamily.Gpt2 && !name.StartsWith("transformer.") && !name.StartsWith("lm_head.") ? "transformer." + name : name;
 
-    /// <summary>Buffers some checkpoints carry that are not weights (GPT-2 causal-mask buffers, rotary inv_freq).</summary>
+    /// <summary>Buffers some checkpoints carry that are not weights (GPT-2's and GPT-NeoX's causal-mask buffers, rotary
+    /// inv_freq and GPT-NeoX's cos/sin caches), and a tied head's duplicate.</summary>
     static bool Ignored(ModelConfig cfg, string name) =>
         name.EndsWith(".attn.bias") || name.EndsWith(".attn.masked_bias") || name.EndsWith("rotary_emb.inv_freq")
-        || (cfg.TieWordEmbeddings && name == "lm_head.weight");
+        || (cfg.Family == ArchFamily.GptNeoX && (name.EndsWith(".attention.bias") || name.EndsWith(".attention.masked_bias")
+            || name.EndsWith("rotary_emb.cos_cached") || name.EndsWith("rotary_emb.sin_cached")))
+        || (cfg.TieWordEmbeddings && name == (cfg.Family == ArchFamily.GptNeoX ? "embed_out.weight" : "lm_head.weight"));
 
     static bool Optional(ModelConfig cfg, string name) => false;
 
@@ -168,19 +171,42 @@ public static class ModelLoader
             if (!c.TieWordEmbeddings) e["lm_head.weight"] = new long[] { V, H };
             return e;
         }
+        if (c.Family == ArchFamily.GptNeoX)
+        {
+            e["gpt_neox.embed_in.weight"] = new long[] { V, H };
+            for (int i = 0; i < c.NumLayers; i++)
+            {
+                string p = $"gpt_neox.layers.{i}.";
+                e[p + "input_layernorm.weight"] = e[p + "input_layernorm.bias"] = e[p + "post_attention_layernorm.weight"] = e[p + "post_attention_layernorm.bias"] = new long[] { H };
+                e[p + "attention.query_key_value.weight"] = new long[] { 3 * H, H };
+                e[p + "attention.dense.weight"] = new long[] { H, H };
+                if (c.QkvBias) { e[p + "attention.query_key_value.bias"] = new long[] { 3 * H }; e[p + "attention.dense.bias"] = new long[] { H }; }
+                e[p + "mlp.dense_h_to_4h.weight"] = new long[] { I, H }; e[p + "mlp.dense_h_to_4h.bias"] = new long[] { I };
+                e[p + "mlp.dense_4h_to_h.weight"] = new long[] { H, I }; e[p + "mlp.dense_4h_to_h.bias"] = new long[] { H };
+            }
+            e["gpt_neox.final_layer_norm.weight"] = e["gpt_neox.final_layer_norm.bias"] = new long[] { H };
+            if (!c.TieWordEmbeddings) e["embed_out.weight"] = new long[] { V, H };
+            return e;
+        }
         e["model.embed_tokens.weight"] = new long[] { V, H };
         for (int i = 0; i < c.NumLayers; i++)
         {
             string p = $"model.layers.{i}.";
             e[p + "input_layernorm.weight"] = e[p + "post_attention_layernorm.weight"] = new long[] { H };
-            e[p + "self_attn.q_proj.weight"] = new long[] { qd, H };
-            e[p + "self_attn.k_proj.weight"] = new long[] { kvd, H };
-            e[p + "self_attn.v_proj.weight"] = new long[] { kvd, H };
+            if (c.SandwichNorms) e[p + "pre_feedforward_layernorm.weight"] = e[p + "post_feedforward_layernorm.weight"] = new long[] { H };
+            if (c.FusedProjections) e[p + "self_attn.qkv_proj.weight"] = new long[] { qd + 2 * kvd, H };
+            else
+            {
+                e[p + "self_attn.q_proj.weight"] = new long[] { qd, H };
+                e[p + "self_attn.k_proj.weight"] = new long[] { kvd, H };
+                e[p + "self_attn.v_proj.weight"] = new long[] { kvd, H };
+            }
             e[p + "self_attn.o_proj.weight"] = new long[] { H, qd };
             if (c.QkvBias) { e[p + "self_attn.q_proj.bias"] = new long[] { qd }; e[p + "self_attn.k_proj.bias"] = e[p + "self_attn.v_proj.bias"] = new long[] { kvd }; }
             if (c.OutBias) e[p + "self_attn.o_proj.bias"] = new long[] { H };
             if (c.QkNorm) e[p + "self_attn.q_norm.weight"] = e[p + "self_attn.k_norm.weight"] = new long[] { c.HeadDim };
-            e[p + "mlp.gate_proj.weight"] = e[p + "mlp.up_proj.weight"] = new long[] { I, H };
+            if (c.FusedProjections) e[p + "mlp.gate_up_proj.weight"] = new long[] { 2 * I, H };
+            else e[p + "mlp.gate_proj.weight"] = e[p + "mlp.up_proj.weight"] = new long[] { I, H };
             e[p + "mlp.down_proj.weight"] = new long[] { H, I };
             if (c.MlpBias) { e[p + "mlp.gate_proj.bias"] = e[p + "mlp.up_proj.bias"] = new long[] { I }; e[p + "mlp.down_proj.bias"] = new long[] { H }; }
         }

@@ -51,16 +51,34 @@ public interface IInstructionObjective : IPromptObjective
     string Metric { get; }
     /// <summary>Examples in the fixed score set.</summary>
     int ScoreSetCount { get; }
+    /// <summary>The score set's search-example indices.</summary>
+    IReadOnlyList<int> ScoreSetIndices { get; }
     /// <summary>The hard-prompt ids of an instruction (empty for the empty, zero-shot instruction).</summary>
     int[] InstructionIds(string instruction);
-    /// <summary>Each instruction's metric on the score set (higher is better), with a note (e.g. failed judge replies).</summary>
+    /// <summary>Each instruction's metric on the score set (higher is better), with a note (e.g. failed judge replies);
+    /// an instruction that cannot be scored (too long for --max-length, every verdict failed, the budget used up) comes
+    /// back with <see cref="InstructionScore.Failed"/> set instead of throwing, so one bad candidate never ends a run.</summary>
     InstructionScore[] ScoreInstructions(IReadOnlyList<string> instructions, CancellationToken cancel = default);
+    /// <summary>The held-out selection metric of an instruction (higher is better), null without held-out data.</summary>
+    double? SelectInstruction(string instruction, CancellationToken cancel = default) => Select(InstructionIds(instruction));
     /// <summary>The prompt text and target text of search example <paramref name="index"/> (for exemplars).</summary>
     (string Prompt, string Target) ExampleText(int index);
 }
 
-/// <summary>One instruction's score; <paramref name="Failures"/> counts sub-results that failed (judge replies without a number).</summary>
-public sealed record InstructionScore(double Score, int Failures = 0, string? Note = null);
+/// <summary>One instruction's score; <paramref name="Failures"/> counts sub-results that failed (judge verdicts that
+/// could not be had). <see cref="Failed"/> (a status word: too_long_tokens, judge_failed, budget) marks an instruction
+/// that was not scored, with the reason in <see cref="Note"/>. <see cref="MeanOutputTokens"/>: mean length of the
+/// generated outputs (generation objectives), so a judge's length bias can be seen; <see cref="ParsedRate"/>: the share
+/// of outputs the --output-parser matched; <see cref="Wrong"/>: the search examples this instruction got wrong (for
+/// --exemplar-selection hardest).</summary>
+public sealed record InstructionScore(double Score, int Failures = 0, string? Note = null)
+{
+    public string? Failed { get; init; }
+    public double? MeanOutputTokens { get; init; }
+    public double? ParsedRate { get; init; }
+    public IReadOnlyList<int>? Wrong { get; init; }
+    public static InstructionScore Fail(string status, string note) => new(double.NaN, 0, note) { Failed = status };
+}
 
 /// <summary>
 /// A hard-prompt search strategy. <see cref="GradientGuidedSearch"/> (HotFlip / AutoPrompt) and
@@ -104,7 +122,15 @@ public sealed record HardPromptSearchProgress
 
 /// <summary>One proposed candidate of a step: its text, its score (null when it was not scored) and what happened to it
 /// (scored, initial, duplicate, parse_failed, empty, too_long, error).</summary>
-public sealed record SearchCandidate(int Step, string Text, double? Score, string Status, string? Detail = null);
+public sealed record SearchCandidate(int Step, string Text, double? Score, string Status, string? Detail = null)
+{
+    /// <summary>Mean generated-output length in tokens (generation objectives): shown next to a judge score for length bias.</summary>
+    public double? MeanOutputTokens { get; init; }
+    /// <summary>Share of outputs the --output-parser matched.</summary>
+    public double? ParsedRate { get; init; }
+    /// <summary>The demonstrations (search-example indices) of a joint instruction + demos candidate.</summary>
+    public int[]? Demos { get; init; }
+}
 
 public sealed record HardPromptSearchResult
 {
@@ -180,6 +206,20 @@ public sealed record HardPromptSearchOptions : Data.DataFields
     [Description("OPRO: maximum tokens of one optimizer reply.")] public int OptimizerMaxTokens { get; init; } = 256;
     [Description("OPRO: best instructions (by score) also scored on the held-out data to pick the final one.")] public int ValidateTop { get; init; } = 3;
     [Description("OPRO: tokens generated per example for --objective exact_match and judge.")] public int MaxNewTokens { get; init; } = 32;
+    [Description("OPRO: provider of the optimizer LLM: openai (any OpenAI-compatible --optimizer-endpoint), anthropic (the Anthropic API, key in $ANTHROPIC_API_KEY or --api-key-env) or bedrock (Claude on Amazon Bedrock, the standard AWS credential chain); --optimizer-endpoint overrides their base URL.")] public string OptimizerProvider { get; init; } = "openai";
+    [Description("OPRO: provider of the judge: openai, anthropic or bedrock (default: the optimizer's when it is remote, else openai).")] public string? JudgeProvider { get; init; }
+    [Description("OPRO: the run stops (best so far written, exit 6) once more judge verdicts than this have failed (no verdict after a reminder, or a per-call HTTP error).")] public int MaxJudgeFailures { get; init; } = 20;
+    [Description("OPRO: how generated outputs are cut before they are compared or judged: auto (the first line for exact_match without a parser, else the whole output up to --max-new-tokens), line or none.")] public string OutputCut { get; init; } = "auto";
+    [Description("OPRO: output parser for exact_match on generated text: regex:PATTERN (the first group, or the whole match) or labels (the first of --labels, or of the distinct targets, that occurs as a word); the share parsed is reported per candidate.")] public string? OutputParser { get; init; }
+    [Description("OPRO: only instructions scoring at least this (in the metric's own units: accuracy 0-1, judge 1-10, minus the loss) are shown in the meta-prompt.")] public double? ScoreThreshold { get; init; }
+    [Description("OPRO: which training exemplars the meta-prompt shows: random (redrawn each step), hardest (those most often wrong so far), fixed (the same seeded draw every step).")] public string ExemplarSelection { get; init; } = "random";
+    [Description("OPRO: optimizer temperature over the steps: constant, linear or cosine (from --temperature at step 1 to --temperature-end at the last step).")] public string TemperatureSchedule { get; init; } = "constant";
+    [Description("OPRO: the temperature at the last step for a linear or cosine --temperature-schedule.")] public double TemperatureEnd { get; init; } = 0.5;
+    [Description("OPRO: stop after this many steps without a better instruction (0 = never).")] public int Patience { get; init; }
+    [Description("OPRO: instructions induced from training examples at step 0 (APE-style) when no --init-instruction is given (-1 = --candidates-per-step for a chat optimizer, 0 for a base model; 0 = none).")] public int ApeProposals { get; init; } = -1;
+    [Description("OPRO: few-shot demonstrations searched jointly with the instruction (0 = instruction only): the result is the instruction followed by k training examples.")] public int Demos { get; init; }
+    [Description("OPRO: new demonstration sets tried per step for the best instruction when --demos > 0.")] public int DemoCandidates { get; init; } = 2;
+    [Description("OPRO: print the number of optimizer and judge calls and an upper bound of their tokens for these settings, and exit without calling anything.")] public bool DryRun { get; init; }
 
     [Description("Append the end-of-sequence token to each target.")] public bool AddEos { get; init; }
     [Description("Maximum tokens per example, hard prompt included (example text is truncated from the left).")] public int MaxLength { get; init; } = 256;
@@ -219,8 +259,35 @@ public sealed record HardPromptSearchOptions : Data.DataFields
         Req(MaxLength <= 1 << 20, $"--max-length {MaxLength}: expected at most {1 << 20}.");
         Req(Threads >= 0, $"--threads {Threads}: expected 0 (automatic) or a positive number.");
         if (Strategy != SearchStrategy.Opro) return;
-        Req(OptimizerEndpoint is null != (OptimizerModelDir is null), "--strategy opro needs exactly one of --optimizer-endpoint (an OpenAI-compatible server) or --optimizer-model-dir (a local model).");
-        Req(OptimizerEndpoint is null || !string.IsNullOrWhiteSpace(OptimizerModel), "--optimizer-model is required with --optimizer-endpoint.");
+        Req(OptimizerProvider is "openai" or "anthropic" or "bedrock", $"--optimizer-provider '{OptimizerProvider}': expected openai, anthropic or bedrock.");
+        Req(JudgeProvider is null or "openai" or "anthropic" or "bedrock", $"--judge-provider '{JudgeProvider}': expected openai, anthropic or bedrock.");
+        if (OptimizerProvider == "openai")
+        {
+            Req(OptimizerEndpoint is null != (OptimizerModelDir is null), "--strategy opro needs exactly one of --optimizer-endpoint (an OpenAI-compatible server) or --optimizer-model-dir (a local model).");
+            Req(OptimizerEndpoint is null || !string.IsNullOrWhiteSpace(OptimizerModel), "--optimizer-model is required with --optimizer-endpoint.");
+        }
+        else
+        {
+            Req(OptimizerModelDir is null, $"--optimizer-model-dir is a local model; --optimizer-provider {OptimizerProvider} is remote: give one or the other.");
+            Req(!string.IsNullOrWhiteSpace(OptimizerModel), $"--optimizer-provider {OptimizerProvider} needs --optimizer-model (e.g. {(OptimizerProvider == "anthropic" ? "claude-sonnet-4-5" : "anthropic.claude-3-5-haiku-20241022-v1:0")}).");
+        }
+        Req(MaxJudgeFailures >= 0, $"--max-judge-failures must be >= 0 (got {MaxJudgeFailures}).");
+        Req(OutputCut is "auto" or "line" or "none", $"--output-cut '{OutputCut}': expected auto, line or none.");
+        Req(OutputParser is null || OutputParser == "labels" || (OutputParser.StartsWith("regex:", StringComparison.Ordinal) && OutputParser.Length > 6),
+            $"--output-parser '{OutputParser}': expected regex:PATTERN or labels.");
+        if (OutputParser is not null && OutputParser.StartsWith("regex:", StringComparison.Ordinal))
+            try { _ = new System.Text.RegularExpressions.Regex(OutputParser[6..]); }
+            catch (ArgumentException e) { throw new SoftPromptException($"--output-parser: invalid regular expression ({e.Message})."); }
+        Req(OutputParser is null || Objective == "exact_match", "--output-parser applies to --objective exact_match (generate, parse, compare).");
+        Req(ScoreThreshold is null || double.IsFinite(ScoreThreshold.Value), "--score-threshold must be a finite number.");
+        Req(ExemplarSelection is "random" or "hardest" or "fixed", $"--exemplar-selection '{ExemplarSelection}': expected random, hardest or fixed.");
+        Req(TemperatureSchedule is "constant" or "linear" or "cosine", $"--temperature-schedule '{TemperatureSchedule}': expected constant, linear or cosine.");
+        Req(TemperatureEnd >= 0 && TemperatureEnd <= 2, $"--temperature-end must be in [0, 2] (got {TemperatureEnd}).");
+        Req(Patience >= 0, $"--patience must be >= 0 (got {Patience}).");
+        Req(ApeProposals >= -1 && ApeProposals <= 64, $"--ape-proposals must be -1 (auto) or in [0, 64] (got {ApeProposals}).");
+        Req(Demos >= 0 && Demos <= 32, $"--demos must be in [0, 32] (got {Demos}).");
+        Req(DemoCandidates >= 0 && DemoCandidates <= 64, $"--demo-candidates must be in [0, 64] (got {DemoCandidates}).");
+        Req(Demos == 0 || InstructionPosition is "before_q" or "q_begin", "--demos needs the instruction before the example (--instruction-position before_q or q_begin): the demonstrations go before it.");
         static bool HttpUrl(string? u) => u is null || (Uri.TryCreate(u, UriKind.Absolute, out var uri) && uri.Scheme is "http" or "https");
         Req(HttpUrl(OptimizerEndpoint), $"--optimizer-endpoint '{OptimizerEndpoint}': expected an http:// or https:// URL such as http://127.0.0.1:11434/v1.");
         Req(HttpUrl(JudgeEndpoint), $"--judge-endpoint '{JudgeEndpoint}': expected an http:// or https:// URL such as http://127.0.0.1:11434/v1.");
@@ -236,6 +303,8 @@ public sealed record HardPromptSearchOptions : Data.DataFields
         Req(Objective != "judge" || Rubric is not null, "--objective judge needs --rubric FILE.");
         Req(Rubric is null || File.Exists(Rubric), $"--rubric {Rubric}: file not found.");
         Req(JudgeEndpoint is null || JudgeModel is not null || OptimizerModel is not null, "--judge-endpoint needs --judge-model.");
+        Req(Objective != "judge" || JudgeEndpoint is not null || OptimizerEndpoint is not null || OptimizerModelDir is not null || (JudgeProvider ?? OptimizerProvider) != "openai",
+            "--objective judge needs a judge: --judge-endpoint, or --judge-provider anthropic|bedrock, or the optimizer's.");
         Req(Parallel >= 1, $"--parallel must be at least 1 (got {Parallel}).");
         Req(MaxCalls >= 0, $"--max-calls must be >= 0 (got {MaxCalls}).");
         Req(MaxTokensBudget >= 0, $"--max-tokens-budget must be >= 0 (got {MaxTokensBudget}).");

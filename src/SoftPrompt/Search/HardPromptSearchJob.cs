@@ -108,7 +108,7 @@ public static class HardPromptSearchJob
         {
             Text = result.Text, TokenIds = result.TokenIds, Score = result.Score, Objective = result.Objective, Position = opro ? objective.HardPromptPosition : null,
             Source = opro
-                ? $"search-hard-prompt (opro, optimizer {oproRun?.OptimizerName ?? "custom"}, {result.Steps} steps, seed {o.Seed}, {trainName})"
+                ? $"search-hard-prompt (opro, optimizer {oproRun?.OptimizerName ?? "custom"}, {result.Steps} steps, seed {o.Seed}, {trainName}{(result.Details?["demos"] is JsonArray d ? $", instruction + {d.Count} demonstrations" : "")})"
                 : $"search-hard-prompt (gradient-guided, k={o.PromptLength}, {result.Steps} steps, seed {o.Seed}, {trainName})",
         };
         var summary = new JsonObject
@@ -174,6 +174,9 @@ public static class HardPromptSearchJob
                 {
                     var r = new JsonObject { ["step"] = c.Step, ["text"] = c.Text, ["score"] = c.Score, ["status"] = c.Status };
                     if (c.Detail is not null) r["detail"] = c.Detail;
+                    if (c.MeanOutputTokens is double mot) r["mean_output_tokens"] = Math.Round(mot, 3);
+                    if (c.ParsedRate is double pr) r["parsed"] = Math.Round(pr, 4);
+                    if (c.Demos is { } demos) r["demos"] = new JsonArray(demos.Select(d => (JsonNode)d).ToArray());
                     r["best"] = p.BestScore; r["elapsed_s"] = Math.Round(p.Elapsed.TotalSeconds, 3);
                     rows.Add(r.ToJsonString());
                 }

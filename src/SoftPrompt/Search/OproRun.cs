@@ -25,11 +25,11 @@ public sealed class OproRun : IDisposable
         var timeout = TimeSpan.FromSeconds(o.RequestTimeout);
         IChatClient optimizer; bool plain; string name;
         LocalChatClient? local = null;
-        if (o.OptimizerEndpoint is not null)
+        if (o.OptimizerModelDir is null)
         {
-            var (client, info) = ChatErrors.OpenAiCompatible(o.OptimizerEndpoint, o.OptimizerModel!, o.ApiKeyEnv, o.MaxRetries, timeout, "optimizer");
+            var (client, info) = ChatProviders.Create(new ChatEndpoint(o.OptimizerProvider, o.OptimizerEndpoint, o.OptimizerModel!, o.ApiKeyEnv, o.MaxRetries, timeout, "optimizer"));
             optimizer = new MeteredChatClient(client, meter, judge: false, o.Parallel, info);
-            plain = false; name = $"{o.OptimizerModel} at {o.OptimizerEndpoint}";
+            plain = false; name = o.OptimizerProvider == "openai" ? $"{o.OptimizerModel} at {o.OptimizerEndpoint}" : $"{o.OptimizerModel} ({o.OptimizerProvider})";
             message?.Invoke($"optimizer: {name} (chat meta-prompt)");
         }
         else
@@ -51,21 +51,27 @@ public sealed class OproRun : IDisposable
         {
             var rubric = Judge.ReadRubric(o.Rubric!);
             IChatClient judge;
-            var endpoint = o.JudgeEndpoint ?? o.OptimizerEndpoint;
-            if (endpoint is not null)
+            string judgeId;
+            var provider = o.JudgeProvider ?? (o.OptimizerModelDir is null ? o.OptimizerProvider : "openai");
+            // The judge's endpoint defaults to the optimizer's only on the same provider.
+            var endpoint = o.JudgeEndpoint ?? (provider == o.OptimizerProvider ? o.OptimizerEndpoint : null);
+            if (endpoint is not null || provider != "openai")
             {
                 var model = o.JudgeModel ?? o.OptimizerModel ?? throw new SoftPromptException("--judge-model is required with --judge-endpoint.");
-                var (client, info) = ChatErrors.OpenAiCompatible(endpoint, model, o.JudgeApiKeyEnv ?? o.ApiKeyEnv, o.MaxRetries, timeout, "judge");
+                var (client, info) = ChatProviders.Create(new ChatEndpoint(provider, endpoint, model, o.JudgeApiKeyEnv ?? (provider == o.OptimizerProvider ? o.ApiKeyEnv : null), o.MaxRetries, timeout, "judge"));
                 judge = new MeteredChatClient(client, meter, judge: true, o.Parallel, info);
-                message?.Invoke($"judge: {model} at {endpoint}");
+                judgeId = $"{provider}:{model}";
+                message?.Invoke($"judge: {model} ({provider}{(endpoint is null ? "" : " at " + endpoint)})");
             }
             else
             {
                 judge = new MeteredChatClient(local!, meter, judge: true, 1, new EndpointInfo(o.OptimizerModelDir!, "local", null, "judge", 0));
+                judgeId = "local:" + Path.GetFullPath(o.OptimizerModelDir!);
                 message?.Invoke("judge: the local optimizer model");
             }
             owned.Add(judge);
-            scored = new JudgeObjective(objective, judge, rubric, o.Parallel);
+            var cachePath = trajectoryPath is null ? null : Path.Combine(Path.GetDirectoryName(Path.GetFullPath(trajectoryPath))!, VerdictCache.FileName);
+            scored = new JudgeObjective(objective, judge, rubric, o.Parallel, new VerdictCache(judgeId, cachePath));
         }
         var run = new OproRun
         {

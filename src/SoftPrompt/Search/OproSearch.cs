@@ -31,6 +31,8 @@ public sealed class OproTrajectory
     public int Duplicates { get; set; }
     public int Rejected { get; set; }
     public int JudgeFailures { get; set; }
+    /// <summary>How often each search example was got wrong by a scored candidate (--exemplar-selection hardest).</summary>
+    public Dictionary<int, int> WrongCounts { get; set; } = new();
 
     static readonly JsonSerializerOptions Json = new() { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower, WriteIndented = true };
 
@@ -53,14 +55,23 @@ public sealed class OproTrajectory
 /// <summary>
 /// OPRO (Yang et al. 2023, "Large Language Models as Optimizers"): an LLM proposes instructions from a meta-prompt
 /// holding the best ones so far with their scores, the frozen target model scores them, repeat. Step 0 scores the
-/// zero-shot (empty) instruction and any --init-instruction; each later step samples --candidates-per-step replies at
-/// --temperature (up to --parallel at a time), parses the instruction between the markers, drops duplicates (exact and
-/// case/whitespace-normalised, against everything seen), empty and over-long ones (each logged as a failed candidate),
-/// and scores the rest together on the fixed score set. At the end the best --validate-top by score are scored on the
-/// held-out data (when there is some) and --select-by's metric picks the result.
+/// zero-shot (empty) instruction and any --init-instruction, or, when none is given, instructions induced from training
+/// examples (APE); each later step samples --candidates-per-step replies at the scheduled temperature (up to --parallel
+/// at a time), parses the instruction between the markers, drops duplicates (exact and case/whitespace-normalised,
+/// against everything seen), empty, marker-holding and over-long ones (each logged as a failed candidate), and scores
+/// the rest together on the fixed score set. With --demos, a candidate is an instruction plus k training examples shown
+/// as demonstrations (DSPy MIPRO-style): proposals are scored with the best candidate's demonstrations, and
+/// --demo-candidates new demonstration sets are tried for the best instruction each step. The run stops at --steps, at
+/// --patience steps without a better candidate, when the call / token budget is spent (also mid-scoring), past
+/// --max-judge-failures, or on Ctrl+C; in every case the best so far is the result. At the end the best --validate-top by
+/// score are scored on the held-out data (when there is some; the judge's rating for a judge objective) and the best
+/// there wins.
 /// </summary>
 public sealed class OproSearch(IChatClient optimizer, CallMeter meter, bool plainMetaPrompt, string? trajectoryPath = null, bool resume = false) : IHardPromptOptimizer
 {
+    /// <summary>An instruction, its demonstrations (indices of search examples) and what proposed it.</summary>
+    sealed record Candidate(string Text, int[]? Demos, string Origin);
+
     public HardPromptSearchResult Optimize(IPromptObjective objective, HardPromptSearchOptions o, int[] initialIds,
         IProgress<HardPromptSearchProgress>? progress = null, CancellationToken cancel = default)
     {
@@ -74,8 +85,15 @@ public sealed class OproSearch(IChatClient optimizer, CallMeter meter, bool plai
         meter.Restore(t.OptimizerCalls, t.JudgeCalls, t.InputTokens, t.OutputTokens);
         var seen = new HashSet<string>(t.Seen);
         string stop = "max_steps";
+        string? selectionNote = null;
         int stepsThisRun = 0;
         int firstStep = t.Step + 1;
+        string? rubric = (io as JudgeObjective)?.Rubric;
+        var scoreSet = io.ScoreSetIndices.ToHashSet();
+        // Demonstrations come from the search examples outside the score set (a demo would otherwise give its own answer away).
+        var demoPool = Enumerable.Range(0, io.ExampleCount).Where(i => !scoreSet.Contains(i)).ToArray();
+        if (demoPool.Length < o.Demos) demoPool = Enumerable.Range(0, io.ExampleCount).ToArray();
+        if (o.Demos > 0 && demoPool.Length < o.Demos) throw new SoftPromptException($"--demos {o.Demos}: the search data has only {demoPool.Length} examples.");
 
         void Save()
         {
@@ -87,113 +105,179 @@ public sealed class OproSearch(IChatClient optimizer, CallMeter meter, bool plai
 
         ScoredInstruction? Best() => t.Entries.Count == 0 ? null : t.Entries.OrderByDescending(e => e.Score).ThenBy(e => e.Step).First();
 
+        int[] DrawDemos(int stream)
+        {
+            var rng = SplitMix64.For(o.Seed, stream);
+            var pool = demoPool.ToArray();
+            rng.Shuffle(pool);
+            return pool.Take(o.Demos).Order().ToArray();
+        }
+
         void Report(int step, List<SearchCandidate> rows, double? stepBest, double? bestBefore)
         {
-            var best = Best()!;
-            var ids = io.InstructionIds(best.Text);
+            var best = Best();
+            var ids = best is null ? Array.Empty<int>() : io.InstructionIds(Compose(io, best.Text, best.Demos));
             double perStep = clock.Elapsed.TotalSeconds / Math.Max(1, stepsThisRun);
             progress?.Report(new HardPromptSearchProgress
             {
                 Step = step, TotalSteps = o.Steps, LossBefore = bestBefore ?? double.NaN, Loss = stepBest ?? double.NaN,
-                Accepted = bestBefore is double b && best.Score > b, Ids = ids, Text = best.Text, Score = stepBest,
-                BestScore = best.Score, BestIds = ids, BestText = best.Text, Elapsed = TimeSpan.FromSeconds(wallBefore) + clock.Elapsed,
+                Accepted = bestBefore is double b && best is not null && best.Score > b, Ids = ids, Text = best?.Text ?? "", Score = stepBest,
+                BestScore = best?.Score ?? double.NaN, BestIds = ids, BestText = best?.Text ?? "", Elapsed = TimeSpan.FromSeconds(wallBefore) + clock.Elapsed,
                 Eta = TimeSpan.FromSeconds(perStep * Math.Max(0, o.Steps - step)), Candidates = rows, HigherIsBetter = true,
                 Status = string.Format(CultureInfo.InvariantCulture, "{0} scored, {1} calls, {2} tokens", rows.Count(r => r.Score is not null), meter.Calls, meter.TotalTokens),
             });
         }
 
-        if (t.Step < 0)
+        // Scores candidates together; failed ones become rows only. Returns the step's best score and whether the budget ran out.
+        (double? Best, bool Budget) ScoreAll(int step, List<Candidate> cands, List<SearchCandidate> rows)
         {
-            // Step 0: the zero-shot prompt and the given initial instructions.
-            var initial = new List<string> { "" };
-            foreach (var i in o.InitInstruction.Select(i => i.Trim()))
-                if (!initial.Any(x => MetaPrompt.Normalize(x) == MetaPrompt.Normalize(i))) initial.Add(i);
-            var scores = io.ScoreInstructions(initial, cancel);
-            var rows = new List<SearchCandidate>();
-            for (int i = 0; i < initial.Count; i++)
+            if (cands.Count == 0) return (null, false);
+            var scores = io.ScoreInstructions(cands.Select(c => Compose(io, c.Text, c.Demos)).ToList(), cancel);
+            double? best = null;
+            bool budget = false;
+            for (int i = 0; i < cands.Count; i++)
             {
-                seen.Add(MetaPrompt.Normalize(initial[i]));
-                t.Entries.Add(new ScoredInstruction(initial[i], scores[i].Score, 0));
-                t.JudgeFailures += scores[i].Failures;
-                rows.Add(new SearchCandidate(0, initial[i], scores[i].Score, "initial", scores[i].Note));
+                var (c, sc) = (cands[i], scores[i]);
+                t.JudgeFailures += sc.Failures;
+                if (sc.Failed is string failed)
+                {
+                    if (failed == "budget") budget = true; else t.Rejected++;
+                    rows.Add(new SearchCandidate(step, c.Text, null, failed, sc.Note) { MeanOutputTokens = sc.MeanOutputTokens, Demos = c.Demos });
+                    continue;
+                }
+                t.Entries.Add(new ScoredInstruction(c.Text, sc.Score, step, sc.MeanOutputTokens is double m ? Math.Round(m, 3) : null, c.Demos));
+                foreach (var w in sc.Wrong ?? Array.Empty<int>()) t.WrongCounts[w] = t.WrongCounts.GetValueOrDefault(w) + 1;
+                rows.Add(new SearchCandidate(step, c.Text, sc.Score, c.Origin, sc.Note) { MeanOutputTokens = sc.MeanOutputTokens, ParsedRate = sc.ParsedRate, Demos = c.Demos });
+                best = best is double b ? Math.Max(b, sc.Score) : sc.Score;
             }
-            t.Step = 0;
-            stepsThisRun++;
-            Report(0, rows, scores.Max(s => s.Score), null);
-            Save();
-            firstStep = 1;
+            return (best, budget);
         }
 
-        // Ctrl+C ends the step in flight (lost, as when killed); the steps done compete for the result as usual.
+        // Parses replies into fresh candidates (rows for the failed ones).
+        List<Candidate> Fresh(int step, List<(string? Reply, string? Error)> replies, int[]? demos, string origin, List<SearchCandidate> rows)
+        {
+            var fresh = new List<Candidate>();
+            foreach (var (reply, error) in replies)
+            {
+                if (error is not null) { rows.Add(new SearchCandidate(step, "", null, "skipped", error)); continue; }
+                t.Proposed++;
+                var text = MetaPrompt.Parse(reply, plainMetaPrompt);
+                string? status = text switch
+                {
+                    null => "parse_failed",
+                    "" => "empty",
+                    _ when text.Length > o.MaxInstructionChars => "too_long",
+                    _ when !seen.Add(MetaPrompt.Normalize(text)) => "duplicate",
+                    _ => null,
+                };
+                if (status is null) { fresh.Add(new Candidate(text!, demos, origin)); continue; }
+                if (status == "parse_failed") t.ParseFailures++; else if (status == "duplicate") t.Duplicates++; else t.Rejected++;
+                rows.Add(new SearchCandidate(step, text ?? "", null, status, status is "parse_failed" ? Shorten(reply) : status == "too_long" ? $"{text!.Length} characters > --max-instruction-chars {o.MaxInstructionChars}" : null));
+            }
+            return fresh;
+        }
+
+        string? JudgeStop() => io.Metric == "judge" && t.JudgeFailures > o.MaxJudgeFailures ? "judge_failures" : null;
+
         try
         {
-            for (int step = firstStep; step <= o.Steps; step++)
+            if (t.Step < 0)
+            {
+                // Step 0: the zero-shot prompt, the given initial instructions, or instructions induced from examples (APE).
+                var rows = new List<SearchCandidate>();
+                var d0 = o.Demos > 0 ? DrawDemos(0x0DE0_0000) : null;
+                var initial = new List<Candidate> { new("", null, "initial") };
+                if (d0 is not null) initial.Add(new Candidate("", d0, "initial"));
+                seen.Add(MetaPrompt.Normalize(""));
+                foreach (var i in o.InitInstruction.Select(i => i.Trim()))
+                    if (seen.Add(MetaPrompt.Normalize(i))) initial.Add(new Candidate(i, d0, "initial"));
+                int ape = o.InitInstruction.Length > 0 ? 0 : o.ApeProposals >= 0 ? o.ApeProposals : plainMetaPrompt ? 0 : o.CandidatesPerStep;
+                string? budgetStop = null;
+                if (ape > 0)
+                {
+                    var rng = SplitMix64.For(o.Seed, 0x0A9E_0000);
+                    var idx = Enumerable.Range(0, io.ExampleCount).ToArray();
+                    rng.Shuffle(idx);
+                    var shown = idx.Take(Math.Clamp(o.Exemplars, 1, 5) + 2).Select(io.ExampleText).ToList();
+                    var replies = Sample(MetaPrompt.Induce(shown, o.TaskDescription, rubric), ape, o.Temperature, o.OptimizerMaxTokens, o.Parallel, o.Seed, 0, cancel, out budgetStop);
+                    initial.AddRange(Fresh(0, replies, d0, "ape", rows));
+                }
+                var (best, budget) = ScoreAll(0, initial, rows);
+                if (!t.Entries.Any(e => e.Text.Length == 0 && e.Demos is null))
+                {
+                    var zero = rows.First(r => r.Text.Length == 0 && r.Demos is null);
+                    throw zero.Status == "budget"
+                        ? new SoftPromptException($"the budget (--max-calls {o.MaxCalls} / --max-tokens-budget {o.MaxTokensBudget}) ran out before the zero-shot instruction was scored ({zero.Detail}); raise it (--dry-run prints what a run needs).")
+                        : new RemoteServiceException($"the zero-shot instruction could not be scored: {zero.Detail}.", 6);
+                }
+                t.Step = 0;
+                stepsThisRun++;
+                Report(0, rows, best, null);
+                Save();
+                firstStep = 1;
+                if (budget || budgetStop is not null) stop = meter.Exhausted() ?? budgetStop ?? "max_calls";
+                else if (JudgeStop() is string js) stop = js;
+            }
+
+            // Ctrl+C ends the step in flight (lost, as when killed); the steps done compete for the result as usual.
+            for (int step = firstStep; step <= o.Steps && stop == "max_steps"; step++)
             {
                 if (cancel.IsCancellationRequested) { stop = "cancelled"; break; }
                 if (meter.Exhausted() is string why) { stop = why; break; }
-                var kept = MetaPrompt.Kept(t.Entries, o.Keep);
-                var rng = SplitMix64.For(o.Seed, stream: 0x0970_0000 + step);
-                var exemplarIdx = Enumerable.Range(0, io.ExampleCount).ToArray();
-                rng.Shuffle(exemplarIdx);
-                var exemplars = exemplarIdx.Take(Math.Min(o.Exemplars, io.ExampleCount)).Select(io.ExampleText).ToList();
-                string meta = plainMetaPrompt ? MetaPrompt.Plain(kept, io.Metric, o.TaskDescription) : MetaPrompt.Chat(kept, exemplars, io.Metric, o.InstructionPosition, o.TaskDescription);
+                if (JudgeStop() is string js) { stop = js; break; }
+                if (o.Patience > 0 && t.Step - Best()!.Step >= o.Patience) { stop = "patience"; break; }
+                var kept = MetaPrompt.Kept(t.Entries, o.Keep, o.ScoreThreshold);
+                var exemplars = Exemplars(io.ExampleCount, o, step, t.WrongCounts).Select(io.ExampleText).ToList();
+                string meta = plainMetaPrompt ? MetaPrompt.Plain(kept, io.Metric, o.TaskDescription, rubric) : MetaPrompt.Chat(kept, exemplars, io.Metric, o.InstructionPosition, o.TaskDescription, rubric);
+                double temperature = Temperature(o, step);
 
-                var replies = Sample(meta, o, step, cancel, out var budgetStop);
+                var replies = Sample(meta, o.CandidatesPerStep, temperature, o.OptimizerMaxTokens, o.Parallel, o.Seed, step, cancel, out var budgetStop);
                 var rows = new List<SearchCandidate>();
-                var fresh = new List<string>();
-                foreach (var (reply, error) in replies)
+                var bestEntry = Best()!;
+                var fresh = Fresh(step, replies, bestEntry.Demos, "scored", rows);
+                double? bestBefore = bestEntry.Score;
+                var (stepBest, budget) = ScoreAll(step, fresh, rows);
+                if (o.Demos > 0 && o.DemoCandidates > 0 && !budget && budgetStop is null)
                 {
-                    if (error is not null) { rows.Add(new SearchCandidate(step, "", null, "skipped", error)); continue; }
-                    t.Proposed++;
-                    var text = MetaPrompt.Parse(reply, plainMetaPrompt);
-                    string? status = text switch
-                    {
-                        null => "parse_failed",
-                        "" => "empty",
-                        _ when text.Length > o.MaxInstructionChars => "too_long",
-                        _ when !seen.Add(MetaPrompt.Normalize(text)) => "duplicate",
-                        _ => null,
-                    };
-                    if (status is null) { fresh.Add(text!); continue; }
-                    if (status == "parse_failed") t.ParseFailures++; else if (status == "duplicate") t.Duplicates++; else t.Rejected++;
-                    rows.Add(new SearchCandidate(step, text ?? "", null, status, status is "parse_failed" ? Shorten(reply) : status == "too_long" ? $"{text!.Length} characters > --max-instruction-chars {o.MaxInstructionChars}" : null));
-                }
-                double? bestBefore = Best()?.Score, stepBest = null;
-                if (fresh.Count > 0)
-                {
-                    var scores = io.ScoreInstructions(fresh, cancel);
-                    for (int i = 0; i < fresh.Count; i++)
-                    {
-                        t.Entries.Add(new ScoredInstruction(fresh[i], scores[i].Score, step));
-                        t.JudgeFailures += scores[i].Failures;
-                        rows.Add(new SearchCandidate(step, fresh[i], scores[i].Score, "scored", scores[i].Note));
-                    }
-                    stepBest = scores.Max(s => s.Score);
+                    // New demonstration sets for the best instruction so far (kept when they score better).
+                    var leader = Best()!;
+                    var sets = Enumerable.Range(0, o.DemoCandidates).Select(d => DrawDemos(0x0DE0_0000 + step * 1009 + d + 1)).Where(d => leader.Demos is null || !d.SequenceEqual(leader.Demos))
+                        .DistinctBy(d => string.Join(",", d)).Select(d => new Candidate(leader.Text, d, "demos")).ToList();
+                    var (demoBest, demoBudget) = ScoreAll(step, sets, rows);
+                    if (demoBest is double db) stepBest = stepBest is double sb ? Math.Max(sb, db) : db;
+                    budget |= demoBudget;
                 }
                 t.Step = step;
                 stepsThisRun++;
                 Report(step, rows, stepBest, bestBefore);
                 Save();
-                if (budgetStop is not null) { stop = budgetStop; break; }
+                if (budget || budgetStop is not null) { stop = meter.Exhausted() ?? budgetStop ?? "max_calls"; break; }
             }
+            if (stop == "max_steps" && JudgeStop() is string last) stop = last;
         }
         catch (OperationCanceledException) when (cancel.IsCancellationRequested) { stop = "cancelled"; }
 
         // Selection: the best few by score, then the held-out metric when there is held-out data.
-        var top = t.Entries.GroupBy(e => MetaPrompt.Normalize(e.Text)).Select(g => g.OrderByDescending(e => e.Score).First())
+        var top = t.Entries.GroupBy(e => e.Key).Select(g => g.OrderByDescending(e => e.Score).First())
             .OrderByDescending(e => e.Score).ThenBy(e => e.Step).Take(o.ValidateTop).ToList();
         var chosen = top[0];
         double? chosenSelect = null;
+        var validated = new JsonArray();
         if (io.SelectMetric is not null)
         {
             foreach (var c in top)
             {
-                var v = io.Select(io.InstructionIds(c.Text));
-                if (chosenSelect is null || v > chosenSelect + 1e-12) { chosen = c; chosenSelect = v; }
+                double? v;
+                try { v = io.SelectInstruction(Compose(io, c.Text, c.Demos), cancel); }
+                catch (BudgetExhaustedException) { selectionNote = $"the budget ran out during the held-out pick: {validated.Count} of {top.Count} validated"; break; }
+                catch (OperationCanceledException) when (cancel.IsCancellationRequested) { selectionNote = "cancelled during the held-out pick"; break; }
+                validated.Add(c.Text);
+                if (v is double x && (chosenSelect is null || x > chosenSelect + 1e-12)) { chosen = c; chosenSelect = x; }
             }
         }
+        else foreach (var c in top) validated.Add(c.Text);
         Save();
-        var initialEntry = t.Entries.First(e => e.Step == 0 && e.Text.Length == 0);
+        var initialEntry = t.Entries.First(e => e.Step == 0 && e.Text.Length == 0 && e.Demos is null);
         var details = new JsonObject
         {
             ["instruction"] = chosen.Text, ["instruction_position"] = o.InstructionPosition, ["metric"] = io.Metric,
@@ -203,15 +287,56 @@ public sealed class OproSearch(IChatClient optimizer, CallMeter meter, bool plai
             ["candidates_proposed"] = t.Proposed, ["candidates_scored"] = t.Entries.Count(e => e.Step > 0),
             ["parse_failures"] = t.ParseFailures, ["duplicates"] = t.Duplicates, ["rejected_empty_or_too_long"] = t.Rejected,
             ["judge_failures"] = t.JudgeFailures, ["score_examples"] = io.ScoreSetCount,
-            ["validated"] = new JsonArray(top.Select(c => (JsonNode)c.Text).ToArray()),
+            ["validated"] = validated,
         };
-        var chosenIds = io.InstructionIds(chosen.Text);
+        if (chosen.MeanOutputTokens is double mot) details["mean_output_tokens"] = mot;
+        if (chosen.Demos is { Length: > 0 } demos) details["demos"] = new JsonArray(demos.Select(d => (JsonNode)d).ToArray());
+        if (selectionNote is not null) details["selection_note"] = selectionNote;
+        if ((io as JudgeObjective)?.Cache is { } cache) { details["judge_cache_hits"] = cache.Hits; details["judge_cache_entries"] = cache.Count; }
+        var chosenIds = io.InstructionIds(Compose(io, chosen.Text, chosen.Demos));
         return new HardPromptSearchResult
         {
-            TokenIds = chosenIds, Text = chosen.Text.Length == 0 ? "" : io.Decode(chosenIds), Score = chosen.Score,
+            TokenIds = chosenIds, Text = chosenIds.Length == 0 ? "" : io.Decode(chosenIds), Score = chosen.Score,
             InitialIds = Array.Empty<int>(), InitialScore = initialEntry.Score, SelectValue = chosenSelect, SelectMetric = io.SelectMetric,
             Steps = t.Step, Accepted = t.Entries.Count(e => e.Step > 0), StopReason = stop, Objective = io.Metric, Details = details,
         };
+    }
+
+    /// <summary>The text a candidate is scored and exported as: the instruction, then its demonstrations (each the
+    /// example's prompt text and target), a blank line before the example that follows.</summary>
+    public static string Compose(IInstructionObjective io, string text, IReadOnlyList<int>? demos)
+    {
+        if (demos is not { Count: > 0 }) return text;
+        var shots = demos.Select(i =>
+        {
+            var (p, tg) = io.ExampleText(i);
+            bool joined = p.Length == 0 || tg.Length == 0 || char.IsWhiteSpace(p[^1]) || char.IsWhiteSpace(tg[0]);
+            return p + (joined ? "" : " ") + tg;
+        });
+        return (text.Length > 0 ? text + "\n" : "") + string.Join("\n\n", shots) + "\n";
+    }
+
+    /// <summary>The exemplars shown at <paramref name="step"/>: a fresh seeded draw (random), the same draw every step
+    /// (fixed), or the examples most often wrong so far, ties by a seeded order (hardest).</summary>
+    public static int[] Exemplars(int exampleCount, HardPromptSearchOptions o, int step, IReadOnlyDictionary<int, int> wrong)
+    {
+        int n = Math.Min(o.Exemplars, exampleCount);
+        var idx = Enumerable.Range(0, exampleCount).ToArray();
+        var rng = SplitMix64.For(o.Seed, stream: 0x0970_0000 + (o.ExemplarSelection == "fixed" ? 0 : step));
+        rng.Shuffle(idx);
+        if (o.ExemplarSelection == "hardest")
+            idx = idx.Select((e, order) => (e, order)).OrderByDescending(x => wrong.GetValueOrDefault(x.e)).ThenBy(x => x.order).Select(x => x.e).ToArray();
+        return idx.Take(n).ToArray();
+    }
+
+    /// <summary>The optimizer's temperature at <paramref name="step"/> (1..Steps): constant, or linear / cosine from
+    /// --temperature to --temperature-end.</summary>
+    public static double Temperature(HardPromptSearchOptions o, int step)
+    {
+        if (o.TemperatureSchedule == "constant" || o.Steps <= 1) return o.Temperature;
+        double f = Math.Clamp((step - 1) / (double)(o.Steps - 1), 0, 1);
+        double w = o.TemperatureSchedule == "linear" ? f : (1 - Math.Cos(Math.PI * f)) / 2;
+        return o.Temperature + (o.TemperatureEnd - o.Temperature) * w;
     }
 
     static string Shorten(string? s)
@@ -220,31 +345,30 @@ public sealed class OproSearch(IChatClient optimizer, CallMeter meter, bool plai
         return s.Length <= 200 ? s : s[..200] + "...";
     }
 
-    /// <summary>--candidates-per-step optimizer replies (null text with a reason for a call skipped by the budget).
-    /// A service failure (RemoteServiceException) ends the run; the trajectory on disk is that of the last step.</summary>
-    List<(string? Reply, string? Error)> Sample(string meta, HardPromptSearchOptions o, int step, CancellationToken cancel, out string? budgetStop)
+    /// <summary><paramref name="count"/> optimizer replies to <paramref name="prompt"/> (null text with a reason for a
+    /// call skipped by the budget). A service failure (RemoteServiceException) ends the run: Parallel.ForEachAsync's
+    /// task, awaited, rethrows the first failure itself, so it reaches the CLI with its exit code; the trajectory on
+    /// disk is that of the last step.</summary>
+    List<(string? Reply, string? Error)> Sample(string prompt, int count, double temperature, int maxTokens, int parallel, int seed, int step,
+        CancellationToken cancel, out string? budgetStop)
     {
-        var result = new (string? Reply, string? Error)[o.CandidatesPerStep];
+        var result = new (string? Reply, string? Error)[count];
         string? stopped = null;
-        var messages = new[] { new ChatMessage(ChatRole.User, meta) };
-        try
+        var messages = new[] { new ChatMessage(ChatRole.User, prompt) };
+        Parallel.ForEachAsync(Enumerable.Range(0, count), new ParallelOptions { MaxDegreeOfParallelism = parallel, CancellationToken = cancel }, async (i, ct) =>
         {
-            Parallel.ForEachAsync(Enumerable.Range(0, o.CandidatesPerStep), new ParallelOptions { MaxDegreeOfParallelism = o.Parallel, CancellationToken = cancel }, async (i, ct) =>
+            try
             {
-                try
+                var r = await optimizer.GetResponseAsync(messages, new ChatOptions
                 {
-                    var r = await optimizer.GetResponseAsync(messages, new ChatOptions
-                    {
-                        Temperature = (float)o.Temperature, MaxOutputTokens = o.OptimizerMaxTokens,
-                        Seed = (long)o.Seed * 1_000_003 + (long)step * 1009 + i,
-                        StopSequences = plainMetaPrompt ? new List<string> { "\n" } : null,
-                    }, ct).ConfigureAwait(false);
-                    result[i] = (r.Text, null);
-                }
-                catch (BudgetExhaustedException b) { stopped = b.Reason; result[i] = (null, $"not called: {b.Reason} reached"); }
-            }).GetAwaiter().GetResult();
-        }
-        catch (AggregateException ae) when (ae.InnerExceptions.Count >= 1) { throw ae.InnerExceptions[0]; }
+                    Temperature = (float)temperature, MaxOutputTokens = maxTokens,
+                    Seed = (long)seed * 1_000_003 + (long)step * 1009 + i,
+                    StopSequences = plainMetaPrompt ? new List<string> { "\n" } : null,
+                }, ct).ConfigureAwait(false);
+                result[i] = (r.Text, null);
+            }
+            catch (BudgetExhaustedException b) { stopped = b.Reason; result[i] = (null, $"not called: {b.Reason} reached"); }
+        }).GetAwaiter().GetResult();
         budgetStop = stopped;
         return result.ToList();
     }

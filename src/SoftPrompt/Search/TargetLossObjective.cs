@@ -36,6 +36,9 @@ public sealed class TargetLossObjective : IGradientPromptObjective, IInstruction
     readonly ClassificationTask? _ct;
     readonly int _maxNewTokens;
     readonly int[] _stopIds = Array.Empty<int>();
+    readonly bool _firstLine; // generated outputs are cut at the first line (--output-cut)
+    readonly Func<string, string?>? _parser; // --output-parser
+    readonly int _maxTarget;
 
     public int ExampleCount => _search.Count;
     public IReadOnlyList<int> ScoreSet => _scoreSet;
@@ -66,6 +69,7 @@ public sealed class TargetLossObjective : IGradientPromptObjective, IInstruction
         }
         _search = search.Select(Tokenize).ToList();
         _heldOut = (heldOut ?? Array.Empty<Example>()).Select(Tokenize).ToList();
+        _maxTarget = _search.Concat(_heldOut).Max(x => x.Target.Length);
 
         // Score set: every search example, or a seeded sample of ScoreExamples of them (kept in file order).
         _scoreSet = DatasetSplit.SampleIndices(_search.Count, o.ResolvedScoreExamples, o.Seed, stream: 0x5C0BE);
@@ -103,8 +107,25 @@ public sealed class TargetLossObjective : IGradientPromptObjective, IInstruction
             }
             _metric = objective == "loss" ? "neg_loss" : objective;
             if (_metric == "accuracy") _ct = ClassificationTask.Create(all, data, tok, o.Labels, o.Train ?? "the search data");
+            if (o.OutputParser is string parser)
+            {
+                if (parser.StartsWith("regex:", StringComparison.Ordinal))
+                {
+                    var rx = new System.Text.RegularExpressions.Regex(parser[6..], System.Text.RegularExpressions.RegexOptions.None, TimeSpan.FromSeconds(1));
+                    _parser = text => rx.Match(text) is { Success: true } m ? (m.Groups.Count > 1 && m.Groups[1].Success ? m.Groups[1].Value : m.Value) : null;
+                }
+                else
+                {
+                    var labels = (o.Labels?.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries) ?? all.Select(e => e.Target.Trim()).Distinct().ToArray())
+                        .Where(l => l.Length > 0).OrderByDescending(l => l.Length).ToArray();
+                    var rxs = labels.Select(l => (Label: l, Rx: new System.Text.RegularExpressions.Regex(@"(?<!\w)" + System.Text.RegularExpressions.Regex.Escape(l) + @"(?!\w)", System.Text.RegularExpressions.RegexOptions.IgnoreCase))).ToArray();
+                    // The label that occurs first in the output (the longest at a tie), as a word, case-insensitive.
+                    _parser = text => rxs.Select(r => (r.Label, M: r.Rx.Match(text))).Where(x => x.M.Success).OrderBy(x => x.M.Index).ThenByDescending(x => x.Label.Length).Select(x => x.Label).FirstOrDefault();
+                }
+            }
+            _firstLine = o.OutputCut == "line" || (o.OutputCut == "auto" && _metric == "exact_match" && _parser is null);
             if (_metric is "exact_match" or "judge")
-                _stopIds = (tok.EosId is int eos ? new[] { eos } : Array.Empty<int>()).Concat(TokenSets.NewlineIds(tok)).Distinct().ToArray();
+                _stopIds = (tok.EosId is int eos ? new[] { eos } : Array.Empty<int>()).Concat(_firstLine ? TokenSets.NewlineIds(tok) : Array.Empty<int>()).Distinct().ToArray();
         }
     }
 
@@ -133,6 +154,24 @@ public sealed class TargetLossObjective : IGradientPromptObjective, IInstruction
     {
         foreach (var c in candidates) CheckIds(c);
         return LossOn(candidates, examples.Select(i => _search[i]).ToList());
+    }
+
+    /// <summary>Mean target loss of each candidate and each example's own mean loss (for the hardest exemplars).</summary>
+    (double[] Loss, double[][] PerRow) LossOnRows(IReadOnlyList<int[]> candidates, List<Item> items)
+    {
+        var rows = new List<TokenizedExample>(candidates.Count * items.Count);
+        foreach (var c in candidates) foreach (var x in items) rows.Add(Build(c, x));
+        var (sums, counts) = RowNll(rows);
+        var loss = new double[candidates.Count];
+        var per = new double[candidates.Count][];
+        for (int c = 0; c < candidates.Count; c++)
+        {
+            double s = 0; long n = 0;
+            per[c] = new double[items.Count];
+            for (int j = 0; j < items.Count; j++) { int r = c * items.Count + j; s += sums[r]; n += counts[r]; per[c][j] = counts[r] > 0 ? sums[r] / counts[r] : 0; }
+            loss[c] = n > 0 ? s / n : double.NaN;
+        }
+        return (loss, per);
     }
 
     double[] LossOn(IReadOnlyList<int[]> candidates, List<Item> items)
@@ -258,51 +297,95 @@ public sealed class TargetLossObjective : IGradientPromptObjective, IInstruction
 
     public (string Prompt, string Target) ExampleText(int index) => (_search[index].Source.Prompt, _search[index].Source.Target);
 
+    /// <summary>Why an instruction cannot be scored within --max-length (its tokens plus the longest target, or plus
+    /// --max-new-tokens for generated outputs, leave no room), or null when it fits.</summary>
+    public string? FitProblem(string instruction)
+    {
+        int n = InstructionIds(instruction).Length;
+        bool generates = _metric is "exact_match" or "judge";
+        int need = _prefix.Length + n + (generates ? _maxNewTokens : _maxTarget) + 1;
+        return need <= _maxLength ? null
+            : $"{n} instruction tokens + {_prefix.Length} special + {(generates ? $"{_maxNewTokens} new" : $"{_maxTarget} target")} tokens leave no room for the example in --max-length {_maxLength}";
+    }
+
     public InstructionScore[] ScoreInstructions(IReadOnlyList<string> instructions, CancellationToken cancel = default)
     {
-        var ids = instructions.Select(InstructionIds).ToList();
+        var result = new InstructionScore[instructions.Count];
+        var fits = new List<int>();
+        for (int i = 0; i < instructions.Count; i++)
+            if (FitProblem(instructions[i]) is string why) result[i] = InstructionScore.Fail("too_long_tokens", why);
+            else fits.Add(i);
+        var ids = fits.Select(i => InstructionIds(instructions[i])).ToList();
         var items = _scoreSet.Select(i => _search[i]).ToList();
         switch (_metric)
         {
             case "neg_loss":
-                return LossOn(ids, items).Select(l => new InstructionScore(-l)).ToArray();
+            {
+                var (loss, perRow) = LossOnRows(ids, items);
+                for (int c = 0; c < fits.Count; c++)
+                {
+                    // The examples with the highest loss (the worse half) count as "wrong" for --exemplar-selection hardest.
+                    var rows = perRow[c];
+                    double median = rows.Order().ElementAt(rows.Length / 2);
+                    result[fits[c]] = new InstructionScore(-loss[c]) { Wrong = Enumerable.Range(0, rows.Length).Where(j => rows[j] >= median && rows.Length > 1).Select(j => _scoreSet[j]).ToList() };
+                }
+                break;
+            }
             case "accuracy":
-                return ids.Select(c =>
+                for (int c = 0; c < fits.Count; c++)
                 {
                     cancel.ThrowIfCancellationRequested();
-                    var scores = _ct!.Score(_model, null, items.Select(x => Build(c, x).PromptIds).ToList());
-                    int correct = items.Where((x, j) => scores[j].Best(lengthNormalize: false) == _ct.Gold(x.Source)).Count();
-                    return new InstructionScore((double)correct / items.Count);
-                }).ToArray();
+                    var scores = _ct!.Score(_model, null, items.Select(x => Build(ids[c], x).PromptIds).ToList());
+                    var wrong = Enumerable.Range(0, items.Count).Where(j => scores[j].Best(lengthNormalize: false) != _ct.Gold(items[j].Source)).Select(j => _scoreSet[j]).ToList();
+                    result[fits[c]] = new InstructionScore((double)(items.Count - wrong.Count) / items.Count) { Wrong = wrong };
+                }
+                break;
             case "exact_match":
-                return instructions.Select(text =>
+                foreach (var i in fits)
                 {
-                    var outputs = GenerateOutputs(text, _scoreSet, cancel);
-                    int hits = items.Where((x, j) => AnswerMetrics.ExactMatch(outputs[j], x.Source.Target, ExactMatchSteps)).Count();
-                    return new InstructionScore((double)hits / items.Count);
-                }).ToArray();
+                    var outputs = GenerateOutputs(instructions[i], _scoreSet, cancel);
+                    var answers = outputs.Select(x => _parser is null ? x.Text : _parser(x.Text)).ToArray();
+                    var wrong = Enumerable.Range(0, items.Count).Where(j => answers[j] is not string a || !AnswerMetrics.ExactMatch(a, items[j].Source.Target, ExactMatchSteps)).Select(j => _scoreSet[j]).ToList();
+                    result[i] = new InstructionScore((double)(items.Count - wrong.Count) / items.Count)
+                    {
+                        Wrong = wrong, MeanOutputTokens = outputs.Average(x => (double)x.Tokens),
+                        ParsedRate = _parser is null ? null : answers.Count(a => a is not null) / (double)answers.Length,
+                    };
+                }
+                break;
             default:
                 throw new SoftPromptException($"the '{_metric}' objective is scored by its own objective (e.g. the judge), not by the target model alone.");
         }
+        return result;
     }
 
     static readonly string[] ExactMatchSteps = { "whitespace" };
 
     /// <summary>The frozen model's greedy continuation of each search example with <paramref name="instruction"/> in place,
-    /// cut at the first newline and trimmed (what exact match and the judge look at).</summary>
-    public string[] GenerateOutputs(string instruction, IReadOnlyList<int> examples, CancellationToken cancel = default)
+    /// up to --max-new-tokens, cut at the first newline when --output-cut says so, trimmed (what exact match and the
+    /// judge look at), with the number of tokens generated.</summary>
+    public (string Text, int Tokens)[] GenerateOutputs(string instruction, IReadOnlyList<int> examples, CancellationToken cancel = default) =>
+        GenerateOn(instruction, examples.Select(i => _search[i]).ToList(), cancel);
+
+    /// <summary>As <see cref="GenerateOutputs"/>, on the held-out examples (the judge's final pick).</summary>
+    public (string Text, int Tokens)[] GenerateHeldOut(string instruction, CancellationToken cancel = default) => GenerateOn(instruction, _heldOut, cancel);
+
+    /// <summary>The prompt and target text of held-out example <paramref name="index"/>.</summary>
+    public (string Prompt, string Target) HeldOutText(int index) => (_heldOut[index].Source.Prompt, _heldOut[index].Source.Target);
+
+    (string Text, int Tokens)[] GenerateOn(string instruction, List<Item> items, CancellationToken cancel)
     {
         var ids = InstructionIds(instruction);
-        var result = new string[examples.Count];
-        for (int j = 0; j < examples.Count; j++)
+        var result = new (string, int)[items.Count];
+        for (int j = 0; j < items.Count; j++)
         {
             cancel.ThrowIfCancellationRequested();
-            var x = _search[examples[j]];
+            var x = items[j];
             using var scope = torch.NewDisposeScope();
-            var prompt = PromptBuilder.Truncate(_after ? [.. _prefix, .. x.Text, .. ids] : [.. _prefix, .. ids, .. x.Text], _prefix.Length, _maxLength - _maxNewTokens, out _);
+            var prompt = PromptBuilder.Truncate(_after ? [.. _prefix, .. x.Text, .. ids] : [.. _prefix, .. ids, .. x.Text], _prefix.Length + (_after ? 0 : ids.Length), _maxLength - _maxNewTokens, out _);
             var r = Inference.Generator.Generate(_model, prompt, new Inference.GenerationOptions { MaxNewTokens = _maxNewTokens, EosIds = _stopIds });
             var text = _tok.Decode(r.NewIds, skipSpecialTokens: true);
-            result[j] = (text.IndexOf('\n') is int nl and >= 0 ? text[..nl] : text).Trim();
+            result[j] = ((_firstLine && text.IndexOf('\n') is int nl and >= 0 ? text[..nl] : text).Trim(), r.NewIds.Length);
         }
         return result;
     }

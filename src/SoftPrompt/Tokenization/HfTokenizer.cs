@@ -318,9 +318,30 @@ public sealed class HfTokenizer
             (p, key) = (list[0], key + ".pretokenizers[0]");
             type = HfJson.String(p, "type", file, key + ".type");
         }
+        // Gemma: Split on " " after a normalizer that has already replaced every " " with "▁": the split never
+        // matches, so the pre-tokenizer changes nothing (HF normalizes before it pre-tokenizes).
+        if (type == "Split" && IsNoOpSplit(root, p, file, key)) return null;
         if (type != "Metaspace")
             throw new UnsupportedComponentException($"pre_tokenizer type '{type}' with a non-byte-level BPE model (key '{key}.type')");
         return new Metaspace(ReplacementChar(p, file, key), PrependScheme(p, file, key), HfJson.Bool(p, "split", file, key + ".split") ?? true);
+    }
+
+    /// <summary>A Split on a literal string that the normalizer (a Replace of that string, alone or last in a Sequence)
+    /// has removed from every input.</summary>
+    private static bool IsNoOpSplit(JsonElement root, JsonElement split, string file, string key)
+    {
+        static string? Literal(JsonElement e) =>
+            e.ValueKind == JsonValueKind.Object && e.TryGetProperty("pattern", out var pat) && pat.ValueKind == JsonValueKind.Object
+            && pat.TryGetProperty("String", out var str) && str.ValueKind == JsonValueKind.String ? str.GetString() : null;
+        var literal = Literal(split);
+        if (string.IsNullOrEmpty(literal) || (HfJson.Bool(split, "invert", file, key + ".invert") ?? false)) return false;
+        if (!HfJson.Has(root, "normalizer", out var n)) return false;
+        if (HfJson.String(n, "type", file, "normalizer.type") == "Sequence" && HfJson.Has(n, "normalizers", out var list)
+            && list.ValueKind == JsonValueKind.Array && list.GetArrayLength() > 0)
+            n = list[list.GetArrayLength() - 1];
+        if (HfJson.String(n, "type", file, "normalizer.type") != "Replace" || Literal(n) != literal) return false;
+        var content = HfJson.String(n, "content", file, "normalizer.content");
+        return content is not null && !content.Contains(literal);
     }
 
     private static char ReplacementChar(JsonElement e, string file, string key)

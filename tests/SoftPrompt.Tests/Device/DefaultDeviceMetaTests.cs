@@ -64,6 +64,10 @@ public class DefaultDeviceMetaTests
     [InlineData("qwen2")]
     [InlineData("mistral")]
     [InlineData("llama3rope")]
+    [InlineData("gemma")]
+    [InlineData("gemma2")]
+    [InlineData("phi3")]
+    [InlineData("gpt_neox")]
     public void ModelPromptPrefixOptimizersRankAndGenerationUseOnlyTheModelsDevice(string name)
     {
         WithMetaDefault(() =>

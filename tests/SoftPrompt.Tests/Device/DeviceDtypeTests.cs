@@ -86,4 +86,39 @@ public class DeviceDtypeTests
             Assert.True(w.equal(before[k]).all().item<bool>(), $"base weight {k} changed");
         }
     }
+
+    /// <summary>The Gemma, Gemma 2, Phi-3 and GPT-NeoX paths in bf16 (Gemma's embedding scale rounded to bf16, Gemma 2's
+    /// fp32 soft-capped softmax, GPT-NeoX's LayerNorm, Phi-3's fused projections): a prompt and a prefix train a step
+    /// with fp32 gradients, generation runs, and the logits stay near the fp32 model's (bf16's tolerance of the golden
+    /// check, scaled by the logits' range).</summary>
+    [Theory]
+    [InlineData("gemma")]
+    [InlineData("gemma2")]
+    [InlineData("phi3")]
+    [InlineData("gpt_neox")]
+    public void Bf16WeightsRunTheGemmaPhi3AndNeoXFamilies(string name)
+    {
+        using var model = ModelLoader.Load(Fixtures.HfReference(name), torch.CPU, ScalarType.BFloat16);
+        using var fp32 = ModelLoader.Load(Fixtures.HfReference(name));
+        using (var scope = torch.NewDisposeScope())
+        using (torch.no_grad())
+        {
+            var ids = torch.tensor(ModelFolders.Seq2[..12]).unsqueeze(0);
+            var a = model.Logits(model.Forward(new ForwardArgs { InputIds = ids }).Hidden);
+            var b = fp32.Logits(fp32.Forward(new ForwardArgs { InputIds = ids }).Hidden);
+            Assert.Equal(ScalarType.Float32, a.dtype);
+            Assert.InRange(Fixtures.MaxAbsDiff(a, b), 0, 0.05 * Math.Max(1, b.abs().max().item<float>()));
+        }
+        foreach (var prefix in new[] { false, true })
+        {
+            using IPromptMethod m = prefix ? PrefixTuning.Create(model.Config, 3, false, 0, 5, model.Device) : PromptTuning.Create(model, 3, PromptInit.SampleVocab, 5);
+            using var scope = torch.NewDisposeScope();
+            using var batch = Collator.Collate(Task(4, 1), 0, model.Device);
+            var (nll, count) = PromptLoss.Compute(model, m, batch);
+            (nll / count).backward();
+            Assert.True(float.IsFinite((nll / count).item<float>()));
+            foreach (var (pn, p) in m.Parameters) Assert.True(p.grad!.dtype == ScalarType.Float32 && p.grad.abs().sum().item<float>() > 0, $"{pn}.grad");
+            Assert.Equal(2, SoftPrompt.Inference.Generator.Generate(model, new[] { 21, 22 }, new SoftPrompt.Inference.GenerationOptions { MaxNewTokens = 2 }, m.Inject(1)).NewIds.Length);
+        }
+    }
 }

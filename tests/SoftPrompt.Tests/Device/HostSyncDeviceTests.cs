@@ -35,7 +35,7 @@ public class HostSyncDeviceTests
         ("src/SoftPrompt/Optimization/Adafactor.cs", new[] { "StepParam", "Rms" }),
         ("src/SoftPrompt/Data/Collator.cs", new[] { "Collate", "ToDevice" }),
         ("src/SoftPrompt/Data/BatchSampler.cs", new[] { "Batches" }),
-        ("src/SoftPrompt/Models/CausalLM.cs", new[] { "Forward", "BuildMask", "Attend", "Gpt2Block", "LlamaBlock", "Norm", "RmsNorm", "Act", "RopeCosSin", "ApplyRope", "Logits", "Embed", "EmbedRows" }),
+        ("src/SoftPrompt/Models/CausalLM.cs", new[] { "Forward", "BuildMask", "Attend", "SoftcappedAttention", "Gpt2Block", "LlamaBlock", "NeoXBlock", "Norm", "RmsNorm", "Act", "RopeCosSin", "ApplyRope", "Logits", "HeadLogits", "Embed", "EmbedRows" }),
         ("src/SoftPrompt/Models/KvCache.cs", new[] { "Growing", "SetPrefix", "Update", "Commit" }),
         ("src/SoftPrompt/Tuning/PromptTuning.cs", new[] { "Inject", "Table" }),
         ("src/SoftPrompt/Tuning/PrefixTuning.cs", new[] { "Inject", "Table" }),

@@ -84,4 +84,26 @@ public class MetaDeviceTests
         using var norm = GradientClipping.ClipGradNorm(new[] { p }, 1.0);
         Assert.Equal(DeviceType.META, norm.device.type);
     }
+
+    /// <summary>Issue 21: seeded sampling draws with a generator made on the logits' device. A CPU generator with
+    /// CUDA logits made <c>multinomial</c> throw (failing every row of the batch). On meta: the generator made for
+    /// meta logits is a meta generator, and the sampling distribution (temperature, top-k, top-p) is computed with no
+    /// host read (libtorch has no meta kernel for multinomial itself, and its CPU kernel does not check the generator's
+    /// device, so the draw is run on the CPU with the generator made for the CPU logits).</summary>
+    [Fact]
+    public void SamplingDrawsWithAGeneratorOnTheLogitsDevice()
+    {
+        using var scope = torch.NewDisposeScope();
+        foreach (var opt in new[] { new SoftPrompt.Inference.GenerationOptions { Temperature = 0.7 }, new SoftPrompt.Inference.GenerationOptions { Temperature = 1.3, TopK = 5, TopP = 0.9 } })
+        {
+            var meta = torch.zeros(50, device: Meta);
+            using var metaGen = SoftPrompt.Inference.Generator.NewRandom(1, meta.device);
+            Assert.Equal(DeviceType.META, metaGen.device.type);
+            Assert.Equal(DeviceType.META, SoftPrompt.Inference.Generator.SamplingProbs(meta, opt).device.type);
+            var cpu = torch.randn(50);
+            using var cpuGen = SoftPrompt.Inference.Generator.NewRandom(1, cpu.device);
+            var pick = SoftPrompt.Inference.Generator.PickOnDevice(cpu, opt, cpuGen).item<long>();
+            Assert.InRange(pick, 0, 49);
+        }
+    }
 }

@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using System.Text.Json;
 using SoftPrompt.Inference;
 using SoftPrompt.Models;
@@ -60,6 +61,10 @@ public class BatchEngineTests
     [InlineData("llama")]
     [InlineData("gpt2")]
     [InlineData("qwen2")]
+    [InlineData("gemma")]
+    [InlineData("gemma2")]     // soft-capping, and a window of 4 on layer 0 with global layer 1: two masks per step
+    [InlineData("phi3")]
+    [InlineData("gpt_neox")]   // parallel residual, partial rotary
     public void MixedPromptBatchMatchesEachRowAlone(string arch)
     {
         using var w = new World(arch);
@@ -205,5 +210,99 @@ public class BatchEngineTests
         Assert.Throws<SoftPromptException>(() => engine.Submit(new SequenceRequest { PromptIds = Ids(9, 3), Prompt = tmpPrompt, Options = opt }));
         engine.StopAsync().Wait(TimeSpan.FromSeconds(30));
         Assert.Throws<EngineStoppedException>(() => engine.Submit(new SequenceRequest { PromptIds = Ids(9, 3), Options = opt }));
+    }
+
+    /// <summary>Issue 21: one bad sequence in a running burst fails alone. NaN logits (an adapter whose embeddings
+    /// are NaN), a prefill that fails (injected, as an out-of-memory error would) and a temperature of 1e-300 (greedy
+    /// by the shared rule) go in while 12 good sequences are being decoded: every good reply equals its answer alone
+    /// (ids exactly, log-probabilities to 1e-4), the two broken ones fail with their own error, the engine goes on.</summary>
+    [Fact]
+    public void OneBadSequenceInARunningBurstFailsAloneAndChangesNoOtherReply()
+    {
+        using var w = new World("llama");
+        using var nanMethod = new PromptTuning(torch.full(new long[] { 4, w.Model.Config.HiddenSize }, double.NaN));
+        using var nanPrompt = AttachedPrompt.From(nanMethod, w.Model, "nan-adapter");
+        var good = Enumerable.Range(0, 12).Select(i => new SequenceRequest
+        {
+            PromptIds = Ids(300 + i, 3 + i % 5), Prompt = w.Prompts[i % w.Prompts.Count].Attached, TopLogprobs = i % 3,
+            Options = new GenerationOptions { MaxNewTokens = 8 + i % 4, Temperature = i % 4 == 3 ? 0.8 : 0, Seed = i },
+        }).ToList();
+        var alone = good.Select(r => BatchEngine.GenerateAll(w.Model, new[] { r })[0]).ToList();
+        var oom = new SequenceRequest { PromptIds = Ids(400, 6), Options = new GenerationOptions { MaxNewTokens = 5 } };
+        var nan = new SequenceRequest { PromptIds = Ids(401, 4), Prompt = nanPrompt, Options = new GenerationOptions { MaxNewTokens = 5 } };
+        var tiny = new SequenceRequest { PromptIds = Ids(402, 5), Options = new GenerationOptions { MaxNewTokens = 5, Temperature = 1e-300, Seed = 1 } };
+        var tinyGreedy = BatchEngine.GenerateAll(w.Model, new[] { tiny with { Options = tiny.Options with { Temperature = 0 } } })[0];
+
+        using var engine = new BatchEngine(w.Model, new BatchEngineOptions { MaxBatch = 6, MaxQueue = 64, Capacity = 64 });
+        engine.PrefillFault = r => ReferenceEquals(r, oom) ? new ExternalException("CUDA out of memory (injected)") : null;
+        var handles = good.Take(6).Select(r => engine.Submit(r)).ToList();
+        // The burst is running (its first tokens are out) when the bad ones arrive, between good ones.
+        Assert.True(handles[0].Tokens.WaitToReadAsync().AsTask().Wait(TimeSpan.FromSeconds(60)));
+        var hOom = engine.Submit(oom);
+        handles.Add(engine.Submit(good[6]));
+        var hNan = engine.Submit(nan);
+        handles.Add(engine.Submit(good[7]));
+        var hTiny = engine.Submit(tiny);
+        handles.AddRange(good.Skip(8).Select(r => engine.Submit(r)));
+
+        for (int i = 0; i < good.Count; i++)
+        {
+            var r = handles[i].Completion.GetAwaiter().GetResult();
+            Assert.Equal(alone[i].NewIds, r.NewIds);
+            for (int t = 0; t < r.LogProbs.Length; t++) Assert.True(Math.Abs(alone[i].LogProbs[t] - r.LogProbs[t]) < 1e-4, $"row {i} token {t}");
+        }
+        var eOom = Assert.Throws<SequenceFailedException>(() => hOom.Completion.GetAwaiter().GetResult());
+        Assert.Contains("out of memory", eOom.Message);
+        var eNan = Assert.Throws<SequenceFailedException>(() => hNan.Completion.GetAwaiter().GetResult());
+        Assert.Contains("not finite", eNan.Message);
+        Assert.Equal(tinyGreedy.NewIds, hTiny.Completion.GetAwaiter().GetResult().NewIds);
+        // The engine goes on.
+        engine.PrefillFault = null;
+        Assert.Equal(alone[0].NewIds, engine.Submit(good[0]).Completion.GetAwaiter().GetResult().NewIds);
+    }
+
+    /// <summary>A long prompt burst is prefilled within the token budget (several forwards), with the same answers.</summary>
+    [Fact]
+    public void PrefillStaysWithinItsTokenBudget()
+    {
+        using var w = new World("llama");
+        using var engine = new BatchEngine(w.Model, new BatchEngineOptions { MaxBatch = 8, MaxQueue = 64, Capacity = 64, MaxPrefillTokens = 40 });
+        var steps = new List<EngineStep>();
+        engine.Stepped += s => { if (s.Kind == "prefill") lock (steps) steps.Add(s); };
+        var reqs = Enumerable.Range(0, 8).Select(i => new SequenceRequest { PromptIds = Ids(500 + i, 12 + i), PromptLogprobs = true, Options = new GenerationOptions { MaxNewTokens = 3 } }).ToList();
+        var results = reqs.Select(r => engine.Submit(r)).Select(h => h.Completion.GetAwaiter().GetResult()).ToList();
+        for (int i = 0; i < reqs.Count; i++) Assert.Equal(BatchEngine.GenerateAll(w.Model, new[] { reqs[i] })[0].NewIds, results[i].NewIds);
+        lock (steps) Assert.All(steps, s => Assert.True(s.Rows * 19 <= 40 || s.Rows == 1, $"{s.Rows} rows"));
+        // A prompt longer than the budget on its own is refused up front.
+        Assert.Throws<ContextLengthException>(() => engine.Submit(new SequenceRequest { PromptIds = Ids(9, 41), Options = new GenerationOptions { MaxNewTokens = 1 } }));
+    }
+
+    /// <summary>Sequences submitted while the engine stops either run or get <see cref="EngineStoppedException"/>: none waits forever.</summary>
+    [Fact]
+    public void SubmissionsDuringShutdownNeverHang()
+    {
+        using var w = new World("llama");
+        for (int round = 0; round < 3; round++)
+        {
+            using var engine = new BatchEngine(w.Model, new BatchEngineOptions { MaxBatch = 2, MaxQueue = 1000, Capacity = 64 });
+            var handles = new System.Collections.Concurrent.ConcurrentBag<SequenceHandle>();
+            var submitter = Task.Run(() =>
+            {
+                for (int i = 0; i < 200; i++)
+                {
+                    try { handles.Add(engine.Submit(new SequenceRequest { PromptIds = Ids(i, 3), Options = new GenerationOptions { MaxNewTokens = 2 } })); }
+                    catch (EngineStoppedException) { }
+                }
+            });
+            Thread.Sleep(round * 5);
+            var stop = engine.StopAsync(drain: round != 1);
+            submitter.Wait(TimeSpan.FromSeconds(60));
+            Assert.True(stop.Wait(TimeSpan.FromSeconds(60)));
+            foreach (var h in handles)
+            {
+                Assert.True(((Task)h.Completion).ContinueWith(_ => { }).Wait(TimeSpan.FromSeconds(60)), "a sequence was left waiting");
+                if (h.Completion.IsFaulted) Assert.IsType<EngineStoppedException>(h.Completion.Exception!.InnerException);
+            }
+        }
     }
 }

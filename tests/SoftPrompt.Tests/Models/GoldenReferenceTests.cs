@@ -14,7 +14,10 @@ namespace SoftPrompt.Tests.Models;
 public class GoldenReferenceTests
 {
     const double Tol = 1e-4;
-    public static IEnumerable<object[]> Models => Fixtures.ReferenceModels.Select(m => new object[] { m });
+    public static IEnumerable<object[]> Models => Fixtures.ReferenceModels.Concat(Fixtures.MoreReferenceModels).Select(m => new object[] { m });
+    /// <summary>Gemma 2 has no prefix golden: transformers 4.44 cannot run it faithfully (fixtures/hf-reference-more/README.md);
+    /// its prefix semantics are pinned by Gemma2PrefixTests instead.</summary>
+    public static IEnumerable<object[]> PrefixModels => Fixtures.ReferenceModels.Concat(Fixtures.MoreReferenceModels).Where(m => m != "gemma2").Select(m => new object[] { m });
 
     [Theory, MemberData(nameof(Models))]
     public void PlainForwardMatchesLogitsAndHiddenStates(string name)
@@ -48,7 +51,7 @@ public class GoldenReferenceTests
         }
     }
 
-    [Theory, MemberData(nameof(Models))]
+    [Theory, MemberData(nameof(PrefixModels))]
     public void PrefixForwardMatchesPeftConvention(string name)
     {
         using var model = ModelLoader.Load(Fixtures.HfReference(name));

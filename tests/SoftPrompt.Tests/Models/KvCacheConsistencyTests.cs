@@ -12,7 +12,10 @@ namespace SoftPrompt.Tests.Models;
 public class KvCacheConsistencyTests
 {
     const double Tol = 1e-4;
-    public static IEnumerable<object[]> Models => Fixtures.ReferenceModels.Select(m => new object[] { m });
+    public static IEnumerable<object[]> Models => Fixtures.ReferenceModels.Concat(Fixtures.MoreReferenceModels).Select(m => new object[] { m });
+    /// <summary>Not Gemma 2: its sliding window counts cache indices, pads included (as Hugging Face's does), so a
+    /// left-padded row legitimately differs from the row alone once the window matters.</summary>
+    public static IEnumerable<object[]> PaddingModels => Fixtures.ReferenceModels.Concat(Fixtures.MoreReferenceModels).Where(m => m != "gemma2").Select(m => new object[] { m });
 
     static Tensor Full(CausalLM m, long[] ids) =>
         m.Logits(m.Forward(new ForwardArgs { InputIds = torch.tensor(ids).unsqueeze(0) }).Hidden)[0];
@@ -51,7 +54,7 @@ public class KvCacheConsistencyTests
         Assert.InRange(Fixtures.MaxAbsDiff(torch.cat(new[] { a, b }, 0), Full(m, ids)), 0, Tol);
     }
 
-    [Theory, MemberData(nameof(Models))]
+    [Theory, MemberData(nameof(PaddingModels))]
     public void LeftPaddedBatchEqualsUnpaddedRows(string name)
     {
         using var m = ModelLoader.Load(Fixtures.HfReference(name));

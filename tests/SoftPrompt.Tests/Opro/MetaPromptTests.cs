@@ -42,8 +42,10 @@ public class MetaPromptTests
         Assert.Contains("input:\n<INS>\nthe plot was dull. answer:\noutput:\nno", meta);
         Assert.EndsWith("starting with <INS> and ending with </INS>.", meta);
         Assert.Contains("input:\n<INS> the film", MetaPrompt.Chat(kept, ex, "accuracy", "q_begin", null));
-        // Loss scores are shown as 100·exp(−loss), higher is better.
-        Assert.Equal("37", MetaPrompt.Display(-1.0, "neg_loss"));
+        // A loss is shown as the loss (lower is better) with three decimals: 5.3 and 8 stay apart (100·exp(−loss) made both 0).
+        Assert.Equal("1.000", MetaPrompt.Display(-1.0, "neg_loss"));
+        Assert.NotEqual(MetaPrompt.Display(-5.3, "neg_loss"), MetaPrompt.Display(-8.0, "neg_loss"));
+        Assert.Contains("target loss (lower is better)", MetaPrompt.Chat(kept, ex, "neg_loss", "before_q", null));
         Assert.Equal("7.5", MetaPrompt.Display(7.5, "judge"));
 
         var plain = MetaPrompt.Plain(kept, "accuracy", null);
@@ -102,11 +104,19 @@ public class MetaPromptTests
 
     [Theory]
     [InlineData("Score: 7", 7)]
-    [InlineData("The response is clear. **Score:** 9/10", 9)]
-    [InlineData("score = 8.6", 9)]
-    [InlineData("Score: 15", 10)]
-    [InlineData("I would give it 6 out of 10.", 6)]
-    [InlineData("It has 12 steps; rating 4", 4)]
+    [InlineData("The response is clear.\n**Score:** 9/10", 9)]
+    [InlineData("Reasoning: it has 12 steps, too many.\nScore: 4", 4)]
+    [InlineData("Score (1-10): 7", 7)]                       // was read as 1
+    [InlineData("0/10", null)]                               // was read as 10
+    [InlineData("On a scale of 1 to 10 this deserves an 8", null)] // was read as 1
+    [InlineData("It has 12 steps; rating 4", null)]          // junk with a number is no verdict
+    [InlineData("I would give it 6 out of 10.", null)]
+    [InlineData("Score: 0", null)]
+    [InlineData("Score: 15", null)]
+    [InlineData("score = 8.6", null)]
+    [InlineData("First: Score: 2 was my first thought.\nScore: 8", 8)]
+    [InlineData("{\"reasoning\": \"fine\", \"score\": 6}", 6)]
+    [InlineData("{\"score\": 11}", null)]
     [InlineData("I cannot rate this.", null)]
     [InlineData("", null)]
     public void JudgeRatingsAreParsed(string reply, int? expected) => Assert.Equal(expected, Judge.ParseRating(reply));

@@ -18,7 +18,7 @@ public class OproSearchTests
     static string[] Args(string train, string output, FakeOpenAiServer server, params string[] extra) =>
         new[] { "search-hard-prompt", "--strategy", "opro", "--model", SearchFixture.ModelDir, "--train", train, "--output", output,
                 "--optimizer-endpoint", server.Endpoint, "--optimizer-model", "fake-model", "--candidates-per-step", "3",
-                "--score-examples", "8", "--parallel", "1", "--seed", "3", "--threads", "1" }.Concat(extra.Contains("--steps") ? extra : extra.Concat(new[] { "--steps", "2" })).ToArray();
+                "--score-examples", "8", "--parallel", "1", "--seed", "3", "--threads", "1", "--ape-proposals", "0" }.Concat(extra.Contains("--steps") ? extra : extra.Concat(new[] { "--steps", "2" })).ToArray();
 
     static List<JsonObject> Log(string run) => File.ReadAllLines(Path.Combine(run, "search_log.jsonl")).Select(l => JsonNode.Parse(l)!.AsObject()).ToList();
     static JsonObject Json(string path) => JsonNode.Parse(File.ReadAllText(path))!.AsObject();
@@ -266,7 +266,7 @@ public class OproSearchTests
         var o = new HardPromptSearchOptions
         {
             Strategy = SoftPrompt.Search.SearchStrategy.Opro, Model = SearchFixture.ModelDir, Train = train, Output = tmp["run"], OptimizerEndpoint = server.Endpoint,
-            OptimizerModel = "m", Steps = 5, CandidatesPerStep = 3, Parallel = 1, ScoreExamples = 4, Threads = 1,
+            OptimizerModel = "m", Steps = 5, CandidatesPerStep = 3, Parallel = 1, ScoreExamples = 4, Threads = 1, ApeProposals = 0,
         };
         var result = HardPromptSearchJob.Run(o, cancel: cts.Token);
         Assert.Equal("cancelled", result.StopReason);

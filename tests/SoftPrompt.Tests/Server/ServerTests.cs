@@ -187,8 +187,28 @@ public class ServerTests : IClassFixture<ServerWorld>
         await Expect(400, "messages", post, "/v1/chat/completions", "{\"model\":\"base\",\"messages\":[]}");
         await Expect(400, "messages[0]", post, "/v1/chat/completions", "{\"model\":\"base\",\"messages\":[{\"role\":\"robot\",\"content\":\"x\"}]}");
         await Expect(404, null, HttpMethod.Get, "/v1/nothing", null);
-        await Expect(404, "model", HttpMethod.Delete, "/v1/adapters/nope", null);
-        await Expect(400, "name", post, "/v1/adapters", "{\"path\":\"/tmp\"}");
+        // Issue 21: what used to be a 500 (an unhandled exception) is a 400 naming the field.
+        await Expect(400, "model", post, "/v1/completions", "{\"model\":\"\\udc00\",\"prompt\":\"x\"}");
+        await Expect(400, "messages[0]", post, "/v1/chat/completions", "{\"model\":\"base\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":1,\"text\":\"x\"}]}]}");
+        await Expect(400, "temperature", post, "/v1/completions", "{\"model\":\"base\",\"prompt\":\"x\",\"temperature\":1e999}");
+        foreach (var (field, value) in new[] { ("best_of", "3"), ("logit_bias", "{\"50\":100}"), ("tools", "[{\"type\":\"function\"}]"), ("response_format", "{\"type\":\"json_object\"}"),
+                     ("suffix", "\"x\""), ("presence_penalty", "1"), ("tool_choice", "\"auto\"") })
+            await Expect(400, field, post, "/v1/completions", $"{{\"model\":\"base\",\"prompt\":\"x\",\"{field}\":{value}}}");
+        await Expect(400, "stop", post, "/v1/completions", JsonSerializer.Serialize(new { model = "base", prompt = "x", stop = new string('s', 300) }));
+        // Neutral values of those fields pass.
+        Assert.Equal(200, (await ServerWorld.Send(Http, post, "/v1/completions", "{\"model\":\"base\",\"prompt\":\"x\",\"max_tokens\":1,\"best_of\":1,\"logit_bias\":{},\"tools\":[],\"response_format\":{\"type\":\"text\"},\"presence_penalty\":0}")).Status);
+        // Only JSON bodies; no browser cross-origin requests; adapter administration is off unless enabled.
+        var (ct, ctBody) = await ServerWorld.Send(Http, post, "/v1/completions", "{\"model\":\"base\",\"prompt\":\"x\"}", "text/plain");
+        Assert.Equal(415, ct);
+        Assert.Equal("unsupported_media_type", ctBody.GetProperty("error").GetProperty("code").GetString());
+        using (var cross = new HttpRequestMessage(HttpMethod.Get, "/v1/models"))
+        {
+            cross.Headers.Add("Origin", "https://evil.example");
+            using var r = await Http.SendAsync(cross);
+            Assert.Equal(403, (int)r.StatusCode);
+        }
+        await Expect(403, null, HttpMethod.Delete, "/v1/adapters/sent", null);
+        await Expect(403, null, post, "/v1/adapters", "{\"name\":\"x\",\"path\":\"\"}");
         // The server still serves.
         var (ok, _) = await ServerWorld.Post(Http, "/v1/completions", new { model = "base", prompt = "x", max_tokens = 1 });
         Assert.Equal(200, ok);
@@ -229,35 +249,94 @@ public class ServerTests : IClassFixture<ServerWorld>
         Assert.Equal("server_error", cb.GetProperty("error").GetProperty("type").GetString());
     }
 
+    static void CopyDir(string from, string to)
+    {
+        Directory.CreateDirectory(to);
+        foreach (var f in Directory.GetFiles(from)) File.Copy(f, Path.Combine(to, Path.GetFileName(f)));
+    }
+
+    /// <summary>Adapter administration (issue 21): off unless --allow-adapter-admin, with its own key, loads confined
+    /// to --adapters-dir (no absolute paths, no "..", no symbolic link out), 409 on a taken name unless "replace",
+    /// and no absolute path in any answer.</summary>
     [Fact]
     public async Task AdaptersAreAddedAndRemovedWhileServing()
     {
-        var (s1, added) = await ServerWorld.Post(Http, "/v1/adapters", new { name = "hot", path = _w.PromptDir });
+        using var tmp = new Fixtures.TempDir();
+        var root = tmp["admin-root"];
+        CopyDir(_w.PromptDir, Path.Combine(root, "p"));
+        CopyDir(_w.PrefixDir, Path.Combine(root, "q"));
+        CopyDir(_w.ForeignDir, Path.Combine(root, "foreign"));
+        CopyDir(_w.PromptDir, Path.Combine(root, "runs", "r1", "adapter"));   // a training run folder
+        Directory.CreateSymbolicLink(Path.Combine(root, "escape"), _w.PrefixDir);  // a link out of the root
+        Directory.CreateDirectory(Path.Combine(root, "half"));
+        File.CreateSymbolicLink(Path.Combine(root, "half", "adapter_config.json"), Path.Combine(_w.PromptDir, "adapter_config.json"));
+        File.Copy(Path.Combine(_w.PromptDir, "adapter_model.safetensors"), Path.Combine(root, "half", "adapter_model.safetensors"));
+        Environment.SetEnvironmentVariable("SOFTPROMPT_TEST_ADMIN_KEY", "admin-key-1");
+        var (server, http) = await ServerWorld.Start(new ServerOptions { ModelDir = _w.ModelDir, Port = 0, Adapters = new[] { ("sent", _w.PromptDir), ("pre", _w.PrefixDir) },
+            AdaptersDir = root, AllowAdapterAdmin = true, AdminKeyEnv = "SOFTPROMPT_TEST_ADMIN_KEY" });
+        await using var _ = server;
+        using var __ = http;
+        Assert.Equal(401, (await ServerWorld.Post(http, "/v1/adapters", new { name = "hot", path = "p" })).Status);
+        http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", "admin-key-1");
+
+        var (s1, added) = await ServerWorld.Post(http, "/v1/adapters", new { name = "hot", path = "p" });
         Assert.Equal(201, s1);
         Assert.Equal("hot", added.GetProperty("id").GetString());
-        var (s2, c) = await ServerWorld.Post(Http, "/v1/completions", new { model = "hot", prompt = "joy ->", max_tokens = 4, temperature = 0 });
-        var (_, same) = await ServerWorld.Post(Http, "/v1/completions", new { model = "sent", prompt = "joy ->", max_tokens = 4, temperature = 0 });
-        Assert.Equal(200, s2);
-        Assert.Equal(same.GetProperty("choices")[0].GetProperty("text").GetString(), c.GetProperty("choices")[0].GetProperty("text").GetString());
-        Assert.Equal(409, (await ServerWorld.Post(Http, "/v1/adapters", new { name = "hot", path = _w.PrefixDir })).Status);
+        async Task<string> Text(string model) => (await ServerWorld.Post(http, "/v1/completions", new { model, prompt = "joy ->", max_tokens = 4, temperature = 0 })).Body.GetProperty("choices")[0].GetProperty("text").GetString()!;
+        Assert.Equal(await Text("sent"), await Text("hot"));
+        var (s409, taken) = await ServerWorld.Post(http, "/v1/adapters", new { name = "hot", path = "q" });
+        Assert.Equal(409, s409);
+        Assert.Contains("replace", taken.GetProperty("error").GetProperty("message").GetString());
+        Assert.Equal(await Text("sent"), await Text("hot"));   // unchanged
+        Assert.Equal(201, (await ServerWorld.Post(http, "/v1/adapters", new { name = "hot", path = "q", replace = true })).Status);
+        Assert.Equal(await Text("pre"), await Text("hot"));    // re-pointed on request only
         // A training run folder stands for its adapter/, as on the command line.
-        var run = _w.Tmp["run-folder"];
-        Directory.CreateDirectory(Path.Combine(run, "adapter"));
-        foreach (var f in Directory.GetFiles(_w.PromptDir)) File.Copy(f, Path.Combine(run, "adapter", Path.GetFileName(f)));
-        Assert.Equal(201, (await ServerWorld.Post(Http, "/v1/adapters", new { name = "from-run", path = run })).Status);
-        var (_, viaRun) = await ServerWorld.Post(Http, "/v1/completions", new { model = "from-run", prompt = "joy ->", max_tokens = 4, temperature = 0 });
-        Assert.Equal(same.GetProperty("choices")[0].GetProperty("text").GetString(), viaRun.GetProperty("choices")[0].GetProperty("text").GetString());
-        Assert.Equal(200, (await ServerWorld.Send(Http, HttpMethod.Delete, "/v1/adapters/from-run")).Status);
-        var (s3, bad) = await ServerWorld.Post(Http, "/v1/adapters", new { name = "foreign", path = _w.ForeignDir });
-        Assert.Equal(400, s3);
-        Assert.Contains("another model", bad.GetProperty("error").GetProperty("message").GetString());
-        Assert.Equal(400, (await ServerWorld.Post(Http, "/v1/adapters", new { name = "missing", path = _w.Tmp["nowhere"] })).Status);
-        Assert.Equal(400, (await ServerWorld.Post(Http, "/v1/adapters", new { name = "base", path = _w.PromptDir })).Status);
-        var (s4, del) = await ServerWorld.Send(Http, HttpMethod.Delete, "/v1/adapters/hot");
+        Assert.Equal(201, (await ServerWorld.Post(http, "/v1/adapters", new { name = "from-run", path = "runs/r1" })).Status);
+        Assert.Equal(await Text("sent"), await Text("from-run"));
+        Assert.Equal(200, (await ServerWorld.Send(http, HttpMethod.Delete, "/v1/adapters/from-run")).Status);
+
+        var answers = new List<string>();
+        async Task Refused(int status, object body, string? mentions = null)
+        {
+            var (st, b) = await ServerWorld.Post(http, "/v1/adapters", body);
+            var msg = b.GetProperty("error").GetProperty("message").GetString()!;
+            Assert.True(st == status, $"{JsonSerializer.Serialize(body)}: {st} {msg}");
+            if (mentions is not null) Assert.Contains(mentions, msg);
+            answers.Add(b.ToString());
+        }
+        await Refused(400, new { name = "foreign", path = "foreign" }, "another model");
+        await Refused(400, new { name = "missing", path = "nowhere" });
+        await Refused(400, new { name = "x", path = "" }, "empty");
+        await Refused(400, new { name = "x", path = _w.PromptDir }, "absolute");
+        await Refused(400, new { name = "x", path = "../prompt" }, "'..'");
+        await Refused(400, new { name = "x", path = "p/../../prompt" }, "'..'");
+        await Refused(400, new { name = "x", path = "escape" }, "outside");
+        await Refused(400, new { name = "x", path = "half" }, "outside");
+        await Refused(400, new { name = "base", path = "p" });
+        await Refused(400, new { name = "bad name", path = "p" });
+        var (_, models) = await ServerWorld.Send(http, HttpMethod.Get, "/v1/models");
+        answers.Add(models.ToString());
+        // --adapters-dir discovery skips what a link leads out of it, as POST does.
+        var served = models.GetProperty("data").EnumerateArray().Select(m => m.GetProperty("id").GetString()).ToList();
+        Assert.Contains("p", served);
+        Assert.DoesNotContain("escape", served);
+        Assert.DoesNotContain("half", served);
+        foreach (var a in answers)
+            foreach (var secret in new[] { root, tmp.Path, _w.Tmp.Path, Environment.CurrentDirectory })
+                Assert.DoesNotContain(secret, a);
+
+        var (s4, del) = await ServerWorld.Send(http, HttpMethod.Delete, "/v1/adapters/hot");
         Assert.Equal(200, s4);
         Assert.True(del.GetProperty("deleted").GetBoolean());
-        Assert.Equal(404, (await ServerWorld.Post(Http, "/v1/completions", new { model = "hot", prompt = "x" })).Status);
-        Assert.Equal(400, (await ServerWorld.Send(Http, HttpMethod.Delete, "/v1/adapters/base")).Status);
+        Assert.Equal(404, (await ServerWorld.Post(http, "/v1/completions", new { model = "hot", prompt = "x" })).Status);
+        Assert.Equal(400, (await ServerWorld.Send(http, HttpMethod.Delete, "/v1/adapters/base")).Status);
+
+        // The registry's cap on registered adapters.
+        using var model = SoftPrompt.Models.ModelLoader.Load(_w.ModelDir);
+        using var reg = new AdapterRegistry(model, 4, maxRegistered: 1);
+        reg.Add("a", _w.PromptDir);
+        Assert.Throws<AdapterLimitException>(() => reg.Add("b", _w.PrefixDir));
+        reg.Add("a", _w.PrefixDir, replace: true);   // replacing takes no new slot
     }
 
     [Fact]
@@ -270,7 +349,7 @@ public class ServerTests : IClassFixture<ServerWorld>
             Directory.CreateDirectory(dst);
             foreach (var f in Directory.GetFiles(src)) File.Copy(f, Path.Combine(dst, Path.GetFileName(f)));
         }
-        var (server, http) = await ServerWorld.Start(new ServerOptions { ModelDir = _w.ModelDir, Port = 0, AdaptersDir = tmp["runs"], MaxResidentAdapters = 1 });
+        var (server, http) = await ServerWorld.Start(new ServerOptions { ModelDir = _w.ModelDir, Port = 0, AdaptersDir = tmp["runs"], MaxResidentAdapters = 1, AllowAdapterAdmin = true });
         await using var _ = server;
         using var __ = http;
         var (_, models) = await ServerWorld.Send(http, HttpMethod.Get, "/v1/models");
@@ -304,6 +383,7 @@ public class ServerTests : IClassFixture<ServerWorld>
         var text = await r.Content.ReadAsStringAsync();
         foreach (var name in new[] { "softprompt_requests_total", "softprompt_completion_tokens_total", "softprompt_queue_depth", "softprompt_batch_rows_bucket", "softprompt_request_duration_seconds_bucket", "softprompt_active_sequences" })
             Assert.Contains(name, text);
+        Assert.Contains("service_name=\"softprompt\"", text);   // the Prometheus service name (docs: README, Serving)
     }
 
     [Fact]
@@ -382,6 +462,10 @@ public class ServeCliTests : IClassFixture<ServerWorld>
             (new[] { "serve", "--model", _w.ModelDir, "--host", "example.org" }, "not an IP address"),
             (new[] { "serve", "--model", _w.ModelDir, "--port", _w.Server.Address.Port.ToString() }, "cannot listen"),
             (new[] { "serve", "--model", _w.ModelDir, "--port", "0", "--adapter", $"f={_w.ForeignDir}" }, "another model"),
+            (new[] { "serve", "--model", _w.ModelDir, "--host", "0.0.0.0" }, "--api-key-env"),
+            (new[] { "serve", "--model", _w.ModelDir, "--allow-adapter-admin" }, "--adapters-dir"),
+            (new[] { "serve", "--model", _w.ModelDir, "--cors-origin", "not an origin" }, "--cors-origin"),
+            (new[] { "serve", "--model", _w.ModelDir, "--header-timeout", "0" }, "--header-timeout"),
         })
         {
             var (rc, _, err) = await Task.Run(() => Tests.Cli.CliRunner.Run(args));

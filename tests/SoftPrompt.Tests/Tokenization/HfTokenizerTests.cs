@@ -126,9 +126,28 @@ public class HfTokenizerTests
     [Fact] public void Mistral_MatchesTransformersJsReference() => AssertMatchesReference("mistral");
     [Fact] public void MistralMetaspaceLayout_MatchesTransformersJsReference() => AssertMatchesReference("mistral_metaspace");
 
+    // Gemma / Gemma 2 (SentencePiece BPE with byte fallback, no prefix space, <start_of_turn> chat tokens), Phi-3's and
+    // GPT-NeoX's tokenizer.json layouts.
+    [Fact] public void Gemma_MatchesTransformersJsReference() => AssertMatchesReference("gemma");
+    [Fact] public void Phi3Layout_MatchesTransformersJsReference() => AssertMatchesReference("phi3_layout");
+    [Fact] public void NeoxLayout_MatchesTransformersJsReference() => AssertMatchesReference("neox_layout");
+
+    [Fact]
+    public void Gemma_KnownIdsSpecialsAndChatTokens()
+    {
+        var t = Get("gemma");
+        Assert.Equal(new[] { 2, 4521, 2134 }, t.Encode("Hello world", addSpecialTokens: true));
+        Assert.Equal(2, t.BosId);
+        Assert.Equal(1, t.EosId);
+        Assert.Equal(new[] { 106, 1645, 108 }, t.Encode("<start_of_turn>user\n", addSpecialTokens: false));
+        Assert.Equal(107, t.Encode("<end_of_turn>", addSpecialTokens: false).Single());
+    }
+
     [Theory]
     [InlineData("mistral")]
     [InlineData("mistral_metaspace")]
+    [InlineData("gemma")]
+    [InlineData("phi3_layout")]
     public void Mistral_DecodeMatchesTransformersJsReference(string name)
     {
         var t = Get(name);
@@ -216,6 +235,27 @@ public class HfTokenizerTests
             bool same = t.Encode(c.Text).SequenceEqual(c.IdsSpecial) && t.Encode(c.Text, false).SequenceEqual(c.IdsPlain);
             if (same == (c.Text == tieText)) failures.Add($"{Escape(c.Text)}: {(same ? "now matches (tie-break fixed upstream? update this test and the docs)" : "differs")}: got {Show(t.Encode(c.Text))}, reference {Show(c.IdsSpecial)}");
         }
+        Assert.True(failures.Count == 0, string.Join("\n", failures));
+    }
+
+    [Fact]
+    public void GemmaSentencePieceModel_LoadsAndMatchesTheReference()
+    {
+        // Gemma's tokenizer.model, synthesised from its tokenizer.json (no dummy prefix; unk 3, bos 2, eos 1), with
+        // Gemma's tokenizer_config.json (its added_tokens_decoder names <start_of_turn> and the other added tokens).
+        var dir = NewTempDir("gemma-spmodel");
+        File.WriteAllBytes(Path.Combine(dir, "tokenizer.model"), SentencePieceModelFromTokenizerJson(Path.Combine(Dir("gemma"), "tokenizer.json"), addDummyPrefix: false, ids: (3, 2, 1)));
+        File.Copy(Path.Combine(Dir("gemma"), "tokenizer_config.json"), Path.Combine(dir, "tokenizer_config.json"));
+        var t = HfTokenizer.Load(dir);
+        Assert.StartsWith("SentencePiece (tokenizer.model)", t.Kind);
+        Assert.Equal(256000, t.VocabSize);
+        Assert.Equal((2, 1), (t.BosId!.Value, t.EosId!.Value));
+        // The tie-break text differs as for Mistral (Microsoft.ML.Tokenizers breaks equal-score ties to the right).
+        const string tieText = "zzzz ...... ???? ____ aaaaaaa";
+        var failures = new List<string>();
+        foreach (var c in Reference("gemma").Where(c => c.Text != tieText))
+            if (!t.Encode(c.Text).SequenceEqual(c.IdsSpecial) || !t.Encode(c.Text, false).SequenceEqual(c.IdsPlain))
+                failures.Add($"{Escape(c.Text)}: got {Show(t.Encode(c.Text))}, reference {Show(c.IdsSpecial)}");
         Assert.True(failures.Count == 0, string.Join("\n", failures));
     }
 

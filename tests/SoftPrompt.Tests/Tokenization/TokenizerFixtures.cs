@@ -42,7 +42,11 @@ public static class TokenizerFixtures
         lock (Gate)
         {
             if (!Loaded.TryGetValue(name, out var t))
-                Loaded[name] = t = HfTokenizer.Load(name switch { "gpt2" => Gpt2Dir(), "mistral_metaspace" => MistralMetaspaceDir(), _ => Dir(name) });
+                Loaded[name] = t = HfTokenizer.Load(name switch
+                {
+                    "gpt2" => Gpt2Dir(), "mistral_metaspace" => MistralMetaspaceDir(), "phi3_layout" => Phi3LayoutDir(), "neox_layout" => NeoxLayoutDir(),
+                    _ => Dir(name),
+                });
             return t;
         }
     }
@@ -87,14 +91,63 @@ public static class TokenizerFixtures
         }
     }
 
+    static string AddedToken(int id, string content, bool special, bool normalized = false) =>
+        $$"""{"id":{{id}},"content":{{JsonSerializer.Serialize(content)}},"single_word":false,"lstrip":false,"rstrip":false,"normalized":{{(normalized ? "true" : "false")}},"special":{{(special ? "true" : "false")}}}""";
+
+    /// <summary>A variant folder: <paramref name="baseName"/>'s tokenizer.json edited, with its own tokenizer_config.json.
+    /// The edits are those of VARIANTS in make_reference.mjs.</summary>
+    static string Variant(string name, string baseName, Action<System.Text.Json.Nodes.JsonObject> edit, string config)
+    {
+        lock (Gate)
+        {
+            if (Dirs.TryGetValue(name, out var d)) return d;
+            d = Path.Combine(TempRoot, name);
+            Directory.CreateDirectory(d);
+            var node = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(Dir(baseName), "tokenizer.json")))!.AsObject();
+            edit(node);
+            File.WriteAllText(Path.Combine(d, "tokenizer.json"), node.ToJsonString());
+            File.WriteAllText(Path.Combine(d, "tokenizer_config.json"), config);
+            return Dirs[name] = d;
+        }
+    }
+
+    static void AddTokens(System.Text.Json.Nodes.JsonObject j, params string[] tokens)
+    {
+        var list = j["added_tokens"]!.AsArray();
+        foreach (var t in tokens) list.Add(System.Text.Json.Nodes.JsonNode.Parse(t));
+    }
+
+    /// <summary>Phi-3's layout (a Llama-2-style SentencePiece tokenizer.json with its chat tokens as added special tokens,
+    /// ids as in Phi-3-mini) on the Mistral vocabulary.</summary>
+    public static string Phi3LayoutDir() => Variant("phi3_layout", "mistral", j => AddTokens(j,
+            AddedToken(32000, "<|endoftext|>", true), AddedToken(32001, "<|assistant|>", true), AddedToken(32006, "<|system|>", true),
+            AddedToken(32007, "<|end|>", true), AddedToken(32010, "<|user|>", true)),
+        """{"bos_token":"<s>","eos_token":"<|endoftext|>","clean_up_tokenization_spaces":false}""");
+
+    /// <summary>GPT-NeoX / Pythia's layout (NFC, a ByteLevel pre-tokenizer with the GPT-2 regex, ByteLevel post-processor
+    /// and decoder, runs of spaces as normalized non-special added tokens) on the Llama 3 vocabulary.</summary>
+    public static string NeoxLayoutDir() => Variant("neox_layout", "llama3", j =>
+        {
+            const string bl = """{"add_prefix_space":false,"trim_offsets":true,"use_regex":true,"type":"ByteLevel"}""";
+            j["normalizer"] = System.Text.Json.Nodes.JsonNode.Parse("""{"type":"NFC"}""");
+            j["pre_tokenizer"] = System.Text.Json.Nodes.JsonNode.Parse(bl);
+            j["post_processor"] = System.Text.Json.Nodes.JsonNode.Parse(bl);
+            j["decoder"] = System.Text.Json.Nodes.JsonNode.Parse(bl);
+            AddTokens(j, AddedToken(128256, "    ", false, normalized: true), AddedToken(128257, "  ", false, normalized: true));
+        },
+        """{"eos_token":"<|end_of_text|>"}""");
+
     /// <summary>
     /// A SentencePiece <c>tokenizer.model</c> (ModelProto, protobuf) synthesised from a SentencePiece-style tokenizer.json:
     /// pieces in id order; a piece made by merges scores minus the rank of its first merge, so that "highest score
     /// first" equals "lowest merge rank first"; byte_fallback, BPE model type, add_dummy_prefix + escape_whitespaces
     /// (Llama's normalizer spec). Used to test the tokenizer.model path, which no fixture ships.
     /// </summary>
-    public static byte[] SentencePieceModelFromTokenizerJson(string tokenizerJsonPath)
+    /// <para>Gemma's spec differs: no dummy prefix, and unk/bos/eos ids 3/2/1 (<paramref name="addDummyPrefix"/>,
+    /// <paramref name="ids"/>).</para>
+    public static byte[] SentencePieceModelFromTokenizerJson(string tokenizerJsonPath, bool addDummyPrefix = true, (int Unk, int Bos, int Eos)? ids = null)
     {
+        var (unkId, bosId, eosId) = ids ?? (0, 1, 2);
         using var doc = JsonDocument.Parse(File.ReadAllText(tokenizerJsonPath));
         var model = doc.RootElement.GetProperty("model");
         var pieces = model.GetProperty("vocab").EnumerateObject().OrderBy(p => p.Value.GetInt32()).Select(p => p.Name).ToList();
@@ -119,11 +172,11 @@ public static class TokenizerFixtures
             Bytes(m, 2, Message(x => // TrainerSpec: model_type BPE, vocab_size, byte_fallback, unk/bos/eos ids
             {
                 Varint(x, 3, 2); Varint(x, 4, pieces.Count); Varint(x, 35, 1);
-                Varint(x, 40, 0); Varint(x, 41, 1); Varint(x, 42, 2);
+                Varint(x, 40, unkId); Varint(x, 41, bosId); Varint(x, 42, eosId);
             }));
             Bytes(m, 3, Message(x => // NormalizerSpec: identity, add_dummy_prefix, no whitespace squeezing, escape whitespace
             {
-                Str(x, 1, "identity"); Varint(x, 3, 1); Varint(x, 4, 0); Varint(x, 5, 1);
+                Str(x, 1, "identity"); Varint(x, 3, addDummyPrefix ? 1 : 0); Varint(x, 4, 0); Varint(x, 5, 1);
             }));
         });
 
