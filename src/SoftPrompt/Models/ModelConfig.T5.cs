@@ -43,6 +43,7 @@ public sealed partial record ModelConfig
         int dModel = Pos("d_model", 512), dKv = Pos("d_kv", 64), dFf = Pos("d_ff", 2048), layers = Pos("num_layers", 6), heads = Pos("num_heads", 8);
         int decLayers = r.IntOrNull("num_decoder_layers") ?? layers;
         r.Positive("num_decoder_layers", decLayers);
+        if (decLayers > MaxLayers) throw new SoftPromptException($"{path}: num_decoder_layers is {decLayers}; expected 1..{MaxLayers}.");
         int buckets = Pos("relative_attention_num_buckets", 32), maxDistance = Pos("relative_attention_max_distance", 128);
         // The bucket formula halves the buckets (bidirectional) and then halves again for the exact range: fewer
         // than 4 leaves an empty range, and a max distance at or below the exact range gives log(<=1) scales.

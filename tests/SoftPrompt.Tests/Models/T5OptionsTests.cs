@@ -89,6 +89,7 @@ public class T5OptionsTests
     [InlineData("relative_attention_max_distance", "3", "relative_attention_max_distance")]
     [InlineData("d_kv", "0", "d_kv")]
     [InlineData("decoder_start_token_id", "77", "decoder_start_token_id")]
+    [InlineData("num_decoder_layers", "100000", "num_decoder_layers")]
     public void UnsupportedOrBadOptionsAreRefusedByName(string key, string value, string expected)
     {
         var o = Base(); o[key] = JsonNode.Parse(value);
