@@ -130,7 +130,7 @@ public static class Evaluator
         var inputs = new[] { o.Data! }.Concat(o.ShotsFrom is null ? Array.Empty<string>() : new[] { o.ShotsFrom }).Concat(o.InstructionsFile is null ? Array.Empty<string>() : new[] { o.InstructionsFile });
         using var lm = run.LoadModel(o.Model!, o.Device, o.Dtype, o.CheckFinite, o.Threads, agreed, inputs);
         var tok = lm.RequireTokenizer();
-        var model = lm.Model;
+        var model = lm.Base;
         var notes = new List<string>();
         var ct = task == TaskKind.Classification ? ClassificationTask.Create(all, dataOptions, tok, o.Labels, o.Data!) : null;
         if (ct is not null && dataOptions.LabelWords is not null)
@@ -247,7 +247,7 @@ public static class Evaluator
     static ConditionResult EvaluateCondition(Condition c, IReadOnlyList<Example> examples, EvalOptions o, LanguageModel lm, HfTokenizer tok,
         ClassificationTask? ct, int padId, List<string> notes, Action<int> done, ICommunicator comm)
     {
-        var model = lm.Model;
+        var model = lm.Base;
         int virtualTokens = c.Method?.NumVirtualTokens ?? 0;
         int maxLen = o.MaxLength;
         if (model.Config.Family == ArchFamily.Gpt2) maxLen = Math.Min(maxLen, model.Config.MaxPositions - virtualTokens);
@@ -300,13 +300,27 @@ public static class Evaluator
             var prompts = examples.Select((_, i) => Prompt(i, o.MaxNewTokens)).ToList();
             var firstOf = new Dictionary<string, int>();
             var todo = Enumerable.Range(0, examples.Count).Where(i => o.Temperature > 0 || firstOf.TryAdd(string.Join(",", prompts[i]), i)).ToList();
-            using var attached = c.Method is null ? null : AttachedPrompt.From(c.Method, model);
-            // Each rank generates its share of the continuations (one batched run); every rank gets all their tokens.
-            var generated = comm.MapShare(todo.Count, share => BatchEngine.GenerateAll(model, share.Select(j => todo[j]).Select(i => new SequenceRequest
+            GenerationOptions Options(int i) => new() { MaxNewTokens = o.MaxNewTokens, Temperature = o.Temperature, Seed = o.Seed + i, EosIds = eos };
+            // Each rank generates its share of the continuations; every rank gets all their tokens.
+            int[][] generated;
+            if (lm.Seq2Seq is { } t5)
             {
-                PromptIds = prompts[i], Prompt = attached,
-                Options = new GenerationOptions { MaxNewTokens = o.MaxNewTokens, Temperature = o.Temperature, Seed = o.Seed + i, EosIds = eos },
-            }).ToList()).Select(g => g.NewIds.ToArray()).ToList());
+                // Encoder-decoder: the prompt is the encoder input; each is decoded with its own decoder cache.
+                generated = comm.MapShare(todo.Count, share => share.Select(j =>
+                {
+                    int i = todo[j];
+                    using var scope = TorchSharp.torch.NewDisposeScope();
+                    return Seq2SeqGenerator.Generate(t5, prompts[i], Options(i), c.Method?.Inject(1)).NewIds.ToArray();
+                }).ToList());
+            }
+            else
+            {
+                using var attached = c.Method is null ? null : AttachedPrompt.From(c.Method, lm.Model);
+                generated = comm.MapShare(todo.Count, share => BatchEngine.GenerateAll(lm.Model, share.Select(j => todo[j]).Select(i => new SequenceRequest
+                {
+                    PromptIds = prompts[i], Prompt = attached, Options = Options(i),
+                }).ToList()).Select(g => g.NewIds.ToArray()).ToList());
+            }
             var texts = todo.Zip(generated).ToDictionary(x => x.First, x => tok.Decode(x.Second, skipSpecialTokens: true));
             double em = 0, f1 = 0, any = 0;
             for (int i = 0; i < examples.Count; i++)

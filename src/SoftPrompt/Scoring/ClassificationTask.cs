@@ -115,7 +115,7 @@ public sealed class ClassificationTask
     public int MaxLabelTokens => LabelIds.Max(l => l.Length);
 
     /// <summary>Rank-classifies prompts (already built, hard prompt included); <paramref name="method"/> is attached when given.</summary>
-    public List<LabelScores> Score(CausalLM model, IPromptMethod? method, IReadOnlyList<int[]> promptIds) =>
+    public List<LabelScores> Score(IPromptableModel model, IPromptMethod? method, IReadOnlyList<int[]> promptIds) =>
         promptIds.Select(p => RankClassifier.Score(model, method, p, LabelIds)).ToList();
 
     /// <summary>
@@ -124,7 +124,7 @@ public sealed class ClassificationTask
     /// so the first ones would be a biased sample; the selection is fixed for the whole run). Keys in order:
     /// accuracy first (the one "best checkpoint" is judged by), then macro_f1.
     /// </summary>
-    public Func<IPromptMethod, IReadOnlyDictionary<string, double>> TrainerMetrics(CausalLM model, HfTokenizer tok, IReadOnlyList<Example> validation, int maxLength, bool lengthNormalize = false, int cap = 200,
+    public Func<IPromptMethod, IReadOnlyDictionary<string, double>> TrainerMetrics(IPromptableModel model, HfTokenizer tok, IReadOnlyList<Example> validation, int maxLength, bool lengthNormalize = false, int cap = 200,
         ICommunicator? comm = null)
     {
         var used = validation.Count <= cap ? validation.ToList()

@@ -52,7 +52,7 @@ public sealed record TrainResult(int Steps, double? BestValidationLoss, IReadOnl
 /// </summary>
 public sealed class Trainer
 {
-    readonly CausalLM _model;
+    readonly IPromptableModel _model;
     readonly IPromptMethod _method;
     readonly IReadOnlyList<TokenizedExample> _train;
     readonly IReadOnlyList<TokenizedExample>? _val;
@@ -80,7 +80,7 @@ public sealed class Trainer
     public string MetricsPath => Path.Combine(_runDir, "metrics.jsonl");
     public string PlotPath => Path.Combine(_runDir, "training.png");
 
-    public Trainer(CausalLM model, IPromptMethod method, IReadOnlyList<TokenizedExample> train, IReadOnlyList<TokenizedExample>? validation,
+    public Trainer(IPromptableModel model, IPromptMethod method, IReadOnlyList<TokenizedExample> train, IReadOnlyList<TokenizedExample>? validation,
         TrainOptions options, int padId, string runDir, ITrainingReporter? reporter = null)
     {
         if (train.Count == 0) throw new SoftPromptException("The training set is empty.");
@@ -153,7 +153,7 @@ public sealed class Trainer
                 {
                     var (idx, ep, bi) = batches.Next();
                     var mine = Communicator.Size == 1 ? idx : idx.Where((_, j) => Communicator.Owns(j)).ToArray();
-                    micro.Add((mine.Length == 0 ? null : Collator.Collate(mine.Select(i => _train[i]).ToList(), _padId, _model.Device, _o.LossOnPrompt), ep, bi));
+                    micro.Add((mine.Length == 0 ? null : PromptLoss.Collate(_model, mine.Select(i => _train[i]).ToList(), _padId, _o.LossOnPrompt), ep, bi));
                 }
                 // The positions the loss actually counts, over the whole global batch (all ranks): each rank's gradient
                 // is its share of the global mean, so their sum is the single-process gradient.

@@ -68,20 +68,23 @@ public static class TrainingJob
         int padId = tok.PadId ?? tok.EosId ?? 0;
         Func<string, bool, int[]> encode = (text, special) => tok.Encode(text, special);
         // Virtual tokens occupy positions too: models with learned positions (GPT-2) have room for fewer real ones.
-        int maxLength = lm.Model.Config.Family == Models.ArchFamily.Gpt2 ? Math.Min(o.MaxLength, lm.Model.Config.MaxPositions - o.VirtualTokens) : o.MaxLength;
-        if (maxLength < 2) throw new SoftPromptException($"--virtual-tokens {o.VirtualTokens} leaves no room for text in the model's {lm.Model.Config.MaxPositions} positions.");
-        var train = ExampleTokenizer.TokenizeAll(trainEx, encode, o.AddEos, tok.EosId, maxLength);
-        var val = ExampleTokenizer.TokenizeAll(valEx, encode, o.AddEos, tok.EosId, maxLength);
-        reporter?.Message($"{train.Count} training examples, {val.Count} validation examples; model {lm.Model.Config.ModelType} " +
-                          $"({lm.Model.ParameterCount / 1e6:F1} M parameters, frozen, {TorchRuntime.DTypeName(lm.Model.DType)}) on {lm.Model.Device}");
+        int maxLength = lm.Base.Config.Family == Models.ArchFamily.Gpt2 ? Math.Min(o.MaxLength, lm.Base.Config.MaxPositions - o.VirtualTokens) : o.MaxLength;
+        if (maxLength < 2) throw new SoftPromptException($"--virtual-tokens {o.VirtualTokens} leaves no room for text in the model's {lm.Base.Config.MaxPositions} positions.");
+        // An encoder-decoder model learns where its output ends: its targets always end with EOS (transformers' T5
+        // tokenizer writes labels that way).
+        bool addEos = o.AddEos || lm.IsEncoderDecoder;
+        var train = ExampleTokenizer.TokenizeAll(trainEx, encode, addEos, tok.EosId, maxLength);
+        var val = ExampleTokenizer.TokenizeAll(valEx, encode, addEos, tok.EosId, maxLength);
+        reporter?.Message($"{train.Count} training examples, {val.Count} validation examples; model {lm.Base.Config.ModelType} " +
+                          $"({lm.Base.ParameterCount / 1e6:F1} M parameters, frozen, {TorchRuntime.DTypeName(lm.Base.DType)}) on {lm.Base.Device}");
 
-        CheckMethodSize(o, lm.Model.Config);
+        CheckMethodSize(o, lm.Base.Config);
         using var method = CreateMethod(o, lm, trainEx);
         long trainable = method.Parameters.Sum(p => p.Param.NumberOfElements);
         reporter?.Message($"{OptionsRecord.EnumName(o.Method)} tuning: {method.NumVirtualTokens} virtual tokens, {trainable:N0} trainable parameters");
 
         if (!resume && run.IsWriter) AtomicFile.WriteAllText(Path.Combine(runDir, ResolvedConfigFile), o.ToJson());
-        var trainer = new Trainer(lm.Model, method, train, val, o, padId, runDir, reporter)
+        var trainer = new Trainer(lm.Base, method, train, val, o, padId, runDir, reporter)
         {
             ExtraMetrics = ClassificationMetrics(o, dataOptions, lm, trainEx, valEx, reporter, run.Comm),
             Communicator = run.Comm,
@@ -134,13 +137,13 @@ public static class TrainingJob
         var task = ClassificationTask.Create(trainEx.Concat(valEx).ToList(), d, lm.RequireTokenizer(), o.Labels, o.Train!);
         reporter?.Message($"classification task ({why}): validation accuracy and macro-F1 by rank classification over {task.Labels.Count} labels " +
                           $"on {Math.Min(valEx.Count, ClassificationValidationCap)} validation examples; the best checkpoint is the most accurate");
-        return task.TrainerMetrics(lm.Model, lm.RequireTokenizer(), valEx, o.MaxLength, cap: ClassificationValidationCap, comm: comm);
+        return task.TrainerMetrics(lm.Base, lm.RequireTokenizer(), valEx, o.MaxLength, cap: ClassificationValidationCap, comm: comm);
     }
 
     public static IPromptMethod CreateMethod(TrainOptions o, LanguageModel lm, IReadOnlyList<Example> trainExamples)
     {
         if (o.Method == TuningMethod.Prefix)
-            return PrefixTuning.Create(lm.Model.Config, o.VirtualTokens, o.PrefixProjection, o.EncoderHiddenSize, o.Seed, lm.Model.Device);
+            return PrefixTuning.Create(lm.Base.Config, o.VirtualTokens, o.PrefixProjection, o.EncoderHiddenSize, o.Seed, lm.Base.Device);
         var tok = lm.RequireTokenizer();
         var init = o.Init switch { "random" => PromptInit.Random, "text" => PromptInit.Text, "class_labels" => PromptInit.ClassLabels, _ => PromptInit.SampleVocab };
         IReadOnlyList<int[]>? ids = null;
@@ -154,6 +157,6 @@ public static class TrainingJob
                 : trainExamples.Select(e => e.Target.Trim()).Distinct().OrderBy(s => s, StringComparer.Ordinal).ToList();
             ids = labels.Select(l => tok.Encode(" " + l, false)).ToList();
         }
-        return PromptTuning.Create(lm.Model, o.VirtualTokens, init, o.Seed, ids, o.InitText, o.PromptProjection ? o.EncoderHiddenSize : 0);
+        return PromptTuning.Create(lm.Base, o.VirtualTokens, init, o.Seed, ids, o.InitText, o.PromptProjection ? o.EncoderHiddenSize : 0);
     }
 }
