@@ -35,6 +35,7 @@ public static class Cli
         // On every command: weights and adapters are checked for NaN/infinity at load (one reduction per tensor);
         // --no-check skips that on models too large to spend the time.
         root.Options.Add(new Option<bool>(NoCheck) { Description = "Skip the NaN/infinity check of weights and adapters at load.", Recursive = true });
+        root.Options.Add(DistributedRun.Option);
         return root;
     }
 
@@ -82,7 +83,8 @@ public static class Cli
         {
             return parse.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
         }
-        catch (Exception e) { return Fail(e); }
+        catch (Exception e) { return DistributedRun.Fail(e, Fail) ?? Fail(e); }
+        finally { DistributedRun.Close(); }
     }
 
     /// <summary>
@@ -178,12 +180,13 @@ public static class Cli
     }
 
     /// <summary>Token ids from exactly one of --text / --ids, checked against the vocabulary.</summary>
-    public static int[] InputIds(LanguageModel lm, string? text, string? ids, bool addSpecialTokens = true)
+    public static int[] InputIds(LanguageModel lm, string? text, string? ids, bool addSpecialTokens = true, string option = "--text")
     {
-        if ((text is null) == (ids is null)) throw new SoftPromptException("give exactly one of --text or --ids.");
-        var result = ids is not null ? ParseIds(ids) : lm.Encode(text!, addSpecialTokens);
+        var idsOption = option == "--text" ? "--ids" : option + "-ids";
+        if ((text is null) == (ids is null)) throw new SoftPromptException($"give exactly one of {option} or {idsOption}.");
+        var result = ids is not null ? ParseIds(ids, idsOption) : lm.Encode(text!, addSpecialTokens);
         foreach (var id in result)
-            if (id >= lm.Model.Config.VocabSize) throw new SoftPromptException($"token id {id} is outside the model's vocabulary (size {lm.Model.Config.VocabSize}).");
+            if (id >= lm.Base.Config.VocabSize) throw new SoftPromptException($"token id {id} is outside the model's vocabulary (size {lm.Base.Config.VocabSize}).");
         return result;
     }
 

@@ -13,9 +13,12 @@ public sealed class Interruption : IDisposable
     readonly CancellationTokenSource _cts;
     readonly PosixSignalRegistration[] _registrations;
     int _signal;
+    readonly bool _announce;
 
-    public Interruption(CancellationToken outer = default)
+    /// <summary><paramref name="announce"/>: say so on stderr when a signal arrives (false on the MPI ranks that do not report).</summary>
+    public Interruption(CancellationToken outer = default, bool announce = true)
     {
+        _announce = announce;
         _cts = CancellationTokenSource.CreateLinkedTokenSource(outer);
         _registrations = new[] { PosixSignal.SIGINT, PosixSignal.SIGTERM }.Select(s => PosixSignalRegistration.Create(s, Handle)).ToArray();
     }
@@ -36,7 +39,7 @@ public sealed class Interruption : IDisposable
             return;
         }
         ctx.Cancel = true;
-        Console.Error.WriteLine($"\n{(ctx.Signal == PosixSignal.SIGTERM ? "SIGTERM" : "interrupt")}: stopping after this step and saving (Ctrl-C again to quit at once without saving)");
+        if (_announce) Console.Error.WriteLine($"\n{(ctx.Signal == PosixSignal.SIGTERM ? "SIGTERM" : "interrupt")}: stopping after this step and saving (Ctrl-C again to quit at once without saving)");
         _cts.Cancel();
     }
 

@@ -25,7 +25,7 @@ public sealed class AdapterRegistry : IDisposable
         public long LastUse;
     }
 
-    readonly CausalLM _model;
+    readonly IPromptableModel _model;
     readonly int _maxResident, _maxRegistered;
     readonly Dictionary<string, Entry> _entries = new(StringComparer.Ordinal);
     readonly object _lock = new();
@@ -33,7 +33,7 @@ public sealed class AdapterRegistry : IDisposable
 
     readonly bool _checkFinite;
 
-    public AdapterRegistry(CausalLM model, int maxResident, bool checkFinite = true, int maxRegistered = int.MaxValue)
+    public AdapterRegistry(IPromptableModel model, int maxResident, bool checkFinite = true, int maxRegistered = int.MaxValue)
     {
         if (maxResident < 1) throw new SoftPromptException("--max-resident-adapters must be at least 1.");
         if (maxRegistered < 1) throw new SoftPromptException("--max-adapters must be at least 1.");

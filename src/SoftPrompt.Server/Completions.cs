@@ -249,7 +249,7 @@ sealed class Completions
     PromptInput FromIds(List<JsonElement> items)
     {
         if (items.Count == 0) throw ApiError.BadField("prompt", "a token-id prompt is empty.");
-        int vocab = _s.Lm.Model.Config.VocabSize;
+        int vocab = _s.Lm.Base.Config.VocabSize;
         var ids = items.Select(e => e.ValueKind == JsonValueKind.Number && e.TryGetInt32(out var id) && id >= 0 && id < vocab ? id
             : throw ApiError.BadField("prompt", $"token ids must be integers in [0, {vocab}) (got {e.GetRawText()}).")).ToArray();
         return new PromptInput(ids, _s.Lm.Decode(ids));

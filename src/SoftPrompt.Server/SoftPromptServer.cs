@@ -30,7 +30,7 @@ public sealed class SoftPromptServer : IAsyncDisposable
     internal sealed class Loaded
     {
         public required LanguageModel Lm;
-        public required BatchEngine Engine;
+        public required IGenerationEngine Engine;
         public required AdapterRegistry Adapters;
         public ChatTemplate? Chat;
         public string ChatWhy = "";
@@ -156,12 +156,15 @@ public sealed class SoftPromptServer : IAsyncDisposable
         {
             var sw = Stopwatch.StartNew();
             var lm = LanguageModel.Load(_o.ModelDir, _o.Device, _o.DType, _o.CheckFinite);
-            int positions = lm.Model.Config.MaxPositions;
-            int capacity = Math.Min(_o.MaxContext ?? positions, positions);
-            var engine = new BatchEngine(lm.Model, new BatchEngineOptions { MaxBatch = _o.MaxBatch, MaxQueue = _o.MaxQueue, Capacity = capacity, MaxPrefillTokens = _o.MaxPrefillTokens });
+            int positions = lm.Base.Config.MaxPositions;
+            // An encoder-decoder model has no context window of learned positions: the decoder's length is capped by
+            // --max-context (default 4096 tokens), and its requests are decoded one at a time (Seq2SeqEngine).
+            int capacity = lm.IsEncoderDecoder ? _o.MaxContext ?? 4096 : Math.Min(_o.MaxContext ?? positions, positions);
+            IGenerationEngine engine = lm.Seq2Seq is { } t5 ? new Seq2SeqEngine(t5, capacity, _o.MaxQueue)
+                : new BatchEngine(lm.Model, new BatchEngineOptions { MaxBatch = _o.MaxBatch, MaxQueue = _o.MaxQueue, Capacity = capacity, MaxPrefillTokens = _o.MaxPrefillTokens });
             engine.Stepped += Metrics.OnStep;
             engine.SequenceFinished += reason => Metrics.Sequences.Add(1, new KeyValuePair<string, object?>("finish", reason));
-            var reg = new AdapterRegistry(lm.Model, _o.MaxResidentAdapters, _o.CheckFinite, _o.MaxAdapters);
+            var reg = new AdapterRegistry(lm.Base, _o.MaxResidentAdapters, _o.CheckFinite, _o.MaxAdapters);
             foreach (var (name, path) in _o.Adapters.Concat(discovered))
             {
                 try { reg.Add(name, path); }
@@ -174,7 +177,7 @@ public sealed class SoftPromptServer : IAsyncDisposable
             }
             var chat = ChatTemplate.Detect(_o.ModelDir, out var why); // an unreadable tokenizer_config.json stops the load
             State = new Loaded { Lm = lm, Engine = engine, Adapters = reg, Chat = chat, ChatWhy = why };
-            _o.Log?.Invoke($"loaded {_o.ModelDir} ({lm.Model.Device}, context {capacity}, batch {_o.MaxBatch}) and {reg.List().Count} adapter(s) in {sw.Elapsed.TotalSeconds:F1} s; chat: {chat?.Family ?? "none"}");
+            _o.Log?.Invoke($"loaded {_o.ModelDir} ({lm.Base.Device}, context {capacity}, batch {_o.MaxBatch}) and {reg.List().Count} adapter(s) in {sw.Elapsed.TotalSeconds:F1} s; chat: {chat?.Family ?? "none"}");
             _ready.TrySetResult();
         }
         catch (Exception e)

@@ -23,8 +23,11 @@ public static class EvalCommand
             o.Validate();
             // One writer per report folder for the whole evaluation; the lock also proves the place writable before
             // the model is loaded.
-            using var reportLock = RunLock.AcquireSibling(o.Output!);
-            var result = ConsoleProgress.Run(Cli.VerbosityOf(pr), p => Evaluator.Run(o, msg => (msg.StartsWith("warning") ? (Action<string>)p.Important : p.Message)(msg), new EvalProgressLines(p)));
+            // Under MPI rank 0 alone takes the lock and writes the report; every rank evaluates its share of the examples.
+            var comm = DistributedRun.Open(pr);
+            using var reportLock = comm.IsWriter ? RunLock.AcquireSibling(o.Output!) : null;
+            var result = ConsoleProgress.Run(Cli.VerbosityOf(pr), p => Evaluator.Run(o, msg => (msg.StartsWith("warning") ? (Action<string>)p.Important : p.Message)(msg), new EvalProgressLines(p), comm));
+            if (!comm.IsWriter) return 0;
             var path = EvalReport.Write(result, o.Output!, o.Run);
             if (o.Format == "json") Console.WriteLine(JsonFile.Write(EvalReport.MetricsJson(result), Cli.Json));
             else

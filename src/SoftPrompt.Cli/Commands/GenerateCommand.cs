@@ -17,7 +17,7 @@ public static class GenerateCommand
         var topK = new Option<int>("--top-k") { Description = "Sample among the k most likely tokens (0 = all).", DefaultValueFactory = _ => 0 };
         var seed = new Option<long?>("--seed") { Description = "Random seed for sampling." };
         var noEos = new Option<bool>("--ignore-eos") { Description = "Do not stop at the end-of-sequence token." };
-        var cmd = new Command("generate", "Generate a continuation (greedy by default) with a KV cache; stops at EOS.")
+        var cmd = new Command("generate", "Generate a continuation (greedy by default) with a KV cache; stops at EOS. With an encoder-decoder model (T5) the prompt is the encoder input and the output the decoder's text.")
             { model, prompt, template, raw, text, ids, maxNew, temperature, topP, topK, seed, noEos, device, dtype, format, threads };
         cmd.SetAction(pr =>
         {
@@ -39,10 +39,11 @@ public static class GenerateCommand
             var generated = lm.Tokenizer is null ? null : lm.Tokenizer.Decode(r.NewIds, skipSpecialTokens: true);
             if (pr.GetValue(format) == "json")
             {
-                Cli.WriteJson(new { prompt_ids = r.PromptIds, generated_ids = r.NewIds, ids = r.PromptIds.Concat(r.NewIds).ToArray(), text = generated, stop_reason = r.StopReason });
+                // An encoder-decoder model's output is the decoder's sequence alone, not a continuation of the prompt.
+                Cli.WriteJson(new { prompt_ids = r.PromptIds, generated_ids = r.NewIds, ids = lm.IsEncoderDecoder ? r.NewIds : r.PromptIds.Concat(r.NewIds).ToArray(), text = generated, stop_reason = r.StopReason });
                 return 0;
             }
-            if (generated is not null) Console.WriteLine((promptText ?? lm.Decode(r.PromptIds)) + generated);
+            if (generated is not null) Console.WriteLine(lm.IsEncoderDecoder ? generated : (promptText ?? lm.Decode(r.PromptIds)) + generated);
             else Console.WriteLine(string.Join(",", r.NewIds));
             Console.Error.WriteLine($"[{r.NewIds.Length} tokens, stop: {r.StopReason}]");
             return 0;

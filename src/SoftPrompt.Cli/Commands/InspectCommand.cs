@@ -60,12 +60,13 @@ public static class InspectCommand
             if (pr.GetValue(format) == "json") { Cli.WriteJson(info); return 0; }
             Console.WriteLine($"model          {info.model}");
             Console.WriteLine($"architecture   {cfg.ModelType} ({info.family} family)");
-            Console.WriteLine($"layers         {cfg.NumLayers}");
+            Console.WriteLine($"layers         {cfg.NumLayers}{(cfg.T5 is { } t5l ? $" encoder / {t5l.NumDecoderLayers} decoder (encoder-decoder; decoder start token {t5l.DecoderStartTokenId})" : "")}");
             Console.WriteLine($"hidden size    {cfg.HiddenSize}");
             Console.WriteLine($"heads          {cfg.NumHeads} query / {cfg.NumKvHeads} key-value (head_dim {cfg.HeadDim}{(cfg.NumKvHeads < cfg.NumHeads ? ", grouped-query" : "")})");
-            Console.WriteLine($"mlp            {cfg.IntermediateSize} ({cfg.Activation})");
+            Console.WriteLine($"mlp            {cfg.IntermediateSize} ({(cfg.T5 is { GatedAct: true } ? "gated " : "")}{cfg.Activation})");
             Console.WriteLine($"vocab          {cfg.VocabSize}");
-            Console.WriteLine($"positions      {cfg.MaxPositions}{(cfg.Family != ArchFamily.Gpt2 ? $" (RoPE theta {cfg.RopeTheta}{(cfg.RopeScaling is { } rs ? $", {rs.Type} scaling x{rs.Factor}" : "")})" : " (learned)")}");
+            if (cfg.T5 is { } t5p) Console.WriteLine($"positions      relative buckets {t5p.NumBuckets} (max distance {t5p.MaxDistance}; no length limit)");
+            else Console.WriteLine($"positions      {cfg.MaxPositions}{(cfg.Family != ArchFamily.Gpt2 ? $" (RoPE theta {cfg.RopeTheta}{(cfg.RopeScaling is { } rs ? $", {rs.Type} scaling x{rs.Factor}" : "")})" : " (learned)")}");
             if (cfg.SlidingWindow is int w) Console.WriteLine($"sliding window {w}");
             Console.WriteLine($"embeddings     {(cfg.TieWordEmbeddings ? "tied to the LM head" : "separate LM head")}");
             Console.WriteLine($"parameters     {parameters:N0} ({parameters / 1e6:F1} M)");

@@ -20,11 +20,15 @@ public static class TrainCommand
             var o = options.Bind(pr, resumeDir is not null ? TrainingJob.ResumeOptions(resumeDir) : null);
             if (resumeDir is not null) o = o with { Output = resumeDir };
             o = o with { CheckFinite = Cli.CheckFinite(pr) };
-            using var interruption = new Interruption(cancel);
-            var result = ConsoleProgress.Run(Cli.VerbosityOf(pr), p => TrainingJob.Run(o, new TrainProgress(p, o.LogEvery), resume: resumeDir is not null, interruption.Token));
+            var comm = DistributedRun.Open(pr);
+            using var interruption = new Interruption(cancel, announce: comm.IsWriter);
+            var result = ConsoleProgress.Run(Cli.VerbosityOf(pr), p => TrainingJob.Run(o, new TrainProgress(p, o.LogEvery), resume: resumeDir is not null, interruption.Token, comm));
+            if (!comm.IsWriter) return Task.FromResult(result.StopReason == "cancelled" ? interruption.ExitCode : 0); // rank 0 reports
+            if (comm is SoftPrompt.Distributed.MpiCommunicator mpi) ConsoleProgress.Info(Cli.VerbosityOf(pr), mpi.Stats(result.Steps)); // what communication cost
             if (result.StopReason == "cancelled")
             {
-                Console.Error.WriteLine($"interrupted at step {result.Steps}; continue with: softprompt train --resume {Interruption.Quote(o.Output!)}");
+                Console.Error.WriteLine($"interrupted at step {result.Steps}; continue with: softprompt train --resume {Interruption.Quote(o.Output!)}" +
+                    (comm.Size > 1 ? $" (under mpirun -np {comm.Size}, any other number of ranks, or none)" : ""));
                 return Task.FromResult(interruption.ExitCode);
             }
             var reporter = ConsoleProgress.Results; // the closing lines are results: stdout

@@ -31,6 +31,11 @@ public sealed class Batch : IDisposable
     public required Tensor LossLabels { get; init; }
     /// <summary>N, the length of <see cref="LossRows"/> (labelled positions after the shift).</summary>
     public required int LossCount { get; init; }
+    /// <summary>Encoder-decoder batches only (<see cref="Collator.CollateSeq2Seq"/>): [B, M] the decoder input, the
+    /// targets shifted right behind the decoder start token; then <see cref="InputIds"/> / <see cref="AttentionMask"/>
+    /// are the encoder's, <see cref="Labels"/> [B, M] the targets, and <see cref="LossRows"/> index the unshifted,
+    /// flattened [B * M] decoder outputs. Null for decoder-only batches.</summary>
+    public Tensor? DecoderInputIds { get; init; }
     public int Size => Lengths.Length;
     public int SeqLen => (int)InputIds.shape[1];
 
@@ -41,6 +46,7 @@ public sealed class Batch : IDisposable
         Labels.Dispose();
         LossRows.Dispose();
         LossLabels.Dispose();
+        DecoderInputIds?.Dispose();
     }
 }
 
@@ -103,6 +109,63 @@ public static class Collator
             LossCount = lossRows.Count,
             RealTokens = real,
             TargetTokens = labelled,
+            Lengths = lengths,
+            PromptLengths = promptLengths,
+        };
+    }
+
+    /// <summary>
+    /// An encoder-decoder batch (T5): the prompts right-padded as the encoder input with their mask; the targets
+    /// right-padded as labels (-100 on pads) and, shifted right behind <paramref name="decoderStartId"/>, as the
+    /// decoder input (pads there are <paramref name="padId"/>, as transformers' shift_right writes them). Every
+    /// target token carries a loss; the decoder's output t predicts label t (no shift in the loss).
+    /// </summary>
+    public static Batch CollateSeq2Seq(IReadOnlyList<TokenizedExample> examples, int padId, int decoderStartId, Device device)
+    {
+        ArgumentNullException.ThrowIfNull(examples);
+        if (examples.Count == 0) throw new SoftPromptException("cannot collate an empty batch.");
+        int b = examples.Count, te = Math.Max(1, examples.Max(x => x.PromptIds.Length)), tm = examples.Max(x => x.TargetIds.Length);
+        if (tm == 0) throw new SoftPromptException("cannot collate an encoder-decoder batch whose targets are all empty.");
+        var ids = new long[b * te];
+        var mask = new long[b * te];
+        var labels = new long[b * tm];
+        var dec = new long[b * tm];
+        Array.Fill(ids, padId);
+        Array.Fill(labels, Batch.IgnoreIndex);
+        Array.Fill(dec, padId);
+        var lengths = new int[b];
+        var promptLengths = new int[b];
+        var lossRows = new List<long>();
+        var lossLabels = new List<long>();
+        int real = 0;
+        for (int i = 0; i < b; i++)
+        {
+            var x = examples[i];
+            for (int j = 0; j < x.PromptIds.Length; j++) { ids[i * te + j] = x.PromptIds[j]; mask[i * te + j] = 1; }
+            for (int j = 0; j < x.TargetIds.Length; j++)
+            {
+                labels[i * tm + j] = x.TargetIds[j];
+                lossRows.Add((long)i * tm + j);
+                lossLabels.Add(x.TargetIds[j]);
+            }
+            // shift_right of the padded labels: position j holds label j-1 (the pads' outputs carry no loss).
+            dec[i * tm] = decoderStartId;
+            for (int j = 1; j <= x.TargetIds.Length && j < tm; j++) dec[i * tm + j] = x.TargetIds[j - 1];
+            lengths[i] = x.Length;
+            promptLengths[i] = x.PromptIds.Length;
+            real += x.Length;
+        }
+        return new Batch
+        {
+            InputIds = ToDevice(ids, new long[] { b, te }, device),
+            AttentionMask = ToDevice(mask, new long[] { b, te }, device),
+            Labels = ToDevice(labels, new long[] { b, tm }, device),
+            DecoderInputIds = ToDevice(dec, new long[] { b, tm }, device),
+            LossRows = ToDevice(lossRows.ToArray(), new long[] { lossRows.Count }, device),
+            LossLabels = ToDevice(lossLabels.ToArray(), new long[] { lossLabels.Count }, device),
+            LossCount = lossRows.Count,
+            RealTokens = real,
+            TargetTokens = lossRows.Count,
             Lengths = lengths,
             PromptLengths = promptLengths,
         };

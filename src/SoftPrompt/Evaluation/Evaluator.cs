@@ -3,6 +3,8 @@ using SoftPrompt.Data;
 using SoftPrompt.Inference;
 using SoftPrompt.IO;
 using SoftPrompt.Models;
+using SoftPrompt.Distributed;
+using SoftPrompt.Runs;
 using SoftPrompt.Runtime;
 using SoftPrompt.Scoring;
 using SoftPrompt.Tokenization;
@@ -78,17 +80,21 @@ public static class Evaluator
         .OfType<System.Reflection.AssemblyInformationalVersionAttribute>().FirstOrDefault()?.InformationalVersion.Split('+')[0]
         ?? typeof(Evaluator).Assembly.GetName().Version?.ToString() ?? "unknown";
 
-    public static EvalResult Run(EvalOptions o, Action<string>? log = null, IProgress<EvalProgress>? progress = null)
+    /// <summary>Evaluates every condition. Under MPI (<paramref name="comm"/> of several ranks) every rank calls this with
+    /// the same options; the examples are shared out and the results gathered, so every rank returns the one-process
+    /// result (rank 0 writes the report).</summary>
+    public static EvalResult Run(EvalOptions o, Action<string>? log = null, IProgress<EvalProgress>? progress = null, ICommunicator? comm = null)
     {
         o.Validate();
+        var run = new RunScaffold(comm, log);
+        log = run.Message;
+        if (!run.IsWriter) progress = null;
         var dataOptions = o.DataOptions();
 
         // Data and every named file first: bad input must stop before the model is loaded.
-        var read = DatasetReader.Read(o.Data!, dataOptions);
-        if (read.Skipped > 0) log?.Invoke($"{o.Data}: skipped {read.Skipped} bad line(s) (--skip-bad-lines); first: {read.Problems[0]}");
         // --max-examples takes a seeded sample (files are often sorted by label), kept in file order; the label set and
         // the task kind are still decided on the whole file.
-        var all = read.Examples;
+        var all = run.ReadData(dataOptions, o.Data!, null, 0, o.Seed).Train;
         var examples = DatasetSplit.SampleIndices(all.Count, o.MaxExamples, o.Seed, stream: 0x5A4D).Select(i => all[i]).ToList();
         var instructions = o.Instruction.ToList();
         if (o.InstructionsFile is not null)
@@ -113,15 +119,18 @@ public static class Evaluator
         if (task == TaskKind.Generation && o.Labels is not null) throw new SoftPromptException("--labels applies to classification; this evaluation is a generation task (--task).");
 
         if (task == TaskKind.Classification && o.Labels is not null) ClassificationTask.CheckLabels(all, dataOptions, o.Labels, o.Data!); // before the model load
-        TorchRuntime.SetThreads(o.Threads); // warnings only: the report's stderr stays for the evaluation's own notes
         if (o.Rubric is not null && task != TaskKind.Generation) throw new SoftPromptException("--rubric (the judge metric) applies to generation tasks; this evaluation is classification.");
         var judgeMeter = new Llm.CallMeter { MaxCalls = o.MaxCalls };
-        using var judge = o.Rubric is null ? null : JudgeClient(o, judgeMeter);
-        var judgeCache = o.Rubric is null ? null
+        // The judge rates rank 0's gathered answers: the other ranks have no judge and no verdict cache.
+        using var judge = o.Rubric is null || !run.IsWriter ? null : JudgeClient(o, judgeMeter);
+        var judgeCache = judge is null ? null
             : new Llm.VerdictCache($"{o.JudgeProvider}:{o.JudgeModel}", o.JudgeCache ?? Path.Combine(o.Output!, Llm.VerdictCache.FileName));
-        using var lm = LanguageModel.Load(o.Model!, o.Device, o.Dtype, o.CheckFinite);
+        // Threads: warnings only (null log): the report's stderr stays for the evaluation's own notes.
+        var agreed = IO.OptionsRecord.ToJson(o with { Output = null, Threads = 0, Device = "auto", Data = null, ShotsFrom = null, InstructionsFile = null, Model = null, JudgeCache = null });
+        var inputs = new[] { o.Data! }.Concat(o.ShotsFrom is null ? Array.Empty<string>() : new[] { o.ShotsFrom }).Concat(o.InstructionsFile is null ? Array.Empty<string>() : new[] { o.InstructionsFile });
+        using var lm = run.LoadModel(o.Model!, o.Device, o.Dtype, o.CheckFinite, o.Threads, agreed, inputs);
         var tok = lm.RequireTokenizer();
-        var model = lm.Model;
+        var model = lm.Base;
         var notes = new List<string>();
         var ct = task == TaskKind.Classification ? ClassificationTask.Create(all, dataOptions, tok, o.Labels, o.Data!) : null;
         if (ct is not null && dataOptions.LabelWords is not null)
@@ -180,7 +189,7 @@ public static class Evaluator
                 int index = ci, n = examples.Count;
                 progress?.Report(new EvalProgress(c.Name, index, conditions.Count, 0, 2 * n, n));
                 Action<int> done = units => progress?.Report(new EvalProgress(c.Name, index, conditions.Count, units, 2 * n, n));
-                var result = EvaluateCondition(c, examples, o, lm, tok, ct, padId, notes, done);
+                var result = EvaluateCondition(c, examples, o, lm, tok, ct, padId, notes, done, run.Comm);
                 results.Add(c.AdapterDir is null ? result : result with { AdapterPath = c.AdapterDir, AdapterSettings = AdapterSettings(c.AdapterDir) });
                 if (judge is not null) AddJudgeScore(results[^1], judge, Llm.Judge.ReadRubric(o.Rubric!), judgeCache, notes);
             }
@@ -236,9 +245,9 @@ public static class Evaluator
     }
 
     static ConditionResult EvaluateCondition(Condition c, IReadOnlyList<Example> examples, EvalOptions o, LanguageModel lm, HfTokenizer tok,
-        ClassificationTask? ct, int padId, List<string> notes, Action<int> done)
+        ClassificationTask? ct, int padId, List<string> notes, Action<int> done, ICommunicator comm)
     {
-        var model = lm.Model;
+        var model = lm.Base;
         int virtualTokens = c.Method?.NumVirtualTokens ?? 0;
         int maxLen = o.MaxLength;
         if (model.Config.Family == ArchFamily.Gpt2) maxLen = Math.Min(maxLen, model.Config.MaxPositions - virtualTokens);
@@ -254,7 +263,7 @@ public static class Evaluator
         // Loss on the data's targets: the trainer's validation-loss code path, hard prompt in the prompt ids.
         var lossData = examples.Select((e, i) => new TokenizedExample(Prompt(i, targets[i].Length), targets[i])).ToList();
         int n0 = examples.Count;
-        double loss = PromptLoss.ValidationLoss(model, c.Method, lossData, o.BatchSize, padId, done);
+        double loss = PromptLoss.ValidationLoss(model, c.Method, lossData, o.BatchSize, padId, done, comm);
         int truncatedForLoss = truncated;
 
         var rows = new List<PredictionRow>();
@@ -264,7 +273,8 @@ public static class Evaluator
         {
             truncated = 0;
             var prompts = examples.Select((_, i) => Prompt(i, ct.MaxLabelTokens)).ToList();
-            var scores = prompts.Select((p, i) => { var sc = RankClassifier.Score(model, c.Method, p, ct.LabelIds); done(n0 + i + 1); return sc; }).ToList();
+            // Each rank scores its share of the examples; every rank gets every example's scores.
+            var scores = comm.Map(prompts.Count, i => { var sc = RankClassifier.Score(model, c.Method, prompts[i], ct.LabelIds); done(n0 + i + 1); return sc; }).ToList();
             var gold = examples.Select(ct.Gold).ToList();
             var pred = scores.Select(s => s.Best(o.LengthNormalize)).ToList();
             cm = ClassificationMetrics.Compute(gold, pred, ct.Labels);
@@ -290,13 +300,28 @@ public static class Evaluator
             var prompts = examples.Select((_, i) => Prompt(i, o.MaxNewTokens)).ToList();
             var firstOf = new Dictionary<string, int>();
             var todo = Enumerable.Range(0, examples.Count).Where(i => o.Temperature > 0 || firstOf.TryAdd(string.Join(",", prompts[i]), i)).ToList();
-            using var attached = c.Method is null ? null : AttachedPrompt.From(c.Method, model);
-            var generated = BatchEngine.GenerateAll(model, todo.Select(i => new SequenceRequest
+            GenerationOptions Options(int i) => new() { MaxNewTokens = o.MaxNewTokens, Temperature = o.Temperature, Seed = o.Seed + i, EosIds = eos };
+            // Each rank generates its share of the continuations; every rank gets all their tokens.
+            int[][] generated;
+            if (lm.Seq2Seq is { } t5)
             {
-                PromptIds = prompts[i], Prompt = attached,
-                Options = new GenerationOptions { MaxNewTokens = o.MaxNewTokens, Temperature = o.Temperature, Seed = o.Seed + i, EosIds = eos },
-            }).ToList());
-            var texts = todo.Zip(generated).ToDictionary(x => x.First, x => tok.Decode(x.Second.NewIds, skipSpecialTokens: true));
+                // Encoder-decoder: the prompt is the encoder input; each is decoded with its own decoder cache.
+                generated = comm.MapShare(todo.Count, share => share.Select(j =>
+                {
+                    int i = todo[j];
+                    using var scope = TorchSharp.torch.NewDisposeScope();
+                    return Seq2SeqGenerator.Generate(t5, prompts[i], Options(i), c.Method?.Inject(1)).NewIds.ToArray();
+                }).ToList());
+            }
+            else
+            {
+                using var attached = c.Method is null ? null : AttachedPrompt.From(c.Method, lm.Model);
+                generated = comm.MapShare(todo.Count, share => BatchEngine.GenerateAll(lm.Model, share.Select(j => todo[j]).Select(i => new SequenceRequest
+                {
+                    PromptIds = prompts[i], Prompt = attached, Options = Options(i),
+                }).ToList()).Select(g => g.NewIds.ToArray()).ToList());
+            }
+            var texts = todo.Zip(generated).ToDictionary(x => x.First, x => tok.Decode(x.Second, skipSpecialTokens: true));
             double em = 0, f1 = 0, any = 0;
             for (int i = 0; i < examples.Count; i++)
             {

@@ -16,7 +16,7 @@ public static class PromptProjection
     /// <paramref name="allowed"/> (per model vocabulary id) restricts the answer to real tokens: a model's embedding
     /// matrix often has rows beyond the tokenizer's vocabulary (padding to a multiple of 64/128) and rows of special
     /// tokens, which are no part of a readable prompt (see <see cref="TokenSets.AllowedTokens"/>).</summary>
-    public static (int[][] Ids, float[][] Cosines) NearestTokens(CausalLM model, Tensor vectors, int k = 5, IReadOnlyList<bool>? allowed = null)
+    public static (int[][] Ids, float[][] Cosines) NearestTokens(IPromptableModel model, Tensor vectors, int k = 5, IReadOnlyList<bool>? allowed = null)
     {
         if (vectors.dim() != 2 || vectors.shape[1] != model.Config.HiddenSize)
             throw new SoftPromptException($"nearest tokens need vectors of width {model.Config.HiddenSize} (the input embedding width).");
@@ -45,7 +45,7 @@ public static class PromptProjection
 
     /// <summary>The projected hard prompt of a prompt-tuning adapter: each virtual token's nearest token id.
     /// Prefix tuning has no input-embedding vectors to project: this returns null for it.</summary>
-    public static int[]? Project(CausalLM model, IPromptMethod method, IReadOnlyList<bool>? allowed = null)
+    public static int[]? Project(IPromptableModel model, IPromptMethod method, IReadOnlyList<bool>? allowed = null)
     {
         if (method is not PromptTuning) return null;
         using var emb = method.ExportEmbeddings();

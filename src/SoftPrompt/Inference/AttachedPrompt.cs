@@ -32,7 +32,7 @@ public sealed class AttachedPrompt : IDisposable
     }
 
     /// <summary>Computes the prompt's inference tensors once (a projection MLP, if any, is applied here).</summary>
-    public static AttachedPrompt From(IPromptMethod method, CausalLM model, string name = "")
+    public static AttachedPrompt From(IPromptMethod method, IPromptableModel model, string name = "")
     {
         using var scope = torch.NewDisposeScope();
         using var noGrad = torch.no_grad();
@@ -44,7 +44,7 @@ public sealed class AttachedPrompt : IDisposable
     }
 
     /// <summary>Loads a PEFT adapter folder (checked against the model's fingerprint) and prepares it.</summary>
-    public static AttachedPrompt Load(string adapterDir, CausalLM model, string name = "", bool checkFinite = true)
+    public static AttachedPrompt Load(string adapterDir, IPromptableModel model, string name = "", bool checkFinite = true)
     {
         using var method = Adapter.Load(adapterDir, model, checkFinite: checkFinite);
         return From(method, model, name);

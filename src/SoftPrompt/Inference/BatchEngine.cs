@@ -89,7 +89,7 @@ public readonly record struct EngineStep(string Kind, int Rows, int Tokens, doub
 /// (up to float rounding): a greedy completion is the same alone, batched, or through <see cref="Generator"/>.
 /// Sampling uses one generator per sequence (seeded from <see cref="GenerationOptions.Seed"/>), as the single path does.
 /// </summary>
-public sealed class BatchEngine : IDisposable
+public sealed class BatchEngine : IGenerationEngine
 {
     sealed class Seq
     {

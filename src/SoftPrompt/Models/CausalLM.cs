@@ -39,7 +39,7 @@ public sealed class ForwardResult
 /// The model knows nothing about soft prompts: it accepts extra input embeddings and past keys/values, the two
 /// points where prompt methods attach (as in Hugging Face / PEFT).
 /// </summary>
-public sealed partial class CausalLM : IDisposable
+public sealed partial class CausalLM : IPromptableModel
 {
     public ModelConfig Config { get; }
     public Device Device { get; }

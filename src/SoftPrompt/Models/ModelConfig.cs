@@ -14,6 +14,8 @@ public enum ArchFamily
     /// <summary>GPT-NeoX (Pythia): LayerNorm with bias, partial RoPE, q/k/v fused and interleaved per head, GELU MLP,
     /// parallel or sequential residual.</summary>
     GptNeoX,
+    /// <summary>T5 / Flan-T5 encoder-decoder (<see cref="T5Config"/>, <see cref="T5Model"/>): not a decoder-only model.</summary>
+    T5,
 }
 
 /// <summary>RoPE frequency scaling as Hugging Face's <c>rope_scaling</c> describes it. For <c>longrope</c> (Phi-3's
@@ -32,7 +34,7 @@ public sealed record RopeScaling(string Type, double Factor, double LowFreqFacto
 /// and a value we do not implement fails loudly instead of being ignored (an ignored <c>rope_scaling</c> is how
 /// other ports silently drift from the reference).
 /// </summary>
-public sealed record ModelConfig
+public sealed partial record ModelConfig
 {
     public required string ModelType { get; init; }
     public required ArchFamily Family { get; init; }
@@ -91,6 +93,10 @@ public sealed record ModelConfig
     /// <summary>The dtype the checkpoint was saved in (<c>torch_dtype</c>), if given.</summary>
     public string? TorchDtype { get; init; }
     public string? NameOrPath { get; init; }
+    /// <summary>The encoder-decoder options of a T5 checkpoint (model_type t5), else null.</summary>
+    public T5Config? T5 { get; init; }
+    /// <summary>True for encoder-decoder models (T5): the prompt is the encoder input, the target the decoder's.</summary>
+    public bool IsEncoderDecoder => T5 is not null;
 
     public int KvDim => NumKvHeads * HeadDim;
     /// <summary>Dimensions of each head that RoPE rotates (the first ones); the rest pass through.</summary>
@@ -102,7 +108,7 @@ public sealed record ModelConfig
     /// <summary>The window every layer uses, or null when some (or all) layers attend globally.</summary>
     public int? UniformSlidingWindow => SlidingWindow is int w && (SlidingLayers is null || !SlidingLayers.Contains(false)) ? w : null;
 
-    public static readonly string[] SupportedModelTypes = { "gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "gpt_neox" };
+    public static readonly string[] SupportedModelTypes = { "gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "gpt_neox", "t5" };
 
     public static ModelConfig Load(string modelDir)
     {
@@ -227,6 +233,8 @@ public sealed record ModelConfig
                 return ParsePhi3(o, r, bos ?? 1, eos.Count > 0 ? eos : new() { 32000 }, pad ?? 32000, path);
             case "gpt_neox":
                 return ParseNeoX(o, r, bos ?? 0, eos.Count > 0 ? eos : new() { 2 }, pad, path);
+            case "t5":
+                return ParseT5(o, r, eos, pad, path);
             default:
                 throw new SoftPromptException($"{path}: model_type '{type}' is not supported (supported: {string.Join(", ", SupportedModelTypes)}).");
         }

@@ -16,6 +16,7 @@ public static class ModelLoader
         device ??= torch.CPU;
         bool check = checkFinite;
         var cfg = ModelConfig.Load(modelDir);
+        if (cfg.IsEncoderDecoder) throw new SoftPromptException($"{modelDir}: {cfg.ModelType} is an encoder-decoder model; this command supports decoder-only models only (with T5: train, eval, generate, score, serve).");
         var expected = ExpectedShapes(cfg);
         var files = WeightFiles(modelDir);
 

@@ -9,9 +9,14 @@ public sealed class MetricsLog
     public string Path { get; }
     public List<JsonObject> Rows { get; } = new();
 
-    public MetricsLog(string path, int? truncateAfterStep = null)
+    readonly bool _write;
+
+    /// <summary>Reads the log at <paramref name="path"/> (on resume, rows after <paramref name="truncateAfterStep"/> are
+    /// dropped). With <paramref name="write"/> false (a rank other than the writer) rows are kept in memory only.</summary>
+    public MetricsLog(string path, int? truncateAfterStep = null, bool write = true)
     {
         Path = path;
+        _write = write;
         if (File.Exists(path))
         {
             // On resume, keep the rows up to the checkpoint's step and drop what a killed run wrote after it.
@@ -25,14 +30,14 @@ public sealed class MetricsLog
                 if (truncateAfterStep is int s && step > s) continue;
                 Rows.Add(o);
             }
-            IO.AtomicFile.WriteAllText(path, string.Concat(Rows.Select(r => IO.JsonFile.Write(r) + "\n")));
+            if (write) IO.AtomicFile.WriteAllText(path, string.Concat(Rows.Select(r => IO.JsonFile.Write(r) + "\n")));
         }
     }
 
     public void Append(JsonObject row)
     {
         Rows.Add(row);
-        File.AppendAllText(Path, IO.JsonFile.Write(row) + "\n"); // a NaN loss is written as null
+        if (_write) File.AppendAllText(Path, IO.JsonFile.Write(row) + "\n"); // a NaN loss is written as null
     }
 
     public IEnumerable<(double Step, double Value)> Series(string kind, string key) =>

@@ -1,5 +1,6 @@
 using SoftPrompt.Data;
 using SoftPrompt.Models;
+using SoftPrompt.Distributed;
 using SoftPrompt.Tokenization;
 using SoftPrompt.Tuning;
 
@@ -114,7 +115,7 @@ public sealed class ClassificationTask
     public int MaxLabelTokens => LabelIds.Max(l => l.Length);
 
     /// <summary>Rank-classifies prompts (already built, hard prompt included); <paramref name="method"/> is attached when given.</summary>
-    public List<LabelScores> Score(CausalLM model, IPromptMethod? method, IReadOnlyList<int[]> promptIds) =>
+    public List<LabelScores> Score(IPromptableModel model, IPromptMethod? method, IReadOnlyList<int[]> promptIds) =>
         promptIds.Select(p => RankClassifier.Score(model, method, p, LabelIds)).ToList();
 
     /// <summary>
@@ -123,7 +124,8 @@ public sealed class ClassificationTask
     /// so the first ones would be a biased sample; the selection is fixed for the whole run). Keys in order:
     /// accuracy first (the one "best checkpoint" is judged by), then macro_f1.
     /// </summary>
-    public Func<IPromptMethod, IReadOnlyDictionary<string, double>> TrainerMetrics(CausalLM model, HfTokenizer tok, IReadOnlyList<Example> validation, int maxLength, bool lengthNormalize = false, int cap = 200)
+    public Func<IPromptMethod, IReadOnlyDictionary<string, double>> TrainerMetrics(IPromptableModel model, HfTokenizer tok, IReadOnlyList<Example> validation, int maxLength, bool lengthNormalize = false, int cap = 200,
+        ICommunicator? comm = null)
     {
         var used = validation.Count <= cap ? validation.ToList()
             : Enumerable.Range(0, cap).Select(i => validation[(int)((long)i * validation.Count / cap)]).ToList();
@@ -131,7 +133,8 @@ public sealed class ClassificationTask
         var gold = used.Select(Gold).ToList();
         return method =>
         {
-            var scores = Score(model, method, prompts);
+            // Each rank scores its share of the examples; every rank gets all the scores, as one process computes them.
+            var scores = (comm ?? SingleProcess.Instance).Map(prompts.Count, i => RankClassifier.Score(model, method, prompts[i], LabelIds));
             var m = ClassificationMetrics.Compute(gold, scores.Select(s => s.Best(lengthNormalize)).ToList(), Labels);
             // An ordered list of pairs keeps "accuracy" first whatever dictionary the caller copies it into.
             return new OrderedDictionary<string, double> { ["accuracy"] = m.Accuracy, ["macro_f1"] = m.MacroF1 };

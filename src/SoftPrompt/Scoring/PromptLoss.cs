@@ -1,5 +1,6 @@
 using SoftPrompt.Data;
 using SoftPrompt.Models;
+using SoftPrompt.Distributed;
 using SoftPrompt.Tuning;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -16,8 +17,39 @@ namespace SoftPrompt.Scoring;
 public static class PromptLoss
 {
     /// <summary>Sum of target-token negative log-likelihoods (fp32 scalar) and the number of target tokens.</summary>
-    public static (Tensor NllSum, long Count) Compute(CausalLM model, IPromptMethod? method, Batch batch)
-        => Loss(model, batch, Hidden(model, method, batch));
+    public static (Tensor NllSum, long Count) Compute(IPromptableModel model, IPromptMethod? method, Batch batch) => model switch
+    {
+        CausalLM lm => Loss(lm, batch, Hidden(lm, method, batch)),
+        T5Model t5 => Seq2SeqLoss(t5, method, batch),
+        _ => throw new NotSupportedException($"no loss for {model.GetType().Name}"),
+    };
+
+    /// <summary>The batch layout <see cref="Compute"/> expects for this model: decoder-only batches concatenate prompt and
+    /// target; encoder-decoder ones give the prompt to the encoder and the target to the decoder.</summary>
+    public static Batch Collate(IPromptableModel model, IReadOnlyList<TokenizedExample> examples, int padId, bool lossOnPrompt = false)
+    {
+        if (model.Config.T5 is not { } t5) return Collator.Collate(examples, padId, model.Device, lossOnPrompt);
+        if (lossOnPrompt)
+            throw new SoftPromptException("--loss-on-prompt does not apply to an encoder-decoder model: the prompt is the encoder's input, which the model does not predict.");
+        return Collator.CollateSeq2Seq(examples, model.Config.PadTokenId ?? padId, t5.DecoderStartTokenId, model.Device);
+    }
+
+    /// <summary>Encoder-decoder loss: the prompt method's embeddings go before the encoder input (PEFT's SEQ_2_SEQ_LM
+    /// prompt tuning: the encoder mask, which is also the cross-attention mask, gets ones for them); the decoder is
+    /// teacher-forced on the shifted target and its output t predicts target token t.</summary>
+    static (Tensor NllSum, long Count) Seq2SeqLoss(T5Model model, IPromptMethod? method, Batch batch)
+    {
+        if (batch.DecoderInputIds is null) throw new ArgumentException("an encoder-decoder model needs a batch from PromptLoss.Collate (Collator.CollateSeq2Seq).");
+        var inj = method?.Inject((int)batch.InputIds.shape[0]) ?? PromptInjection.None;
+        if (inj.PastKeyValues is not null)
+            throw new SoftPromptException("prefix tuning is not supported for encoder-decoder (T5) models; use prompt tuning.");
+        if (batch.LossCount == 0) return (torch.zeros(1, ScalarType.Float32, model.Device).sum(), 0);
+        var enc = model.Encode(batch.InputIds, batch.AttentionMask, inj.PrefixEmbeds);
+        var hidden = model.Decode(batch.DecoderInputIds, enc).Hidden;
+        var rows = hidden.reshape(-1, hidden.shape[2]).index_select(0, batch.LossRows);
+        var nll = F.cross_entropy(model.Logits(rows), batch.LossLabels, reduction: nn.Reduction.Sum);
+        return (nll, batch.LossCount);
+    }
 
     /// <summary>The transformer part: final hidden states [B, T, hidden] of the batch's real tokens (virtual rows dropped).</summary>
     public static Tensor Hidden(CausalLM model, IPromptMethod? method, Batch batch)
@@ -64,21 +96,34 @@ public static class PromptLoss
         return (nll, count);
     }
 
-    /// <summary>Mean target-token loss of a prompt on examples (no gradients).</summary>
-    public static double ValidationLoss(CausalLM model, IPromptMethod? method, IReadOnlyList<TokenizedExample> data, int batchSize, int padId,
-        Action<int>? examplesDone = null)
+    /// <summary>
+    /// Mean target-token loss of a prompt on examples (no gradients). With several ranks (<paramref name="comm"/>) each
+    /// rank runs every Size-th batch of the same batching, and the per-batch sums are gathered and added in batch
+    /// order: the result is bit for bit the one-process result.
+    /// </summary>
+    public static double ValidationLoss(IPromptableModel model, IPromptMethod? method, IReadOnlyList<TokenizedExample> data, int batchSize, int padId,
+        Action<int>? examplesDone = null, ICommunicator? comm = null)
     {
+        comm ??= SingleProcess.Instance;
         using var noGrad = torch.no_grad();
-        double nll = 0; long count = 0;
         var order = Enumerable.Range(0, data.Count).OrderBy(i => data[i].PromptIds.Length + data[i].TargetIds.Length).ToArray();
-        for (int s = 0; s < order.Length; s += batchSize)
+        int batches = (order.Length + batchSize - 1) / batchSize;
+        // Per batch: its fp32 loss sum (as a double) and its target count; zero where another rank ran the batch.
+        var sums = new double[batches];
+        var counts = new long[batches];
+        for (int b = 0, s = 0; b < batches; b++, s += batchSize)
         {
+            if (!comm.Owns(b)) continue;
             using var scope = torch.NewDisposeScope();
-            using var batch = Collator.Collate(order.Skip(s).Take(batchSize).Select(i => data[i]).ToList(), padId, model.Device, false);
+            using var batch = Collate(model, order.Skip(s).Take(batchSize).Select(i => data[i]).ToList(), padId);
             var (sum, c) = PromptLoss.Compute(model, method, batch);
-            nll += sum.item<float>(); count += c;
+            sums[b] = sum.item<float>(); counts[b] = c;
             examplesDone?.Invoke(Math.Min(order.Length, s + batchSize));
         }
+        comm.AllReduceSum(sums);
+        comm.AllReduceSum(counts);
+        double nll = 0; long count = 0;
+        for (int b = 0; b < batches; b++) { nll += sums[b]; count += counts[b]; }
         return count > 0 ? nll / count : double.NaN;
     }
 }

@@ -26,6 +26,55 @@ public sealed record LabelScores(double[] LogProbs, int[] TokenCounts)
 /// </summary>
 public static class RankClassifier
 {
+    /// <summary>Rank classification on either kind of model: after the prompt for a decoder-only model; as decoder
+    /// continuations of the encoder input for an encoder-decoder one.</summary>
+    public static LabelScores Score(IPromptableModel model, IPromptMethod? method, IReadOnlyList<int> promptIds, IReadOnlyList<int[]> labelIds) => model switch
+    {
+        CausalLM lm => Score(lm, method, promptIds, labelIds),
+        T5Model t5 => ScoreSeq2Seq(t5, method, promptIds, labelIds),
+        _ => throw new NotSupportedException($"no rank classification for {model.GetType().Name}"),
+    };
+
+    /// <summary>
+    /// Encoder-decoder rank classification: the encoder (with any soft prompt before its input) runs once; every
+    /// label is then scored as the decoder's continuation from the start token, all labels as one right-padded
+    /// decoder batch over the shared encoder output (causal decoder attention: real positions never see the pads).
+    /// </summary>
+    public static LabelScores ScoreSeq2Seq(T5Model model, IPromptMethod? method, IReadOnlyList<int> promptIds, IReadOnlyList<int[]> labelIds)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        var inj = method?.Inject(1) ?? PromptInjection.None;
+        if (inj.PastKeyValues is not null) throw new SoftPromptException($"{model.Config.ModelType}: {PrefixTuning.EncoderDecoderRefusal}");
+        if (promptIds.Count == 0 && inj.PrefixEmbeds is null) throw new SoftPromptException("rank classification needs a non-empty prompt (the template rendered to no tokens).");
+        for (int l = 0; l < labelIds.Count; l++)
+            if (labelIds[l].Length == 0) throw new SoftPromptException($"label #{l} tokenizes to no tokens.");
+        var ids = torch.tensor(promptIds.Select(i => (long)i).ToArray(), ScalarType.Int64, model.Device).unsqueeze(0);
+        var enc = model.Encode(ids, prefixEmbeds: inj.PrefixEmbeds);
+        int R = labelIds.Count, tmax = labelIds.Max(l => l.Length);
+        var dec = new long[R * tmax];
+        var tgt = new long[R * tmax];
+        for (int r = 0; r < R; r++)
+            for (int t = 0; t < tmax; t++)
+            {
+                var lab = labelIds[r];
+                dec[r * tmax + t] = t == 0 ? model.T5.DecoderStartTokenId : t - 1 < lab.Length ? lab[t - 1] : 0;
+                tgt[r * tmax + t] = t < lab.Length ? lab[t] : 0;
+            }
+        var shared = new T5EncoderOutput(enc.Hidden.expand(R, -1, -1), null);
+        var hidden = model.Decode(torch.tensor(dec, ScalarType.Int64, model.Device).view(R, tmax), shared).Hidden;
+        var lp = model.Logits(hidden).log_softmax(-1);
+        var picked = lp.gather(2, torch.tensor(tgt, ScalarType.Int64, model.Device).view(R, tmax, 1)).squeeze(2).to(ScalarType.Float64).cpu().data<double>().ToArray();
+        var scores = new double[R];
+        var counts = new int[R];
+        for (int r = 0; r < R; r++)
+        {
+            for (int t = 0; t < labelIds[r].Length; t++) scores[r] += picked[r * tmax + t];
+            counts[r] = labelIds[r].Length;
+        }
+        return new LabelScores(scores, counts);
+    }
+
     public static LabelScores Score(CausalLM model, IPromptMethod? method, IReadOnlyList<int> promptIds, IReadOnlyList<int[]> labelIds)
     {
         if (promptIds.Count == 0) throw new SoftPromptException("rank classification needs a non-empty prompt (the template rendered to no tokens).");

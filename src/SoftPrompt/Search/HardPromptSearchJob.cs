@@ -4,6 +4,8 @@ using System.Text.Json;
 using SoftPrompt.Data;
 using SoftPrompt.IO;
 using SoftPrompt.Inference;
+using SoftPrompt.Distributed;
+using SoftPrompt.Runs;
 using SoftPrompt.Runtime;
 using SoftPrompt.Scoring;
 using SoftPrompt.Tokenization;
@@ -23,11 +25,14 @@ public static class HardPromptSearchJob
     public const string LogFile = "search_log.jsonl", SummaryFile = "search_summary.json", ConfigFile = "config.json";
 
     public static HardPromptSearchResult Run(HardPromptSearchOptions o, IProgress<HardPromptSearchProgress>? progress = null,
-        Action<string>? message = null, CancellationToken cancel = default, IHardPromptOptimizer? optimizer = null, bool resume = false)
+        Action<string>? message = null, CancellationToken cancel = default, IHardPromptOptimizer? optimizer = null, bool resume = false,
+        ICommunicator? comm = null)
     {
         o.Validate();
         o = o with { ScoreExamples = o.ResolvedScoreExamples };
         bool opro = o.Strategy == SearchStrategy.Opro;
+        if (opro && comm is { Size: > 1 })
+            throw new SoftPromptException("--strategy opro runs in one process (its candidates are not yet scored across MPI ranks); launch it without mpirun, or use the gradient search.");
         var runDir = o.Output!;
         if (File.Exists(runDir)) throw new SoftPromptException($"--output {runDir}: is a file, expected a run folder.");
         if (resume && !opro) throw new SoftPromptException("--resume continues an OPRO run (--strategy opro); a gradient search is restarted instead.");
@@ -35,43 +40,30 @@ public static class HardPromptSearchJob
         if (resume && !File.Exists(trajectoryPath)) throw new SoftPromptException($"--resume {runDir}: no {OproTrajectory.FileName} there; is it an OPRO run folder?");
         // Locked (created, proven writable) before anything is read; held to the end. A failed gradient search leaves no
         // folder it created (it has no checkpoint to resume); a failed OPRO run keeps its trajectory for --resume.
-        var runLock = RunLock.Acquire(runDir);
-        bool ok = false;
-        try
-        {
-            var r = RunLocked(o, progress, message, cancel, optimizer, runDir, resume, trajectoryPath);
-            ok = true;
-            return r;
-        }
-        finally
-        {
-            runLock.Dispose();
-            if (!ok && !File.Exists(trajectoryPath)) runLock.RemoveWhatThisRunAdded(); // a failed OPRO run keeps its trajectory for --resume
-        }
+        var run = new RunScaffold(comm, message);
+        return run.InRunFolder(runDir, () => RunLocked(o, run.IsWriter ? progress : null, run.Message, cancel, optimizer, runDir, resume, trajectoryPath, run),
+            keepOnFailure: () => File.Exists(trajectoryPath));
     }
 
     static HardPromptSearchResult RunLocked(HardPromptSearchOptions o, IProgress<HardPromptSearchProgress>? progress,
-        Action<string>? message, CancellationToken cancel, IHardPromptOptimizer? optimizer, string runDir, bool resume, string trajectoryPath)
+        Action<string>? message, CancellationToken cancel, IHardPromptOptimizer? optimizer, string runDir, bool resume, string trajectoryPath, RunScaffold run)
     {
         bool opro = o.Strategy == SearchStrategy.Opro;
         if (!resume && File.Exists(Path.Combine(runDir, HardPrompt.FileName)))
             throw new SoftPromptException($"{runDir} already holds a search result ({HardPrompt.FileName}); choose another --output.");
         if (!resume && opro && File.Exists(trajectoryPath))
             throw new SoftPromptException($"{runDir} holds an unfinished OPRO run; continue it with --resume {runDir}, or choose another --output.");
-        torch.manual_seed(o.Seed);
+        RunScaffold.Seed(o.Seed);
 
         // Data first: a broken dataset stops the run before the model is loaded.
         var dataOptions = o.DataOptions();
-        var read = DatasetReader.Read(o.Train!, dataOptions);
-        if (read.Skipped > 0) message?.Invoke($"{o.Train}: skipped {read.Skipped} bad line(s); first: {read.Problems[0]}");
-        IReadOnlyList<Example> search = read.Examples, heldOut = Array.Empty<Example>();
-        if (o.Validation is not null) heldOut = DatasetReader.Read(o.Validation, dataOptions).Examples;
-        else if (o.ValidationSplit > 0 && search.Count >= 2) (search, heldOut) = DatasetSplit.Split(search, o.ValidationSplit, o.Seed);
+        var data = run.ReadData(dataOptions, o.Train!, o.Validation, o.ValidationSplit, o.Seed);
+        IReadOnlyList<Example> search = data.Train, heldOut = data.Validation;
         // --labels: every label must occur in the data (as train and eval require). Without a target template a label is
         // the label field's value; with one, the rendered target text.
         if (o.Labels is not null)
         {
-            if (o.TargetTemplate is null) ClassificationTask.CheckLabels(search.Concat(heldOut).ToList(), dataOptions, o.Labels, o.Train!);
+            if (o.TargetTemplate is null) RunScaffold.CheckLabels(data, dataOptions, o.Labels, o.Train!);
             else
             {
                 var targets = search.Concat(heldOut).Select(e => e.Target).ToHashSet(StringComparer.Ordinal);
@@ -80,17 +72,18 @@ public static class HardPromptSearchJob
             }
         }
 
-        TorchRuntime.SetThreads(o.Threads, message);
-        using var lm = LanguageModel.Load(o.Model!, o.Device, o.Dtype, o.CheckFinite);
+        var agreed = OptionsRecord.ToJson(o with { Output = null, Threads = 0, Device = "auto", Train = null, Validation = null, Model = null });
+        using var lm = run.LoadModel(o.Model!, o.Device, o.Dtype, o.CheckFinite, o.Threads, agreed,
+            new[] { o.Train! }.Concat(o.Validation is null ? Array.Empty<string>() : new[] { o.Validation }), message);
         var tok = lm.RequireTokenizer();
-        var objective = new TargetLossObjective(lm.Model, tok, search, heldOut, o);
+        var objective = new TargetLossObjective(lm.Model, tok, search, heldOut, o) { Communicator = run.Comm };
         message?.Invoke($"{search.Count} search examples ({objective.ScoreSet.Count} in the score set), {heldOut.Count} held out; " +
                         (opro ? $"objective {objective.Metric}; " : $"{objective.Allowed.Count(a => a)} allowed tokens; ") + $"model {lm.Model.Config.ModelType} on {lm.Model.Device}");
         using var oproRun = opro && optimizer is null ? OproRun.Create(o, lm, objective, trajectoryPath, resume, message) : null;
         var init = opro ? Array.Empty<int>() : InitialIds(tok, objective.Allowed, o.PromptLength, o.Init);
         if (!opro) message?.Invoke($"initial prompt ({o.PromptLength} tokens): \"{tok.Decode(init)}\"");
 
-        AtomicFile.WriteAllText(Path.Combine(runDir, ConfigFile), OptionsRecord.ToJson(o));
+        if (run.IsWriter) AtomicFile.WriteAllText(Path.Combine(runDir, ConfigFile), OptionsRecord.ToJson(o));
         var logPath = Path.Combine(runDir, LogFile);
         var rows = new List<string>();
         if (resume && File.Exists(logPath))
@@ -99,8 +92,9 @@ public static class HardPromptSearchJob
             int done = OproTrajectory.Load(trajectoryPath).Step;
             rows.AddRange(File.ReadAllLines(logPath).Where(l => l.Length > 0 && RowStep(l) is int st && st <= done));
         }
-        var logger = new LogWriter(rows, logPath, progress);
+        var logger = new LogWriter(rows, logPath, progress, run.IsWriter);
         var result = (optimizer ?? (IHardPromptOptimizer?)oproRun?.Search ?? new GradientGuidedSearch()).Optimize(oproRun?.Objective ?? objective, o, init, logger, cancel);
+        if (!run.IsWriter) return result; // rank 0 writes the folder
         WriteLog(rows, logPath);
 
         var trainName = Path.GetFileName(Path.GetFullPath(o.Train!));
@@ -163,10 +157,11 @@ public static class HardPromptSearchJob
 
     /// <summary>Records each step as a log row (the file is rewritten atomically at evaluation steps and at the end)
     /// and forwards it. Synchronous, unlike <see cref="Progress{T}"/>.</summary>
-    sealed class LogWriter(List<string> rows, string path, IProgress<HardPromptSearchProgress>? next) : IProgress<HardPromptSearchProgress>
+    sealed class LogWriter(List<string> rows, string path, IProgress<HardPromptSearchProgress>? next, bool write) : IProgress<HardPromptSearchProgress>
     {
         public void Report(HardPromptSearchProgress p)
         {
+            if (!write) return;
             if (p.Candidates is not null)
             {
                 // One row per proposed candidate (parse failures and duplicates too), then the file is rewritten.

@@ -1,5 +1,6 @@
 using SoftPrompt.Data;
 using SoftPrompt.Models;
+using SoftPrompt.Distributed;
 using SoftPrompt.Scoring;
 using SoftPrompt.Tokenization;
 using SoftPrompt.Tuning;
@@ -46,6 +47,10 @@ public sealed class TargetLossObjective : IGradientPromptObjective, IInstruction
     public string? SelectMetric => _heldOut.Count == 0 ? null : _selectBy == "accuracy" ? "accuracy" : "neg_val_loss";
     public Tensor EmbeddingMatrix => _model.EmbeddingMatrix;
     public int HeldOutCount => _heldOut.Count;
+
+    /// <summary>The ranks candidate scoring is spread over: each runs every Size-th forward chunk of the same
+    /// chunking and the per-row sums are gathered, so every rank gets the one-process losses bit for bit.</summary>
+    public ICommunicator Communicator { get; init; } = SingleProcess.Instance;
 
     public TargetLossObjective(CausalLM model, HfTokenizer tok, IReadOnlyList<Example> search, IReadOnlyList<Example>? heldOut, HardPromptSearchOptions o)
     {
@@ -197,8 +202,9 @@ public sealed class TargetLossObjective : IGradientPromptObjective, IInstruction
         var counts = rows.Select(r => r.TargetIds.Length).ToArray();
         var order = Enumerable.Range(0, rows.Count).OrderBy(i => rows[i].Length).ThenBy(i => i).ToArray();
         using var noGrad = torch.no_grad();
-        for (int s = 0; s < order.Length; s += _forwardBatch)
+        for (int s = 0, chunk = 0; s < order.Length; s += _forwardBatch, chunk++)
         {
+            if (!Communicator.Owns(chunk)) continue; // another rank's chunk: its rows stay 0 here until the sum below
             var idx = order.Skip(s).Take(_forwardBatch).ToArray();
             using var scope = torch.NewDisposeScope();
             using var batch = Collator.Collate(idx.Select(i => rows[i]).ToList(), _padId, _model.Device);
@@ -208,6 +214,7 @@ public sealed class TargetLossObjective : IGradientPromptObjective, IInstruction
             var vals = perRow.cpu().data<double>().ToArray();
             for (int r = 0; r < idx.Length; r++) sums[idx[r]] = vals[r];
         }
+        Communicator.AllReduceSum(sums);
         return (sums, counts);
     }
 

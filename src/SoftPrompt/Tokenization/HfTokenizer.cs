@@ -16,7 +16,7 @@ namespace SoftPrompt.Tokenization;
 public sealed class HfTokenizer
 {
     public const string TokenizerJson = "tokenizer.json", VocabJson = "vocab.json", MergesTxt = "merges.txt",
-        SentencePieceModel = "tokenizer.model", TokenizerConfigJson = "tokenizer_config.json",
+        SentencePieceModel = "tokenizer.model", T5SentencePieceModel = "spiece.model", TokenizerConfigJson = "tokenizer_config.json",
         SpecialTokensMapJson = "special_tokens_map.json", GenerationConfigJson = "generation_config.json", ConfigJson = "config.json";
 
     private readonly ITokenizerBackend _backend;
@@ -149,8 +149,10 @@ public sealed class HfTokenizer
     {
         if (!Directory.Exists(modelDir)) return null;
         string P(string n) => Path.Combine(modelDir, n);
+        // T5 names its SentencePiece (Unigram) model spiece.model.
+        string spFile = File.Exists(P(SentencePieceModel)) || !File.Exists(P(T5SentencePieceModel)) ? SentencePieceModel : T5SentencePieceModel;
         bool hasJson = File.Exists(P(TokenizerJson)), hasVocab = File.Exists(P(VocabJson)), hasMerges = File.Exists(P(MergesTxt)),
-             hasSp = File.Exists(P(SentencePieceModel));
+             hasSp = File.Exists(P(spFile));
         if (!hasJson && !hasVocab && !hasMerges && !hasSp) return null;
 
         var cfg = new ConfigFiles(modelDir);
@@ -158,7 +160,7 @@ public sealed class HfTokenizer
         {
             var r = TryLoadTokenizerJson(P(TokenizerJson), cfg, out var unsupported);
             if (r != null) return r;
-            if (hasSp) return LoadSentencePiece(P(SentencePieceModel), cfg, $"; {TokenizerJson} not used: {unsupported}");
+            if (hasSp) return LoadSentencePiece(P(spFile), cfg, $"; {TokenizerJson} not used: {unsupported}");
             throw new TokenizerLoadException(
                 $"{P(TokenizerJson)}: unsupported tokenizer ({unsupported}) and no {SentencePieceModel} to fall back to", P(TokenizerJson));
         }
@@ -168,7 +170,7 @@ public sealed class HfTokenizer
             if (!hasMerges) throw new TokenizerLoadException($"{P(VocabJson)} found but {P(MergesTxt)} is missing", P(MergesTxt));
             return LoadVocabMerges(P(VocabJson), P(MergesTxt), cfg);
         }
-        return LoadSentencePiece(P(SentencePieceModel), cfg, "");
+        return LoadSentencePiece(P(spFile), cfg, "");
     }
 
     private static HfTokenizer? TryLoadTokenizerJson(string file, ConfigFiles cfg, out string unsupported)
@@ -184,6 +186,7 @@ public sealed class HfTokenizer
             // Old files omit model.type; BPE is recognisable by its merges.
             type = HfJson.Has(model, "merges", out _) ? "BPE" : null;
         }
+        if (type == "Unigram") return BuildUnigramJson(root, model, file, cfg, out unsupported);
         if (type != "BPE") { unsupported = $"model.type '{type ?? "(missing)"}'"; return null; }
         if (HfJson.Has(model, "dropout", out var dropout) && dropout.ValueKind == JsonValueKind.Number && dropout.GetDouble() > 0)
         {
@@ -240,6 +243,30 @@ public sealed class HfTokenizer
         var kind = "byte-level BPE (tokenizer.json)";
         return new HfTokenizer(kind, backend, added.Concat(cfg.ExtraAddedTokens(Lookup)), sp0, prefix, suffix,
             cfg.EosIds(sp0.EosId, Lookup), cfg.ModelMaxLength);
+    }
+
+    /// <summary>A Unigram tokenizer.json (T5, Flan-T5): rebuilt as a SentencePiece model proto for Microsoft.ML.Tokenizers'
+    /// Unigram segmentation; special tokens (EOS after the text for T5) come from the post-processor as for BPE.</summary>
+    private static HfTokenizer? BuildUnigramJson(JsonElement root, JsonElement model, string file, ConfigFiles cfg, out string unsupported)
+    {
+        unsupported = "";
+        var added = ParseAddedTokens(root, file);
+        byte[] proto;
+        try { proto = UnigramModel.ProtoFromTokenizerJson(root, model, file, added); }
+        catch (UnsupportedComponentException e) { unsupported = e.Message; return null; }
+        SentencePieceTokenizer sp;
+        try { sp = SentencePieceTokenizer.Create(new MemoryStream(proto), addBeginningOfSentence: false, addEndOfSentence: false); }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            throw new TokenizerLoadException($"{file}: the Unigram model could not be built ({e.GetType().Name}: {e.Message})", file, e);
+        }
+        var backend = new SentencePieceBackend(sp);
+        int? Lookup(string tok) => added.LastOrDefault(a => a.Content == tok)?.Id ?? backend.TokenToId(tok);
+        var (prefix, suffix) = ParsePostProcessor(root, file, Lookup);
+        var specials = cfg.ResolveSpecials(Lookup, defaultUnk: sp.UnknownToken);
+        (prefix, suffix) = cfg.ApplyAddFlags(prefix, suffix, specials, defaultBos: null, defaultEos: null);
+        return new HfTokenizer("SentencePiece Unigram (tokenizer.json)", backend, added.Concat(cfg.ExtraAddedTokens(Lookup)), specials, prefix, suffix,
+            cfg.EosIds(specials.EosId, Lookup), cfg.ModelMaxLength);
     }
 
     private static HfTokenizer? BuildSentencePieceJson(JsonElement root, JsonElement model, string file, Dictionary<string, int> vocab,
@@ -566,30 +593,40 @@ public sealed class HfTokenizer
 
     private static HfTokenizer LoadSentencePiece(string modelFile, ConfigFiles cfg, string note)
     {
+        bool t5 = Path.GetFileName(modelFile) == T5SentencePieceModel;
         SentencePieceTokenizer sp;
         try
         {
             IO.InputFile.RequireRegular(modelFile);
-            using var s = File.OpenRead(modelFile);
-            sp = LlamaTokenizer.Create(s, addBeginOfSentence: false, addEndOfSentence: false);
+            // spiece.model (T5) is a Unigram model: the general reader; tokenizer.model stays on the Llama reader.
+            if (t5)
+            {
+                using var ms = new MemoryStream(UnigramModel.WithBosAlias(File.ReadAllBytes(modelFile)));
+                sp = SentencePieceTokenizer.Create(ms, addBeginningOfSentence: false, addEndOfSentence: false);
+            }
+            else
+            {
+                using var s = File.OpenRead(modelFile);
+                sp = LlamaTokenizer.Create(s, addBeginOfSentence: false, addEndOfSentence: false);
+            }
         }
         catch (Exception e) when (e is not OutOfMemoryException)
         {
-            throw new TokenizerLoadException($"{modelFile}: not a SentencePiece BPE model this loader can read ({e.GetType().Name}: {e.Message})", modelFile, e);
+            throw new TokenizerLoadException($"{modelFile}: not a SentencePiece {(t5 ? "Unigram" : "BPE")} model this loader can read ({e.GetType().Name}: {e.Message})", modelFile, e);
         }
         var backend = new SentencePieceBackend(sp);
         int? Lookup(string t) => backend.TokenToId(t) ?? cfg.AddedTokenId(t);
         var specials = cfg.ResolveSpecials(Lookup, defaultUnk: sp.UnknownToken);
-        if (specials.Bos is null && sp.BeginningOfSentenceToken is { } b) specials = specials with { Bos = b, BosId = sp.BeginningOfSentenceId };
+        if (!t5 && specials.Bos is null && sp.BeginningOfSentenceToken is { } b) specials = specials with { Bos = b, BosId = sp.BeginningOfSentenceId };
         if (specials.Eos is null && sp.EndOfSentenceToken is { } e2) specials = specials with { Eos = e2, EosId = sp.EndOfSentenceId };
         if (specials.UnkId is null && sp.UnknownToken is not null) specials = specials with { UnkId = sp.UnknownId };
-        // LlamaTokenizer: add_bos_token defaults to true, add_eos_token to false.
-        var (prefix, suffix) = cfg.ApplyAddFlags(Array.Empty<int>(), Array.Empty<int>(), specials, defaultBos: true, defaultEos: false);
+        // LlamaTokenizer: add_bos_token defaults to true, add_eos_token to false; T5Tokenizer appends EOS and has no BOS.
+        var (prefix, suffix) = cfg.ApplyAddFlags(Array.Empty<int>(), Array.Empty<int>(), specials, defaultBos: !t5, defaultEos: t5);
         var added = cfg.ExtraAddedTokens(Lookup).ToList();
         // SentencePiece control tokens (<s>, </s>, <unk>) are split out of text the way HF's added tokens are.
         foreach (var (tok, id) in new[] { (specials.Bos, specials.BosId), (specials.Eos, specials.EosId), (sp.UnknownToken, (int?)sp.UnknownId) })
             if (tok != null && id is int i && !added.Any(a => a.Content == tok)) added.Add(new AddedToken(i, tok, true));
-        return new HfTokenizer("SentencePiece (tokenizer.model)" + note, backend, added, specials, prefix, suffix,
+        return new HfTokenizer($"SentencePiece ({Path.GetFileName(modelFile)})" + note, backend, added, specials, prefix, suffix,
             cfg.EosIds(specials.EosId, Lookup), cfg.ModelMaxLength);
     }
 }

@@ -6,6 +6,7 @@ using SoftPrompt.Data;
 using SoftPrompt.IO;
 using SoftPrompt.Models;
 using SoftPrompt.Optimization;
+using SoftPrompt.Distributed;
 using SoftPrompt.Runs;
 using SoftPrompt.Scoring;
 using SoftPrompt.Tuning;
@@ -51,7 +52,7 @@ public sealed record TrainResult(int Steps, double? BestValidationLoss, IReadOnl
 /// </summary>
 public sealed class Trainer
 {
-    readonly CausalLM _model;
+    readonly IPromptableModel _model;
     readonly IPromptMethod _method;
     readonly IReadOnlyList<TokenizedExample> _train;
     readonly IReadOnlyList<TokenizedExample>? _val;
@@ -67,13 +68,19 @@ public sealed class Trainer
     /// The first key is the one "best" is judged by (higher is better); without it, validation loss (lower is better).</summary>
     public Func<IPromptMethod, IReadOnlyDictionary<string, double>>? ExtraMetrics { get; init; }
 
+    /// <summary>The ranks this run is spread over (one process by default). Each rank trains on its share of every
+    /// batch; the trainer's only other contact with it is "sum this over the ranks" (gradients, loss, counts) and
+    /// "am I the writer" (rank 0 alone writes the run folder).</summary>
+    public ICommunicator Communicator { get; init; } = SingleProcess.Instance;
+    bool Writer => Communicator.IsWriter;
+
     public string CheckpointDir => Path.Combine(_runDir, "checkpoint");
     public string BestDir => Path.Combine(_runDir, "best");
     public string AdapterDir => Path.Combine(_runDir, "adapter");
     public string MetricsPath => Path.Combine(_runDir, "metrics.jsonl");
     public string PlotPath => Path.Combine(_runDir, "training.png");
 
-    public Trainer(CausalLM model, IPromptMethod method, IReadOnlyList<TokenizedExample> train, IReadOnlyList<TokenizedExample>? validation,
+    public Trainer(IPromptableModel model, IPromptMethod method, IReadOnlyList<TokenizedExample> train, IReadOnlyList<TokenizedExample>? validation,
         TrainOptions options, int padId, string runDir, ITrainingReporter? reporter = null)
     {
         if (train.Count == 0) throw new SoftPromptException("The training set is empty.");
@@ -108,7 +115,7 @@ public sealed class Trainer
 
     public TrainResult Run(bool resume = false, CancellationToken cancel = default)
     {
-        Directory.CreateDirectory(_runDir);
+        if (Writer) Directory.CreateDirectory(_runDir);
         _method.SetTrainable(true);
         using var optimizer = CreateOptimizer();
         var sampler = new BatchSampler(_train.Select(e => e.PromptIds.Length + e.TargetIds.Length).ToArray(), _o.BatchSize, _o.Seed, _o.SortByLength);
@@ -119,8 +126,8 @@ public sealed class Trainer
             st = LoadCheckpoint(optimizer) ?? throw new SoftPromptException($"{_runDir}: no checkpoint to resume from (expected {CheckpointDir}).");
             _reporter?.Message($"resumed at step {st.Step} (epoch {st.Epoch}, batch {st.Batch})");
         }
-        if (!resume && File.Exists(MetricsPath)) File.Delete(MetricsPath);
-        var log = new MetricsLog(MetricsPath, resume ? st.Step : null);
+        if (!resume && Writer && File.Exists(MetricsPath)) File.Delete(MetricsPath);
+        var log = new MetricsLog(MetricsPath, resume ? st.Step : null, write: Writer);
 
         var batches = BatchStream(sampler, st);
         string stopReason = "max_steps";
@@ -132,23 +139,32 @@ public sealed class Trainer
 
         while (st.Step < total)
         {
-            if (cancel.IsCancellationRequested) { stopReason = "cancelled"; break; }
+            // A stop request seen by any rank stops every rank at the same step.
+            if (Communicator.Any(cancel.IsCancellationRequested)) { stopReason = "cancelled"; break; }
             double lr = LearningRateSchedule.At(_o.Schedule, st.Step, total, _o.WarmupSteps, _o.Lr);
             double stepNll; long stepCount; long stepTokens = 0;
             using (var scope = torch.NewDisposeScope())
             {
                 optimizer.ZeroGrad();
-                var micro = new List<(Batch Batch, int Epoch, int Index)>();
+                // The global batch is the one a single process draws; this rank takes every Size-th example of each
+                // micro-batch (all of it in one process).
+                var micro = new List<(Batch? Batch, int Epoch, int Index)>();
                 for (int m = 0; m < _o.GradAccum; m++)
                 {
                     var (idx, ep, bi) = batches.Next();
-                    micro.Add((Collator.Collate(idx.Select(i => _train[i]).ToList(), _padId, _model.Device, _o.LossOnPrompt), ep, bi));
+                    var mine = Communicator.Size == 1 ? idx : idx.Where((_, j) => Communicator.Owns(j)).ToArray();
+                    micro.Add((mine.Length == 0 ? null : PromptLoss.Collate(_model, mine.Select(i => _train[i]).ToList(), _padId, _o.LossOnPrompt), ep, bi));
                 }
-                long totalTargets = micro.Sum(x => (long)x.Batch.LossCount); // the positions the loss actually counts
+                // The positions the loss actually counts, over the whole global batch (all ranks): each rank's gradient
+                // is its share of the global mean, so their sum is the single-process gradient.
+                var counts = new long[] { micro.Sum(x => (long)(x.Batch?.LossCount ?? 0)) };
+                Communicator.AllReduceSum(counts);
+                long totalTargets = counts[0];
                 var nllAcc = torch.zeros(1, ScalarType.Float32, _model.Device).sum();
                 long counted = 0;
                 foreach (var (batch, _, _) in micro)
                 {
+                    if (batch is null) continue;
                     var (nll, count) = PromptLoss.Compute(_model, _method, batch);
                     counted += count;
                     if (count > 0) (nll / Math.Max(1, totalTargets)).backward();
@@ -156,10 +172,14 @@ public sealed class Trainer
                     stepTokens += batch.RealTokens;
                     batch.Dispose();
                 }
+                Communicator.AllReduceGradients(_method.Parameters.Select(p => p.Param));
                 if (_o.MaxGradNorm > 0) GradientClipping.ClipGradNorm(_method.Parameters.Select(p => p.Param), _o.MaxGradNorm);
                 optimizer.Step(lr);
-                stepNll = nllAcc.item<float>(); // one host sync per step: the NaN guard needs it
-                stepCount = counted;
+                var sums = new double[] { nllAcc.item<float>(), counted, stepTokens }; // one host sync per step: the NaN guard needs it
+                Communicator.AllReduceSum(sums);
+                stepNll = sums[0];
+                stepCount = (long)sums[1];
+                stepTokens = (long)sums[2];
                 var last = micro[^1];
                 st.Epoch = last.Epoch; st.Batch = last.Index + 1;
             }
@@ -197,7 +217,7 @@ public sealed class Trainer
                 foreach (var (k, v) in metrics) if (k != "step") row[k] = v;
                 log.Append(row);
                 _reporter?.Eval(st.Step, metrics, isBest);
-                TrainingPlot.Write(log, PlotPath, ExtraMetrics is null ? null : metrics.Keys.FirstOrDefault(k => k is not ("eval_loss" or "step")));
+                if (Writer) TrainingPlot.Write(log, PlotPath, ExtraMetrics is null ? null : metrics.Keys.FirstOrDefault(k => k is not ("eval_loss" or "step")));
                 SaveCheckpoint(optimizer, st);
                 if (_o.EarlyStoppingPatience > 0 && st.BadEvals >= _o.EarlyStoppingPatience) { stopReason = "early_stopping"; break; }
             }
@@ -214,8 +234,11 @@ public sealed class Trainer
         }
         if (stopReason == "cancelled") SaveCheckpoint(optimizer, st);
         // The adapter is the best validated prompt when there is validation, else the last one.
-        if (_val is not null && Directory.Exists(BestDir)) CopyDir(BestDir, AdapterDir);
-        else Adapter.Save(AdapterDir, _method, _model, Provenance(st));
+        if (Writer)
+        {
+            if (_val is not null && Directory.Exists(BestDir)) CopyDir(BestDir, AdapterDir);
+            else Adapter.Save(AdapterDir, _method, _model, Provenance(st));
+        }
         bool selected = _val is not null && st.BestStep is not null;
         var selectedBy = !selected ? "last step" : st.BestKey ?? "eval_loss";
         var summary = new JsonObject
@@ -225,7 +248,7 @@ public sealed class Trainer
             ["adapter_metrics"] = selected && st.BestMetrics is not null ? new JsonObject(st.BestMetrics.Select(kv => KeyValuePair.Create(kv.Key, (JsonNode?)kv.Value))) : null,
             ["elapsed_s"] = Math.Round(clock.Elapsed.TotalSeconds, 2),
         };
-        AtomicFile.WriteAllText(Path.Combine(_runDir, "summary.json"), JsonFile.Write(summary, indented: true) + "\n");
+        if (Writer) AtomicFile.WriteAllText(Path.Combine(_runDir, "summary.json"), JsonFile.Write(summary, indented: true) + "\n");
         var best = log.Rows.Where(r => r["kind"]?.GetValue<string>() == "eval").Select(r => r["eval_loss"]?.GetValue<double>()).Where(v => v.HasValue).Select(v => v!.Value).DefaultIfEmpty(double.NaN).Min();
         return new TrainResult(st.Step, double.IsNaN(best) ? null : best, selected ? st.BestMetrics : null, AdapterDir, stopReason)
         {
@@ -244,7 +267,7 @@ public sealed class Trainer
             // No validation set: the "best" prompt is simply the latest.
             return (metrics, false);
         }
-        metrics["eval_loss"] = PromptLoss.ValidationLoss(_model, _method, _val, _o.BatchSize, _padId);
+        metrics["eval_loss"] = PromptLoss.ValidationLoss(_model, _method, _val, _o.BatchSize, _padId, comm: Communicator);
         if (ExtraMetrics is not null)
             foreach (var (k, v) in ExtraMetrics(_method)) metrics[k] = v;
         string? key = ExtraMetrics is null ? null : metrics.Keys.FirstOrDefault(k => k != "eval_loss");
@@ -262,7 +285,7 @@ public sealed class Trainer
             st.BestScore = score; st.BestLoss = loss; st.BestStep = st.Step;
             st.BestMetrics = metrics.Where(kv => double.IsFinite(kv.Value)).ToDictionary(kv => kv.Key, kv => kv.Value);
             if (improved) st.BadEvals = 0; else st.BadEvals++; // a tie-break is not progress for early stopping
-            Adapter.Save(BestDir, _method, _model, Provenance(st));
+            if (Writer) Adapter.Save(BestDir, _method, _model, Provenance(st));
         }
         else st.BadEvals++;
         return (metrics, isBest);
@@ -288,6 +311,7 @@ public sealed class Trainer
 
     void SaveCheckpoint(IPromptOptimizer optimizer, State st)
     {
+        if (!Writer) return;
         using var scope = torch.NewDisposeScope();
         // Write a complete new checkpoint folder, then swap it in: a crash leaves either the old or the new one.
         var tmp = CheckpointDir + ".tmp";

@@ -1,6 +1,8 @@
 using SoftPrompt.Data;
 using SoftPrompt.IO;
 using SoftPrompt.Inference;
+using SoftPrompt.Distributed;
+using SoftPrompt.Runs;
 using SoftPrompt.Runtime;
 using SoftPrompt.Scoring;
 using SoftPrompt.Tuning;
@@ -27,54 +29,32 @@ public static class TrainingJob
     /// <summary>Below this many validation examples the trainer warns that checkpoint selection is noisy.</summary>
     public const int MinValidationExamples = 50;
 
-    public static TrainResult Run(TrainOptions o, ITrainingReporter? reporter = null, bool resume = false, CancellationToken cancel = default)
+    /// <summary>Runs the job. Under MPI (<paramref name="comm"/> of several ranks) every rank calls this with the same
+    /// options; each trains on its shard of every batch, and rank 0 alone writes the run folder.</summary>
+    public static TrainResult Run(TrainOptions o, ITrainingReporter? reporter = null, bool resume = false, CancellationToken cancel = default,
+        ICommunicator? comm = null)
     {
         o.Validate();
         var runDir = o.Output!;
-        if (File.Exists(runDir)) throw new SoftPromptException($"--output {runDir}: is a file, expected a run folder.");
-        // The run folder is locked (and so created and proven writable) first, before any data or model is read, and
-        // held to the end: a second writer fails at once, naming this one.
-        var runLock = RunLock.Acquire(runDir);
-        bool ok = false;
-        try
-        {
-            var result = RunLocked(o, reporter, resume, cancel, runDir);
-            ok = true;
-            return result;
-        }
-        finally
-        {
-            runLock.Dispose();
-            // A run that failed before its first checkpoint leaves nothing behind; with a checkpoint the folder stays for --resume.
-            if (!ok && !resume && !Directory.Exists(Path.Combine(runDir, "checkpoint")) && !Directory.Exists(Path.Combine(runDir, "checkpoint.old")))
-                runLock.RemoveWhatThisRunAdded();
-        }
+        var run = new RunScaffold(comm, reporter is null ? null : reporter.Message);
+        // A run that failed before its first checkpoint leaves nothing behind; with a checkpoint the folder stays for --resume.
+        return run.InRunFolder(runDir, () => RunLocked(o, run.IsWriter ? reporter : null, resume, cancel, runDir, run),
+            keepOnFailure: () => resume || Directory.Exists(Path.Combine(runDir, "checkpoint")) || Directory.Exists(Path.Combine(runDir, "checkpoint.old")));
     }
 
-    static TrainResult RunLocked(TrainOptions o, ITrainingReporter? reporter, bool resume, CancellationToken cancel, string runDir)
+    static TrainResult RunLocked(TrainOptions o, ITrainingReporter? reporter, bool resume, CancellationToken cancel, string runDir, RunScaffold run)
     {
         if (!resume && Directory.Exists(Path.Combine(runDir, "checkpoint")))
             throw new SoftPromptException($"{runDir} already holds a run (checkpoint/). Use --resume {runDir} to continue it, or another --output.");
         if (resume && !Directory.Exists(Path.Combine(runDir, "checkpoint")) && !Directory.Exists(Path.Combine(runDir, "checkpoint.old")))
             throw new SoftPromptException($"--resume {runDir}: no checkpoint to resume from (expected {Path.Combine(runDir, "checkpoint")}).");
-        torch.manual_seed(o.Seed);
+        RunScaffold.Seed(o.Seed);
 
         // Data first: a broken dataset must stop the run before the model is loaded.
         var dataOptions = o.DataOptions();
-        var trainRead = DatasetReader.Read(o.Train!, dataOptions);
-        Report(reporter, o.Train!, trainRead);
-        IReadOnlyList<Example> trainEx = trainRead.Examples, valEx;
-        if (o.Validation is not null)
-        {
-            var valRead = DatasetReader.Read(o.Validation, dataOptions);
-            Report(reporter, o.Validation, valRead);
-            valEx = valRead.Examples;
-        }
-        else if (o.ValidationSplit > 0 && trainEx.Count >= 2)
-            (trainEx, valEx) = DatasetSplit.Split(trainEx, o.ValidationSplit, o.Seed);
-        else valEx = Array.Empty<Example>();
-        if (o.Labels is not null)
-            ClassificationTask.CheckLabels(trainEx.Concat(valEx).ToList(), dataOptions, o.Labels, o.Train!);
+        var data = run.ReadData(dataOptions, o.Train!, o.Validation, o.ValidationSplit, o.Seed);
+        IReadOnlyList<Example> trainEx = data.Train, valEx = data.Validation;
+        RunScaffold.CheckLabels(data, dataOptions, o.Labels, o.Train!);
         if (valEx.Count is > 0 and < MinValidationExamples)
             reporter?.Message($"warning: only {valEx.Count} validation examples choose the best checkpoint: accuracy moves in steps of {100.0 / valEx.Count:F0} points " +
                               $"and results vary a lot from seed to seed; give --validation with at least {MinValidationExamples} examples (or a larger --validation-split).");
@@ -90,25 +70,32 @@ public static class TrainingJob
         if (maxLength < o.MaxLength)
             reporter?.Message($"note: examples are truncated to {maxLength} tokens: {o.VirtualTokens} virtual tokens + --max-length {o.MaxLength} exceed the model's {maxPositions} positions.");
 
-        TorchRuntime.SetThreads(o.Threads, reporter is null ? null : reporter.Message);
-        using var lm = LanguageModel.Load(o.Model!, o.Device, o.Dtype, o.CheckFinite);
+        // What every rank must agree on: the options that change the result (not where it is written, nor threads; the data
+        // and model by their contents, not their paths, which may differ from node to node).
+        var agreed = (o with { Output = null, Threads = 0, Device = "auto", Train = null, Validation = null, Model = null }).ToJson();
+        using var lm = run.LoadModel(o.Model!, o.Device, o.Dtype, o.CheckFinite, o.Threads, agreed,
+            new[] { o.Train! }.Concat(o.Validation is null ? Array.Empty<string>() : new[] { o.Validation }), reporter is null ? null : reporter.Message);
         var tok = lm.RequireTokenizer();
         int padId = tok.PadId ?? tok.EosId ?? 0;
         Func<string, bool, int[]> encode = (text, special) => tok.Encode(text, special);
-        var train = ExampleTokenizer.TokenizeAll(trainEx, encode, o.AddEos, tok.EosId, maxLength);
-        var val = ExampleTokenizer.TokenizeAll(valEx, encode, o.AddEos, tok.EosId, maxLength);
-        reporter?.Message($"{train.Count} training examples, {val.Count} validation examples; model {lm.Model.Config.ModelType} " +
-                          $"({lm.Model.ParameterCount / 1e6:F1} M parameters, frozen, {TorchRuntime.DTypeName(lm.Model.DType)}) on {lm.Model.Device}");
+        // An encoder-decoder model learns where its output ends: its targets always end with EOS (transformers' T5
+        // tokenizer writes labels that way).
+        bool addEos = o.AddEos || lm.IsEncoderDecoder;
+        var train = ExampleTokenizer.TokenizeAll(trainEx, encode, addEos, tok.EosId, maxLength);
+        var val = ExampleTokenizer.TokenizeAll(valEx, encode, addEos, tok.EosId, maxLength);
+        reporter?.Message($"{train.Count} training examples, {val.Count} validation examples; model {lm.Base.Config.ModelType} " +
+                          $"({lm.Base.ParameterCount / 1e6:F1} M parameters, frozen, {TorchRuntime.DTypeName(lm.Base.DType)}) on {lm.Base.Device}");
 
-        CheckMethodSize(o, lm.Model.Config);
+        CheckMethodSize(o, lm.Base.Config);
         using var method = CreateMethod(o, lm, trainEx);
         long trainable = method.Parameters.Sum(p => p.Param.NumberOfElements);
         reporter?.Message($"{OptionsRecord.EnumName(o.Method)} tuning: {method.NumVirtualTokens} virtual tokens, {trainable:N0} trainable parameters");
 
-        if (!resume) AtomicFile.WriteAllText(Path.Combine(runDir, ResolvedConfigFile), o.ToJson());
-        var trainer = new Trainer(lm.Model, method, train, val, o, padId, runDir, reporter)
+        if (!resume && run.IsWriter) AtomicFile.WriteAllText(Path.Combine(runDir, ResolvedConfigFile), o.ToJson());
+        var trainer = new Trainer(lm.Base, method, train, val, o, padId, runDir, reporter)
         {
-            ExtraMetrics = ClassificationMetrics(o, dataOptions, lm, trainEx, valEx, reporter),
+            ExtraMetrics = ClassificationMetrics(o, dataOptions, lm, trainEx, valEx, reporter, run.Comm),
+            Communicator = run.Comm,
         };
         return trainer.Run(resume, cancel);
     }
@@ -141,7 +128,7 @@ public static class TrainingJob
     /// checkpoint. Null for other tasks or without validation data.
     /// </summary>
     static Func<IPromptMethod, IReadOnlyDictionary<string, double>>? ClassificationMetrics(TrainOptions o, DataOptions d, LanguageModel lm,
-        IReadOnlyList<Example> trainEx, IReadOnlyList<Example> valEx, ITrainingReporter? reporter)
+        IReadOnlyList<Example> trainEx, IReadOnlyList<Example> valEx, ITrainingReporter? reporter, ICommunicator comm)
     {
         if (valEx.Count == 0) return null;
         string why;
@@ -158,18 +145,13 @@ public static class TrainingJob
         var task = ClassificationTask.Create(trainEx.Concat(valEx).ToList(), d, lm.RequireTokenizer(), o.Labels, o.Train!);
         reporter?.Message($"classification task ({why}): validation accuracy and macro-F1 by rank classification over {task.Labels.Count} labels " +
                           $"on {Math.Min(valEx.Count, ClassificationValidationCap)} validation examples; the best checkpoint is the most accurate");
-        return task.TrainerMetrics(lm.Model, lm.RequireTokenizer(), valEx, o.MaxLength, cap: ClassificationValidationCap);
-    }
-
-    static void Report(ITrainingReporter? r, string path, DatasetReadResult read)
-    {
-        if (read.Skipped > 0) r?.Message($"{path}: skipped {read.Skipped} bad line{(read.Skipped == 1 ? "" : "s")} (--skip-bad-lines); first: {read.Problems.FirstOrDefault()}");
+        return task.TrainerMetrics(lm.Base, lm.RequireTokenizer(), valEx, o.MaxLength, cap: ClassificationValidationCap, comm: comm);
     }
 
     public static IPromptMethod CreateMethod(TrainOptions o, LanguageModel lm, IReadOnlyList<Example> trainExamples)
     {
         if (o.Method == TuningMethod.Prefix)
-            return PrefixTuning.Create(lm.Model.Config, o.VirtualTokens, o.PrefixProjection, o.EncoderHiddenSize, o.Seed, lm.Model.Device);
+            return PrefixTuning.Create(lm.Base.Config, o.VirtualTokens, o.PrefixProjection, o.EncoderHiddenSize, o.Seed, lm.Base.Device);
         var tok = lm.RequireTokenizer();
         var init = o.Init switch { "random" => PromptInit.Random, "text" => PromptInit.Text, "class_labels" => PromptInit.ClassLabels, _ => PromptInit.SampleVocab };
         IReadOnlyList<int[]>? ids = null;
@@ -183,6 +165,6 @@ public static class TrainingJob
                 : trainExamples.Select(e => e.Target.Trim()).Distinct().OrderBy(s => s, StringComparer.Ordinal).ToList();
             ids = labels.Select(l => tok.Encode(" " + l, false)).ToList();
         }
-        return PromptTuning.Create(lm.Model, o.VirtualTokens, init, o.Seed, ids, o.InitText, o.PromptProjection ? o.EncoderHiddenSize : 0);
+        return PromptTuning.Create(lm.Base, o.VirtualTokens, init, o.Seed, ids, o.InitText, o.PromptProjection ? o.EncoderHiddenSize : 0);
     }
 }

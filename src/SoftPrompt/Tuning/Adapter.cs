@@ -22,19 +22,22 @@ public static class Adapter
 
     /// <summary>Writes <paramref name="method"/> as a PEFT adapter folder; the metadata get <paramref name="model"/>'s
     /// fingerprint, plus whatever <paramref name="recorded"/> says (the trainer's method, step and data settings).</summary>
-    public static void Save(string dir, IPromptMethod method, CausalLM model, AdapterMetadata? recorded = null)
+    public static void Save(string dir, IPromptMethod method, IPromptableModel model, AdapterMetadata? recorded = null)
     {
         Directory.CreateDirectory(dir);
         using var scope = torch.NewDisposeScope();
         var cfg = method.AdapterConfig(model.Config);
-        using var emb = method.ExportEmbeddings();
+        using var emb0 = method.ExportEmbeddings();
+        // PEFT's SEQ_2_SEQ_LM layout: 2n rows (one block per transformer submodule), prompt tuning uses the first n.
+        // The second block is never read by the forward; it repeats the first so the file is PEFT's shape.
+        using var emb = SeqToSeqRows(model, method.Method) ? torch.cat(new[] { emb0, emb0 }, 0) : emb0.alias();
         var meta = new Dictionary<string, string>((recorded ?? new AdapterMetadata()).WithFingerprintOf(model).ToDictionary()) { ["format"] = "pt" };
         SafeTensors.Save(Path.Combine(dir, WeightsFile), new Dictionary<string, Tensor> { [TensorName] = emb }, meta);
         AtomicFile.WriteAllText(Path.Combine(dir, ConfigFile), SortedJson(cfg));
     }
 
     /// <summary>Loads an adapter folder onto <paramref name="model"/>; the result is frozen (inference) unless made trainable.</summary>
-    public static IPromptMethod Load(string dir, CausalLM model, bool checkFingerprint = true, bool checkFinite = true)
+    public static IPromptMethod Load(string dir, IPromptableModel model, bool checkFingerprint = true, bool checkFinite = true)
     {
         dir = ResolveDir(dir);
         var cfgPath = Path.Combine(dir, ConfigFile);
@@ -63,11 +66,22 @@ public static class Adapter
         var type = TuningMethods.FromPeftType(typeName)
             ?? throw new SoftPromptException($"{cfgPath}: peft_type '{typeName}' is not supported (PROMPT_TUNING or PREFIX_TUNING).");
         string? task = Str("task_type");
-        if (task is not null && task != "CAUSAL_LM") throw new SoftPromptException($"{cfgPath}: task_type '{task}' is not supported (CAUSAL_LM only).");
+        bool seq2seq = model.Config.IsEncoderDecoder;
+        if (seq2seq)
+        {
+            if (task is not null && task != "SEQ_2_SEQ_LM")
+                throw new SoftPromptException($"{cfgPath}: task_type '{task}' does not fit this encoder-decoder ({model.Config.ModelType}) model (expected SEQ_2_SEQ_LM).");
+            if (type == TuningMethod.Prefix) throw new SoftPromptException($"{cfgPath}: {PrefixTuning.EncoderDecoderRefusal}");
+        }
+        else if (task is not null && task != "CAUSAL_LM")
+            throw new SoftPromptException($"{cfgPath}: task_type '{task}' is not supported (CAUSAL_LM only{(task == "SEQ_2_SEQ_LM" ? "; SEQ_2_SEQ_LM adapters belong to encoder-decoder models such as T5" : "")}).");
         int n = Int("num_virtual_tokens") ?? throw new SoftPromptException($"{cfgPath}: missing 'num_virtual_tokens'.");
         if (n < 1) throw new SoftPromptException($"{cfgPath}: num_virtual_tokens is {n}; expected at least 1.");
         int subs = Int("num_transformer_submodules") ?? 1;
-        if (subs != 1) throw new SoftPromptException($"{cfgPath}: num_transformer_submodules {subs} (encoder-decoder adapters) is not supported.");
+        if (seq2seq ? subs is not (1 or 2) : subs != 1)
+            throw new SoftPromptException($"{cfgPath}: num_transformer_submodules {subs} is not supported ({(seq2seq ? "1 or 2 for an encoder-decoder model" : "1 for a decoder-only model")}).");
+        // PEFT stores n rows per transformer submodule (2n for SEQ_2_SEQ_LM); prompt tuning uses the first n.
+        int rows = n * subs;
         var initName = Str("prompt_tuning_init");
         var initText = Str("prompt_tuning_init_text");
 
@@ -76,8 +90,8 @@ public static class Adapter
         // Shapes from the header before reading any data: a wrong adapter is refused without allocating it.
         if (!header.Tensors.TryGetValue(TensorName, out var info))
             throw new SoftPromptException($"{wPath}: no tensor '{TensorName}' (found: {string.Join(", ", header.Tensors.Keys)}).");
-        if (info.Shape.Length != 2 || info.Shape[0] != n)
-            throw new SoftPromptException($"{wPath}: '{TensorName}' has shape [{string.Join(", ", info.Shape)}], but {ConfigFile} says {n} virtual tokens.");
+        if (info.Shape.Length != 2 || info.Shape[0] != rows)
+            throw new SoftPromptException($"{wPath}: '{TensorName}' has shape [{string.Join(", ", info.Shape)}], but {ConfigFile} says {n} virtual tokens{(subs > 1 ? $" x {subs} transformer submodules" : "")}.");
         long expectedWidth = type == TuningMethod.Prompt ? model.Config.HiddenSize : 2L * model.Config.NumLayers * model.Config.KvDim;
         if (info.Shape[1] != expectedWidth)
             throw new SoftPromptException(type == TuningMethod.Prompt
@@ -89,7 +103,7 @@ public static class Adapter
         var tensors = SafeTensors.Load(wPath, name => name == TensorName);
         var emb = tensors[TensorName];
         if (checkFinite) ModelLoader.CheckFinite(emb, wPath, TensorName);
-        emb = emb.to(ScalarType.Float32).to(model.Device);
+        emb = emb.narrow(0, 0, n).to(ScalarType.Float32).to(model.Device).contiguous();
         var cfg = model.Config;
         switch (type)
         {
@@ -118,6 +132,8 @@ public static class Adapter
     /// has no adapter_config.json of its own but that subfolder has one; otherwise <paramref name="dir"/> unchanged.</summary>
     public static string ResolveDir(string dir) =>
         !File.Exists(Path.Combine(dir, ConfigFile)) && File.Exists(Path.Combine(dir, "adapter", ConfigFile)) ? Path.Combine(dir, "adapter") : dir;
+
+    static bool SeqToSeqRows(IPromptableModel model, TuningMethod method) => model.Config.IsEncoderDecoder && method == TuningMethod.Prompt;
 
     static string SortedJson(AdapterConfig cfg)
     {

@@ -50,7 +50,7 @@ public sealed record AdapterMetadata
     public bool IsTrained => Method is not null;
 
     /// <summary>The fingerprint of <paramref name="model"/> (shape and embedding statistics).</summary>
-    public static AdapterMetadata Of(CausalLM model)
+    public static AdapterMetadata Of(IPromptableModel model)
     {
         var c = model.Config;
         using var scope = torch.NewDisposeScope();
@@ -66,7 +66,7 @@ public sealed record AdapterMetadata
     }
 
     /// <summary>These metadata with <paramref name="model"/>'s fingerprint and this code's layout version.</summary>
-    public AdapterMetadata WithFingerprintOf(CausalLM model)
+    public AdapterMetadata WithFingerprintOf(IPromptableModel model)
     {
         var f = Of(model);
         return this with
@@ -218,7 +218,7 @@ public sealed record AdapterMetadata
     /// <summary>Refuses an adapter whose recorded fingerprint is not <paramref name="model"/>'s: another architecture
     /// or shape, or the same shape with other embedding weights. Adapters without a fingerprint pass (their tensor
     /// shapes are still checked by the loader).</summary>
-    public void CheckFingerprint(CausalLM model, string path)
+    public void CheckFingerprint(IPromptableModel model, string path)
     {
         if (HiddenSize is null) return; // written by PEFT or by hand
         var mine = Of(model);

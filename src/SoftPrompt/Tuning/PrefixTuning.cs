@@ -45,6 +45,7 @@ public sealed class PrefixTuning : IPromptMethod
     /// With projection: an embedding of kv_dim and an MLP with nn.Linear's default (Kaiming-uniform) init.</summary>
     public static PrefixTuning Create(ModelConfig cfg, int n, bool projection, int encoderHiddenSize, long seed, Device device, double initScale = 1.0)
     {
+        RefuseEncoderDecoder(cfg);
         if (n < 1) throw new SoftPromptException("num_virtual_tokens must be at least 1.");
         using var scope = torch.NewDisposeScope();
         var gen = new torch.Generator((ulong)seed);
@@ -59,9 +60,21 @@ public sealed class PrefixTuning : IPromptMethod
             Uniform(new long[] { width, h }, 1 / Math.Sqrt(h)), Uniform(new long[] { width }, 1 / Math.Sqrt(h)), h);
     }
 
+    /// <summary>The reason prefix tuning stops at encoder-decoder models (T5).</summary>
+    public const string EncoderDecoderRefusal =
+        "prefix tuning is not supported for encoder-decoder (T5) models: PEFT's seq2seq prefix feeds keys/values to the decoder's " +
+        "self- and cross-attention in a layout tied to transformers' cache classes, and no reference output exists here to check an " +
+        "implementation to 1e-4; use prompt tuning (--method prompt), the method Lester et al. introduced on T5.";
+
+    static void RefuseEncoderDecoder(ModelConfig cfg)
+    {
+        if (cfg.IsEncoderDecoder) throw new SoftPromptException($"{cfg.ModelType}: {EncoderDecoderRefusal}");
+    }
+
     /// <summary>A prefix from exported embeddings [n, 2·L·kv_dim] (what PEFT saves); no projection.</summary>
     public static PrefixTuning FromEmbeddings(ModelConfig cfg, Tensor embeddings)
     {
+        RefuseEncoderDecoder(cfg);
         int width = 2 * cfg.NumLayers * cfg.KvDim;
         if (embeddings.dim() != 2 || embeddings.shape[1] != width)
             throw new SoftPromptException($"prefix embeddings have shape [{string.Join(", ", embeddings.shape)}]; this model needs [n, {width}] (2 x {cfg.NumLayers} layers x {cfg.KvDim} kv_dim).");

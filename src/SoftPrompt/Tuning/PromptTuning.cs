@@ -62,7 +62,7 @@ public sealed class PromptTuning : IPromptMethod
     /// Creates the initial prompt. <paramref name="tokenIds"/> supplies ids for <see cref="PromptInit.Text"/> (the
     /// tokenized init text) and, per label, for <see cref="PromptInit.ClassLabels"/> (each label's tokens).
     /// </summary>
-    public static PromptTuning Create(CausalLM model, int n, PromptInit init, long seed, IReadOnlyList<int[]>? tokenIds = null, string? initText = null,
+    public static PromptTuning Create(IPromptableModel model, int n, PromptInit init, long seed, IReadOnlyList<int[]>? tokenIds = null, string? initText = null,
         int projectionHidden = 0)
     {
         if (projectionHidden < 0) throw new SoftPromptException("the projection's hidden size must be >= 0 (0 = no projection).");
@@ -128,6 +128,10 @@ public sealed class PromptTuning : IPromptMethod
         PromptTuningInit = Init switch { PromptInit.SampleVocab => "SAMPLE_VOCAB", PromptInit.Text => "TEXT", _ => "RANDOM" },
         PromptTuningInitText = Init == PromptInit.Text ? InitText : null,
         BaseModelNameOrPath = model.NameOrPath,
+        // PEFT's SEQ_2_SEQ_LM: two transformer submodules, a table of 2n rows of which prompt tuning uses the first n
+        // (Adapter writes and reads that layout).
+        TaskType = model.IsEncoderDecoder ? "SEQ_2_SEQ_LM" : "CAUSAL_LM",
+        NumTransformerSubmodules = model.IsEncoderDecoder ? 2 : 1,
     };
 
     public void SetTrainable(bool trainable)

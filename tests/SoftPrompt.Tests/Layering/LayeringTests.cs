@@ -15,6 +15,7 @@ public class LayeringTests
     {
         new[] { "IO" },
         new[] { "Runtime" },
+        new[] { "Distributed" },
         new[] { "Tokenization", "Data" },
         new[] { "Models" },
         new[] { "Tuning", "Optimization" },

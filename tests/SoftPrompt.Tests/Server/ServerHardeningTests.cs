@@ -98,7 +98,7 @@ public class ServerHardeningTests : IClassFixture<ServerWorld>
         var finished = new List<string>();
         server.State!.Engine.SequenceFinished += r => { lock (finished) finished.Add(r); };
         // The second choice of the request (its seed 41 + 1) fails in its prefill, as an out-of-memory error would.
-        server.State.Engine.PrefillFault = r => r.Options.Seed == 42 ? new System.Runtime.InteropServices.ExternalException("out of memory (injected)") : null;
+        ((SoftPrompt.Inference.BatchEngine)server.State.Engine).PrefillFault = r => r.Options.Seed == 42 ? new System.Runtime.InteropServices.ExternalException("out of memory (injected)") : null;
         var other = http.PostAsJsonAsync("/v1/completions", new { model = "base", prompt = "joy ->", max_tokens = 8, temperature = 0 });
         var (status, body) = await ServerWorld.Post(http, "/v1/completions", new { model = "base", prompt = "x", n = 3, max_tokens = 900, temperature = 0.7, seed = 41, ignore_eos = true });
         Assert.Equal(500, status);

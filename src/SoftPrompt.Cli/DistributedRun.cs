@@ -1,0 +1,56 @@
+using System.CommandLine;
+using SoftPrompt.Distributed;
+
+namespace SoftPrompt.Cli;
+
+/// <summary>
+/// The command line's side of MPI: <c>--distributed auto|mpi|none</c> (auto: MPI when launched by mpirun/srun with
+/// more than one rank), the one communicator of the process (MPI is initialised once per process and finalised when
+/// the command ends), and how an error ends a distributed job: an error every rank met alike is said once by rank 0;
+/// an error on one rank is one line naming that rank, then MPI_Abort ends every rank with the exit code.
+/// </summary>
+public static class DistributedRun
+{
+    public static readonly Option<string> Option = new("--distributed")
+    {
+        Description = "Run as one rank of an MPI job: auto (when launched by mpirun/srun with several ranks), mpi, or none. See docs/distributed.md.",
+        Recursive = true, DefaultValueFactory = _ => "auto",
+    };
+
+    static ICommunicator? _current;
+
+    /// <summary>The communicator of train, eval and search-hard-prompt (single-process outside MPI).</summary>
+    public static ICommunicator Open(ParseResult pr) => _current ??= Launch.Communicator(pr.GetValue(Option) ?? "auto");
+
+    /// <summary>True on the rank that prints results and writes files (every process outside MPI).</summary>
+    public static bool IsWriter => _current is null || _current.IsWriter;
+
+    /// <summary>An error during a distributed command: returns the exit code after printing (rank 0 alone for an error
+    /// all ranks met alike), or does not return (MPI_Abort) for an error of one rank.</summary>
+    public static int? Fail(Exception e, Func<Exception, int> report)
+    {
+        if (_current is not { Size: > 1 } c) return null;
+        if (e is RanksDisagreeException)
+        {
+            int code = c.IsWriter ? report(e) : 2;
+            return code;
+        }
+        var w = new StringWriter();
+        var err = Console.Error;
+        Console.SetError(w);
+        int rc;
+        try { rc = report(e); }
+        finally { Console.SetError(err); }
+        Console.Error.WriteLine($"error: rank {c.Rank} of {c.Size} failed: {w.ToString().Trim().Replace("error: ", "", StringComparison.Ordinal)}");
+        Console.Error.WriteLine($"ending all {c.Size} ranks (MPI_Abort, exit {rc}); the run folder keeps its last complete checkpoint for --resume");
+        c.Abort(rc == 0 ? 1 : rc);
+        return rc;
+    }
+
+    /// <summary>MPI_Finalize at the end of the command.</summary>
+    public static void Close()
+    {
+        _current?.Dispose();
+        _current = null;
+    }
+}

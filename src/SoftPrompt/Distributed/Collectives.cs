@@ -1,0 +1,159 @@
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.Json;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace SoftPrompt.Distributed;
+
+/// <summary>What jobs build from the communicator's few calls: sharding, tensor and gradient reduction, gathering
+/// results in order, agreement on a flag, and the start-up check that every rank was given the same inputs.</summary>
+public static class Collectives
+{
+    /// <summary>This rank's share of items 0..n-1: every Size-th one from Rank (disjoint, deterministic, together all).</summary>
+    public static IEnumerable<int> MyShare(this ICommunicator c, int n)
+    {
+        for (int i = c.Rank; i < n; i += c.Size) yield return i;
+    }
+
+    public static bool Owns(this ICommunicator c, int index) => index % c.Size == c.Rank;
+
+    /// <summary>True on every rank when it is true on any (a stop request seen by one rank stops all at the same step).</summary>
+    public static bool Any(this ICommunicator c, bool flag)
+    {
+        if (c.Size == 1) return flag;
+        Span<long> v = stackalloc long[] { flag ? 1 : 0 };
+        c.AllReduceMax(v);
+        return v[0] != 0;
+    }
+
+    /// <summary>
+    /// Sums the gradients of <paramref name="parameters"/> over all ranks, in place, in one call (the tensors are
+    /// flattened into one fp32 buffer: kilobytes for a soft prompt, a few MB for a prefix MLP). A parameter without a
+    /// gradient on this rank (its shard had no target token) contributes zeros and receives the sum.
+    /// </summary>
+    public static void AllReduceGradients(this ICommunicator c, IEnumerable<Tensor> parameters)
+    {
+        if (c.Size == 1) return;
+        var ps = parameters.ToList();
+        long total = ps.Sum(p => p.NumberOfElements);
+        var buf = new float[total];
+        long at = 0;
+        foreach (var p in ps)
+        {
+            var g = p.grad;
+            if (g is not null)
+            {
+                using var host = g.detach().to(ScalarType.Float32).cpu().contiguous();
+                host.data<float>().CopyTo(buf.AsSpan((int)at, (int)p.NumberOfElements));
+            }
+            at += p.NumberOfElements;
+        }
+        c.AllReduceSum(buf);
+        at = 0;
+        using (torch.no_grad())
+            foreach (var p in ps)
+            {
+                using var summed = torch.tensor(buf.AsSpan((int)at, (int)p.NumberOfElements).ToArray(), p.shape, ScalarType.Float32).to(p.device).to(p.dtype);
+                if (p.grad is null) p.grad = summed.clone();
+                else p.grad.copy_(summed);
+                at += p.NumberOfElements;
+            }
+    }
+
+    /// <summary>
+    /// Every rank computes <paramref name="compute"/> for its share of 0..n-1; every rank gets all n results, in index
+    /// order, exactly as computed (JSON round-trips doubles exactly). Results must be JSON-serialisable.
+    /// </summary>
+    public static T[] Map<T>(this ICommunicator c, int n, Func<int, T> compute) =>
+        c.MapShare(n, share => share.Select(compute).ToList());
+
+    /// <summary>As <see cref="Map{T}"/>, for work done a share at a time (a batched generation): <paramref name="compute"/>
+    /// gets this rank's indices (ascending) and returns one result per index.</summary>
+    public static T[] MapShare<T>(this ICommunicator c, int n, Func<IReadOnlyList<int>, IReadOnlyList<T>> compute)
+    {
+        var share = c.MyShare(n).ToList();
+        var mine = compute(share);
+        if (mine.Count != share.Count) throw new InvalidOperationException($"expected {share.Count} results, got {mine.Count}");
+        if (c.Size == 1) return mine.ToArray();
+        var parts = c.AllGather(JsonSerializer.SerializeToUtf8Bytes(mine, Exact));
+        var lists = parts.Select(b => JsonSerializer.Deserialize<List<T>>(b, Exact) ?? new List<T>()).ToList();
+        var all = new T[n];
+        for (int r = 0; r < c.Size; r++)
+        {
+            int k = 0;
+            for (int i = r; i < n; i += c.Size) all[i] = lists[r][k++];
+        }
+        return all;
+    }
+
+    /// <summary>Doubles round-trip exactly (shortest round-trip form), infinities and NaN included.</summary>
+    static readonly JsonSerializerOptions Exact = new() { NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals, IncludeFields = true };
+
+    /// <summary>Every rank's bytes, on every rank (lengths by an all-reduce, then one broadcast per rank).</summary>
+    public static byte[][] AllGather(this ICommunicator c, byte[] mine)
+    {
+        if (c.Size == 1) return new[] { mine };
+        var lengths = new long[c.Size];
+        lengths[c.Rank] = mine.Length;
+        c.AllReduceSum(lengths);
+        var parts = new byte[c.Size][];
+        for (int r = 0; r < c.Size; r++)
+        {
+            parts[r] = r == c.Rank ? (byte[])mine.Clone() : new byte[lengths[r]];
+            c.Broadcast(parts[r], r);
+        }
+        return parts;
+    }
+
+    /// <summary>Rank 0's string on every rank.</summary>
+    public static string Broadcast(this ICommunicator c, string value)
+    {
+        if (c.Size == 1) return value;
+        var bytes = Encoding.UTF8.GetBytes(value);
+        Span<long> len = stackalloc long[] { c.Rank == 0 ? bytes.Length : 0 };
+        c.AllReduceSum(len);
+        var buf = c.Rank == 0 ? bytes : new byte[len[0]];
+        c.Broadcast(buf, 0);
+        return Encoding.UTF8.GetString(buf);
+    }
+
+    /// <summary>
+    /// Start-up check that every rank was given the same input: <paramref name="fingerprint"/> (a SHA-256 of a
+    /// config, a data file, a model's files) is compared with rank 0's. A rank that differs makes every rank throw the
+    /// same <see cref="RanksDisagreeException"/> naming the ranks and <paramref name="what"/>, instead of training on
+    /// diverging inputs.
+    /// </summary>
+    public static void CheckSame(this ICommunicator c, string what, byte[] fingerprint)
+    {
+        if (c.Size == 1) return;
+        var root = (byte[])fingerprint.Clone();
+        if (root.Length != 32) throw new ArgumentException("expected a SHA-256 fingerprint", nameof(fingerprint));
+        c.Broadcast(root, 0);
+        var differ = new long[c.Size];
+        differ[c.Rank] = root.AsSpan().SequenceEqual(fingerprint) ? 0 : 1;
+        c.AllReduceSum(differ);
+        var bad = Enumerable.Range(0, c.Size).Where(r => differ[r] != 0).ToList();
+        if (bad.Count > 0)
+            throw new RanksDisagreeException($"rank{(bad.Count == 1 ? "" : "s")} {string.Join(", ", bad)} of {c.Size} {(bad.Count == 1 ? "was" : "were")} given a different {what} than rank 0; " +
+                                             "every rank must read the same config, data and model (same files, same contents).");
+    }
+
+    /// <summary>SHA-256 of a text and of files (in the order given): each file's length and its first
+    /// <paramref name="headBytes"/> bytes (all of it by default).</summary>
+    public static byte[] Fingerprint(string text, IEnumerable<string> files, long headBytes = long.MaxValue)
+    {
+        using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        sha.AppendData(Encoding.UTF8.GetBytes(text));
+        var buf = new byte[1 << 20];
+        foreach (var f in files)
+        {
+            using var s = File.OpenRead(f);
+            sha.AppendData(Encoding.UTF8.GetBytes($"\n--file of {s.Length} bytes--\n"));
+            long left = headBytes;
+            int k;
+            while (left > 0 && (k = s.Read(buf, 0, (int)Math.Min(buf.Length, left))) > 0) { sha.AppendData(buf, 0, k); left -= k; }
+        }
+        return sha.GetHashAndReset();
+    }
+}

@@ -1,0 +1,401 @@
+using System.Diagnostics;
+using System.Text.Json.Nodes;
+using SoftPrompt.Tests.Demo;
+using SoftPrompt.Tests.Cli;
+
+namespace SoftPrompt.Tests.Distributed;
+
+/// <summary>Open MPI's launcher, or null (then the MPI tests are skipped, saying why).</summary>
+public static class Mpi
+{
+    public static string? Launcher { get; } = (Environment.GetEnvironmentVariable("PATH") ?? "").Split(':', StringSplitOptions.RemoveEmptyEntries)
+        .Select(d => Path.Combine(d, "mpirun")).FirstOrDefault(File.Exists);
+
+    public const string SkipReason = "mpirun not found: install Open MPI (Debian/Ubuntu: apt-get install openmpi-bin libopenmpi-dev; .ci/run does) to run the MPI tests";
+
+    /// <summary>Starts <c>mpirun</c> with the given per-rank programs (one <c>-np 1 dotnet softprompt.dll ...</c> each, or
+    /// one group with <paramref name="ranks"/>). Root may launch (containers); ranks may outnumber cores.</summary>
+    public static Process Start(int ranks, params string[][] perRankArgs)
+    {
+        var psi = new ProcessStartInfo(Launcher!) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        psi.Environment["OMPI_ALLOW_RUN_AS_ROOT"] = "1";
+        psi.Environment["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1";
+        psi.Environment["OMPI_MCA_rmaps_base_oversubscribe"] = "1";
+        psi.ArgumentList.Add("--oversubscribe");
+        var dotnet = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") ?? "dotnet";
+        var dll = Path.Combine(AppContext.BaseDirectory, "softprompt.dll");
+        for (int g = 0; g < perRankArgs.Length; g++)
+        {
+            if (g > 0) psi.ArgumentList.Add(":");
+            psi.ArgumentList.Add("-np"); psi.ArgumentList.Add(perRankArgs.Length == 1 ? ranks.ToString() : "1");
+            psi.ArgumentList.Add(dotnet); psi.ArgumentList.Add(dll);
+            foreach (var a in perRankArgs[g]) psi.ArgumentList.Add(a);
+        }
+        return Process.Start(psi)!;
+    }
+
+    /// <summary>Runs to the end (bounded: killed after <paramref name="timeout"/>) and returns exit code and output.</summary>
+    public static (int Rc, string Out, string Err) Run(int ranks, TimeSpan timeout, params string[][] perRankArgs)
+    {
+        using var p = Start(ranks, perRankArgs);
+        var so = p.StandardOutput.ReadToEndAsync();
+        var se = p.StandardError.ReadToEndAsync();
+        if (!p.WaitForExit(timeout)) { p.Kill(true); p.WaitForExit(); throw new Xunit.Sdk.XunitException($"mpirun did not finish in {timeout}: {se.Result}{so.Result}"); }
+        p.WaitForExit();
+        return (p.ExitCode, so.Result, se.Result);
+    }
+}
+
+/// <summary>A test that needs Open MPI's mpirun: skipped with the reason when it is not installed.</summary>
+public sealed class MpiFactAttribute : FactAttribute
+{
+    public MpiFactAttribute() { if (Mpi.Launcher is null) Skip = Mpi.SkipReason; }
+}
+
+public sealed class MpiTheoryAttribute : TheoryAttribute
+{
+    public MpiTheoryAttribute() { if (Mpi.Launcher is null) Skip = Mpi.SkipReason; }
+}
+
+/// <summary>
+/// Data-parallel runs under mpirun on the shipped model (models/sp-llama-6m) give what one process gives: the same
+/// adapter (within 1e-5: only the order of floating-point sums differs), the same chosen checkpoint and the same
+/// metrics log; eval and the gradient search give exactly the same results. Faults end every rank.
+/// </summary>
+[Collection("Console")]
+public class MpiTests
+{
+    static string Model => Path.Combine(DemoPipelineTests.RepoRoot, "models", "sp-llama-6m");
+    static readonly TimeSpan Limit = TimeSpan.FromSeconds(150);
+
+    /// <summary>80 words, both labels (the task file's first and last 40 lines).</summary>
+    static string WriteTrain(string path)
+    {
+        var lines = File.ReadAllLines(Path.Combine(DemoPipelineTests.RepoRoot, "data", "tasks", "word_sentiment_seen.train.tsv"));
+        File.WriteAllLines(path, lines.Take(40).Concat(lines.TakeLast(40)));
+        return path;
+    }
+
+    /// <summary>The tiny training run; <paramref name="extra"/> options replace the defaults of the same name.</summary>
+    static string[] TrainArgs(string train, string output, string method, params string[] extra)
+    {
+        var args = BaseTrainArgs(train, output, method).ToList();
+        for (int i = 0; i < extra.Length; i += 2)
+        {
+            int at = args.IndexOf(extra[i]);
+            if (at >= 0) args.RemoveRange(at, 2);
+            args.AddRange(extra.Skip(i).Take(2));
+        }
+        return args.ToArray();
+    }
+
+    static string[] BaseTrainArgs(string train, string output, string method) => new[]
+    {
+        "train", "--model", Model, "--train", train, "--output", output, "--columns", "input,output",
+        "--prompt-template", "Word: {input}\nSentiment:", "--label-words", "positive=good", "--label-words", "negative=bad",
+        "--validation-split", "0.25", "--method", method, "--virtual-tokens", "4", "--lr", method == "prefix" ? "0.01" : "0.1",
+        "--steps", "6", "--batch-size", "8", "--grad-accum", "2", "--eval-every", "2", "--log-every", "1", "--seed", "7", "--threads", "1",
+    };
+
+    static Dictionary<string, float[]> Tensors(string file) =>
+        SoftPrompt.IO.SafeTensors.Load(file).ToDictionary(kv => kv.Key, kv => kv.Value.to(TorchSharp.torch.ScalarType.Float32).data<float>().ToArray());
+
+    static void AssertSameAdapter(string a, string b, double tol)
+    {
+        var ta = Tensors(Path.Combine(a, "adapter_model.safetensors"));
+        var tb = Tensors(Path.Combine(b, "adapter_model.safetensors"));
+        Assert.Equal(ta.Keys.Order(), tb.Keys.Order());
+        foreach (var (k, va) in ta)
+        {
+            var vb = tb[k];
+            Assert.Equal(va.Length, vb.Length);
+            double worst = va.Zip(vb).Max(x => Math.Abs((double)x.First - x.Second));
+            Assert.True(worst <= tol, $"{k}: largest difference {worst:G3} > {tol:G3}");
+        }
+    }
+
+    static readonly HashSet<string> Timings = new() { "tokens_per_s", "elapsed_s" };
+
+    /// <summary>metrics.jsonl row by row: same kinds, steps, keys and integer values; numbers within 1e-5 (relative);
+    /// timings aside.</summary>
+    static void AssertSameMetricsLog(string a, string b)
+    {
+        var ra = File.ReadAllLines(a).Select(l => JsonNode.Parse(l)!.AsObject()).ToList();
+        var rb = File.ReadAllLines(b).Select(l => JsonNode.Parse(l)!.AsObject()).ToList();
+        Assert.Equal(ra.Count, rb.Count);
+        for (int i = 0; i < ra.Count; i++)
+        {
+            Assert.Equal(ra[i].Select(kv => kv.Key), rb[i].Select(kv => kv.Key));
+            foreach (var (k, v) in ra[i])
+            {
+                if (Timings.Contains(k)) continue;
+                var w = rb[i][k];
+                if (v is JsonValue jv && jv.TryGetValue<double>(out var x) && w is JsonValue jw && jw.TryGetValue<double>(out var y) && !(jv.TryGetValue<long>(out _) && jw.TryGetValue<long>(out _)))
+                    Assert.True(Math.Abs(x - y) <= 1e-5 * Math.Max(1, Math.Abs(x)), $"row {i} {k}: {x} vs {y}");
+                else Assert.Equal(v?.ToJsonString(), w?.ToJsonString());
+            }
+        }
+    }
+
+    static int AdapterStep(string run) => JsonNode.Parse(File.ReadAllText(Path.Combine(run, "summary.json")))!["adapter_step"]!.GetValue<int>();
+
+    [MpiTheory]
+    [InlineData("prompt")]
+    [InlineData("prefix")]
+    public void TwoRanksTrainTheAdapterOneProcessTrains(string method)
+    {
+        using var tmp = new Fixtures.TempDir();
+        var train = WriteTrain(tmp["train.tsv"]);
+        var (rc1, out1, err1) = CliRunner.Run(TrainArgs(train, tmp["one"], method));
+        Assert.True(rc1 == 0, err1 + out1);
+        var (rc2, out2, err2) = Mpi.Run(2, Limit, TrainArgs(train, tmp["two"], method));
+        Assert.True(rc2 == 0, err2 + out2);
+        Assert.Contains("distributed: 2 ranks (MPI)", err2 + out2); // rank 0's banner
+        Assert.Contains("MPI on rank 0: ", err2); // and what communication cost
+        Assert.Single(System.Text.RegularExpressions.Regex.Matches(out2, "^adapter: ", System.Text.RegularExpressions.RegexOptions.Multiline)); // rank 0 alone reports
+
+        AssertSameAdapter(tmp["one/adapter"], tmp["two/adapter"], 1e-5);
+        Assert.Equal(AdapterStep(tmp["one"]), AdapterStep(tmp["two"]));
+        AssertSameMetricsLog(tmp["one/metrics.jsonl"], tmp["two/metrics.jsonl"]);
+        // One writer: the run folder holds what one process writes, no more.
+        Assert.Equal(Directory.GetFileSystemEntries(tmp["one"]).Select(Path.GetFileName).Order(), Directory.GetFileSystemEntries(tmp["two"]).Select(Path.GetFileName).Order());
+    }
+
+    static string[] EvalArgs(string data, string output, params string[] extra) => new[]
+    {
+        "eval", "--model", Model, "--data", data, "--output", output, "--columns", "input,output", "--prompt-template", "Word: {input}\nSentiment:",
+        "--label-words", "positive=good", "--label-words", "negative=bad", "--instruction", "Is the word good or bad?", "--threads", "1", "--batch-size", "4",
+    }.Concat(extra).ToArray();
+
+    /// <summary>metrics.json without what differs between two runs by design (the time, the report folder's name).</summary>
+    static string Metrics(string dir)
+    {
+        var o = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "metrics.json")))!.AsObject();
+        o.Remove("created");
+        return o.ToJsonString().Replace(JsonValue.Create(dir).ToJsonString().Trim('"'), "REPORT");
+    }
+
+    [MpiFact]
+    public void EvalOnTwoRanksEqualsOneProcessExactly()
+    {
+        using var tmp = new Fixtures.TempDir();
+        var data = WriteTrain(tmp["test.tsv"]);
+        var (rc1, out1, err1) = CliRunner.Run(EvalArgs(data, tmp["one"]));
+        Assert.True(rc1 == 0, err1 + out1);
+        var (rc2, out2, err2) = Mpi.Run(2, Limit, EvalArgs(data, tmp["two"]));
+        Assert.True(rc2 == 0, err2 + out2);
+        Assert.Equal(Metrics(tmp["one"]), Metrics(tmp["two"]));
+        Assert.Equal(File.ReadAllText(tmp["one/predictions.jsonl"]), File.ReadAllText(tmp["two/predictions.jsonl"]));
+
+        // Generation (continuations shared out over the ranks and gathered): the same answers.
+        var lines = File.ReadAllLines(Path.Combine(DemoPipelineTests.RepoRoot, "data", "tasks", "translate_en_es.test.tsv")).Take(7);
+        File.WriteAllLines(tmp["gen.tsv"], lines);
+        string[] Gen(string output) => new[] { "eval", "--model", Model, "--data", tmp["gen.tsv"], "--output", output, "--columns", "input,output",
+            "--prompt-template", "English: {input}\nSpanish:", "--task", "generation", "--max-new-tokens", "3", "--threads", "1" };
+        (rc1, out1, err1) = CliRunner.Run(Gen(tmp["gen1"]));
+        Assert.True(rc1 == 0, err1 + out1);
+        (rc2, out2, err2) = Mpi.Run(2, Limit, Gen(tmp["gen2"]));
+        Assert.True(rc2 == 0, err2 + out2);
+        Assert.Equal(Metrics(tmp["gen1"]), Metrics(tmp["gen2"]));
+        Assert.Equal(File.ReadAllText(tmp["gen1/predictions.jsonl"]), File.ReadAllText(tmp["gen2/predictions.jsonl"]));
+    }
+
+    [MpiFact]
+    public void GradientSearchOnTwoRanksFindsTheOneProcessPrompt()
+    {
+        using var tmp = new Fixtures.TempDir();
+        var train = WriteTrain(tmp["train.tsv"]);
+        string[] Args(string output) => new[] { "search-hard-prompt", "--model", Model, "--train", train, "--output", output, "--columns", "input,output",
+            "--prompt-template", "Word: {input}\nSentiment:", "--label-words", "positive=good", "--label-words", "negative=bad",
+            "--prompt-length", "3", "--steps", "3", "--seed", "3", "--threads", "1" };
+        var (rc1, out1, err1) = CliRunner.Run(Args(tmp["one"]));
+        Assert.True(rc1 == 0, err1 + out1);
+        var (rc2, out2, err2) = Mpi.Run(2, Limit, Args(tmp["two"]));
+        Assert.True(rc2 == 0, err2 + out2);
+        Assert.Equal(File.ReadAllText(tmp["one/hard_prompt.json"]), File.ReadAllText(tmp["two/hard_prompt.json"]));
+        var rows = (string d) => File.ReadAllLines(Path.Combine(d, "search_log.jsonl")).Select(l => { var o = JsonNode.Parse(l)!.AsObject(); o.Remove("elapsed_s"); return o.ToJsonString(); });
+        Assert.Equal(rows(tmp["one"]), rows(tmp["two"]));
+    }
+
+    [MpiFact]
+    public void ARankGivenADifferentDataFileIsRefusedAtStartUp()
+    {
+        using var tmp = new Fixtures.TempDir();
+        var train = WriteTrain(tmp["train.tsv"]);
+        File.WriteAllLines(tmp["other.tsv"], File.ReadAllLines(train).Select(l => l.Replace("positive", "negative")));
+        var sw = Stopwatch.StartNew();
+        var (rc, so, se) = Mpi.Run(2, Limit, TrainArgs(train, tmp["run"], "prompt"), TrainArgs(tmp["other.tsv"], tmp["run"], "prompt"));
+        Assert.True(rc != 0, so + se);
+        Assert.Contains("error: rank 1 of 2 was given a different data file (contents) than rank 0", se);
+        Assert.Single(System.Text.RegularExpressions.Regex.Matches(se, "^error: ", System.Text.RegularExpressions.RegexOptions.Multiline));
+        Assert.DoesNotContain("   at ", se);
+        Assert.False(Directory.Exists(tmp["run/checkpoint"]));
+    }
+
+    [MpiFact]
+    public void ARankThatFailsEndsEveryRankNamingIt()
+    {
+        using var tmp = new Fixtures.TempDir();
+        var train = WriteTrain(tmp["train.tsv"]);
+        var (rc, so, se) = Mpi.Run(2, TimeSpan.FromSeconds(60), TrainArgs(train, tmp["run"], "prompt"), TrainArgs(tmp["missing.tsv"], tmp["run"], "prompt"));
+        Assert.True(rc != 0, so + se);
+        Assert.Contains("error: rank 1 of 2 failed:", se);
+        Assert.Contains("missing.tsv", se);
+    }
+
+    static IEnumerable<int> Children(int pid) =>
+        File.Exists($"/proc/{pid}/task/{pid}/children")
+            ? File.ReadAllText($"/proc/{pid}/task/{pid}/children").Split(' ', StringSplitOptions.RemoveEmptyEntries).Select(int.Parse)
+            : Array.Empty<int>();
+
+    static int? RankPid(int mpirun, int rank)
+    {
+        foreach (var c in Children(mpirun))
+            try { if (File.ReadAllText($"/proc/{c}/environ").Split('\0').Contains($"OMPI_COMM_WORLD_RANK={rank}")) return c; }
+            catch (IOException) { }
+            catch (UnauthorizedAccessException) { }
+        return null;
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)] static extern int kill(int pid, int sig);
+
+    [MpiFact]
+    public void KillingOneRankEndsAllAndResumeWithoutMpiFinishesTheRun()
+    {
+        using var tmp = new Fixtures.TempDir();
+        var train = WriteTrain(tmp["train.tsv"]);
+        const int steps = 40;
+        string[] Args(string output) => TrainArgs(train, output, "prompt", "--steps", steps.ToString(), "--eval-every", "0", "--validation-split", "0",
+            "--checkpoint-every", "2", "--schedule", "constant", "--grad-accum", "1");
+        using var p = Mpi.Start(2, Args(tmp["run"]));
+        var so = p.StandardOutput.ReadToEndAsync();
+        var se = p.StandardError.ReadToEndAsync();
+        var state = tmp["run/checkpoint/trainer_state.json"];
+        var wait = Stopwatch.StartNew();
+        int? victim = null;
+        // Wait (bounded) for a checkpoint past step 2, then kill -9 rank 1.
+        while (wait.Elapsed < TimeSpan.FromSeconds(120) && !p.HasExited)
+        {
+            try { if (File.Exists(state) && JsonNode.Parse(File.ReadAllText(state))!["Step"]!.GetValue<int>() >= 4 && (victim = RankPid(p.Id, 1)) is not null) break; }
+            catch (Exception e) when (e is IOException or System.Text.Json.JsonException) { }
+            Thread.Sleep(100);
+        }
+        if (victim is null) { try { p.Kill(true); } catch (InvalidOperationException) { } p.WaitForExit(); throw new Xunit.Sdk.XunitException("no checkpoint at step 4 (or no rank 1) within 120 s: " + se.Result); }
+        var rank0 = RankPid(p.Id, 0);
+        Assert.NotNull(rank0);
+        Assert.Equal(0, kill(victim.Value, 9));
+        var killed = Stopwatch.StartNew();
+        bool ended = p.WaitForExit(TimeSpan.FromSeconds(30));
+        if (!ended) { p.Kill(true); p.WaitForExit(); }
+        Assert.True(ended, "the job did not end within 30 s of kill -9 of rank 1: " + se.Result);
+        p.WaitForExit();
+        Assert.NotEqual(0, p.ExitCode);
+        // Rank 0 is gone too, within the same 30 s (the launcher may return while the kernel still tears it down).
+        while (Directory.Exists($"/proc/{rank0}") && killed.Elapsed < TimeSpan.FromSeconds(30)) Thread.Sleep(100);
+        Assert.False(Directory.Exists($"/proc/{rank0}") && !File.ReadAllText($"/proc/{rank0}/stat").Contains(") Z "), $"rank 0 (pid {rank0}) still running 30 s after kill -9 of rank 1");
+        Assert.Contains("rank 1", se.Result); // the launcher names the rank that died
+
+        // The last checkpoint is whole: its state reads and its step is one the run reached.
+        int saved = JsonNode.Parse(File.ReadAllText(state))!["Step"]!.GetValue<int>();
+        Assert.InRange(saved, 4, steps - 1);
+        Assert.NotEmpty(Tensors(tmp["run/checkpoint/state.safetensors"]));
+
+        // --resume without MPI finishes the run, to the adapter an uninterrupted one-process run reaches.
+        var (rc, o1, e1) = CliRunner.Run("train", "--resume", tmp["run"]);
+        Assert.True(rc == 0, e1 + o1);
+        Assert.Contains($"resumed at step {saved}", o1 + e1);
+        var (rc2, o2, e2) = CliRunner.Run(Args(tmp["straight"]));
+        Assert.True(rc2 == 0, e2 + o2);
+        AssertSameAdapter(tmp["straight/adapter"], tmp["run/adapter"], 1e-5);
+    }
+
+    [MpiFact]
+    public void SigtermToMpirunCheckpointsOnceAndPrintsTheResumeCommand()
+    {
+        using var tmp = new Fixtures.TempDir();
+        var train = WriteTrain(tmp["train.tsv"]);
+        using var p = Mpi.Start(2, TrainArgs(train, tmp["run"], "prompt", "--steps", "100000", "--eval-every", "0", "--validation-split", "0"));
+        var so = p.StandardOutput.ReadToEndAsync();
+        var se = p.StandardError.ReadToEndAsync();
+        var wait = Stopwatch.StartNew();
+        while (wait.Elapsed < TimeSpan.FromSeconds(120) && !p.HasExited)
+        {
+            try { if (File.Exists(tmp["run/metrics.jsonl"]) && File.ReadAllLines(tmp["run/metrics.jsonl"]).Length >= 3) break; }
+            catch (IOException) { }
+            Thread.Sleep(100);
+        }
+        if (p.HasExited) throw new Xunit.Sdk.XunitException("training ended before the signal: " + se.Result);
+        Assert.Equal(0, kill(p.Id, 15));
+        bool ended = p.WaitForExit(TimeSpan.FromSeconds(60));
+        if (!ended) { p.Kill(true); p.WaitForExit(); }
+        Assert.True(ended, "mpirun did not end within 60 s of SIGTERM: " + se.Result);
+        p.WaitForExit();
+        Assert.NotEqual(0, p.ExitCode);
+        var m = System.Text.RegularExpressions.Regex.Match(se.Result, @"interrupted at step (\d+); continue with: softprompt train --resume (\S+) \(under mpirun -np 2");
+        Assert.True(m.Success, se.Result);
+        Assert.Single(System.Text.RegularExpressions.Regex.Matches(se.Result, "interrupted at step")); // rank 0 alone
+        Assert.Equal(tmp["run"], m.Groups[2].Value);
+        Assert.Equal(int.Parse(m.Groups[1].Value), JsonNode.Parse(File.ReadAllText(tmp["run/checkpoint/trainer_state.json"]))!["Step"]!.GetValue<int>());
+        Assert.False(Directory.Exists(tmp["run/checkpoint.tmp"]));
+    }
+
+    /// <summary>scripts/mpi/allreduce_bench.c (the docs' all-reduce figures) builds with mpicc and prints one line per size.</summary>
+    [MpiFact]
+    public void TheAllReduceBenchmarkBuildsAndRuns()
+    {
+        var mpicc = Path.Combine(Path.GetDirectoryName(Mpi.Launcher!)!, "mpicc");
+        if (!File.Exists(mpicc)) return; // openmpi-bin without libopenmpi-dev: nothing to build with (.ci/run installs both)
+        using var tmp = new Fixtures.TempDir();
+        var build = Process.Start(new ProcessStartInfo(mpicc, new[] { "-O2", "-o", tmp["bench"], Path.Combine(DemoPipelineTests.RepoRoot, "scripts", "mpi", "allreduce_bench.c") })
+            { UseShellExecute = false, RedirectStandardError = true })!;
+        var err = build.StandardError.ReadToEnd();
+        Assert.True(build.WaitForExit(TimeSpan.FromSeconds(60)) && build.ExitCode == 0, err);
+        var psi = new ProcessStartInfo(Mpi.Launcher!, new[] { "--oversubscribe", "-np", "2", tmp["bench"], "3", "8", "2048" })
+            { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+        psi.Environment["OMPI_ALLOW_RUN_AS_ROOT"] = "1"; psi.Environment["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1";
+        using var p = Process.Start(psi)!;
+        var so = p.StandardOutput.ReadToEndAsync(); var se = p.StandardError.ReadToEndAsync();
+        if (!p.WaitForExit(TimeSpan.FromSeconds(60))) { p.Kill(true); p.WaitForExit(); throw new Xunit.Sdk.XunitException("the benchmark did not end within 60 s: " + se.Result); }
+        p.WaitForExit();
+        Assert.True(p.ExitCode == 0, se.Result);
+        var lines = so.Result.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Equal(2, lines.Length);
+        Assert.Matches(@"^ranks 2 floats 8 bytes 32 us_per_allreduce [0-9.]+$", lines[0]);
+        Assert.Matches(@"^ranks 2 floats 2048 bytes 8192 us_per_allreduce [0-9.]+$", lines[1]);
+    }
+
+    /// <summary>The softprompt commands that README and docs/distributed.md launch through mpirun / srun parse (options
+    /// and values as written).</summary>
+    [Fact]
+    public void TheDocumentedMpiCommandsParse()
+    {
+        int n = 0;
+        foreach (var doc in new[] { "README.md", Path.Combine("docs", "distributed.md") })
+        {
+            bool inCode = false;
+            foreach (var raw in File.ReadAllLines(Path.Combine(DemoPipelineTests.RepoRoot, doc)))
+            {
+                if (raw.StartsWith("```")) { inCode = !inCode; continue; }
+                var line = raw.Split(" #")[0].Trim();
+                if (!inCode || !(line.StartsWith("mpirun ") || line.StartsWith("srun ")) || !line.Contains(" softprompt ")) continue;
+                var words = line[(line.IndexOf(" softprompt ", StringComparison.Ordinal) + " softprompt ".Length)..].Split(' ', StringSplitOptions.RemoveEmptyEntries);
+                var parse = SoftPrompt.Cli.Cli.BuildRoot().Parse(words);
+                Assert.True(parse.Errors.Count == 0, $"{doc}: {line}: " + string.Join("; ", parse.Errors.Select(e => e.Message)));
+                n++;
+            }
+        }
+        Assert.True(n >= 5, $"only {n} mpirun/srun commands found");
+    }
+
+    [Fact]
+    public void TheGpuKitScriptParses()
+    {
+        var psi = new ProcessStartInfo("bash") { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
+        psi.ArgumentList.Add("-n");
+        psi.ArgumentList.Add(Path.Combine(DemoPipelineTests.RepoRoot, "scripts", "gpu", "run.sh"));
+        using var p = Process.Start(psi)!;
+        var err = p.StandardError.ReadToEnd();
+        Assert.True(p.WaitForExit(TimeSpan.FromSeconds(30)));
+        Assert.True(p.ExitCode == 0, err);
+    }
+}
