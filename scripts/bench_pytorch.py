@@ -39,6 +39,8 @@ SHAPES = {  # the same table as src/SoftPrompt/Models/ModelFactory.cs
     "smollm2-360m": dict(kind="llama", hidden=960, layers=32, heads=15, kv=5, inter=2560, vocab=49152, theta=100000.0),
     "tinyllama-1.1b": dict(kind="llama", hidden=2048, layers=22, heads=32, kv=4, inter=5632, vocab=32000, theta=10000.0),
     "llama-1b": dict(kind="llama", hidden=2048, layers=16, heads=32, kv=8, inter=8192, vocab=128256, theta=500000.0),
+    "llama-3b": dict(kind="llama", hidden=3072, layers=28, heads=24, kv=8, inter=8192, vocab=128256, theta=500000.0),
+    "llama-8b": dict(kind="llama", hidden=4096, layers=32, heads=32, kv=8, inter=14336, vocab=128256, theta=500000.0),
 }
 
 
@@ -97,8 +99,9 @@ class MiniLM(nn.Module):
         h = x.shape[-1] // 2
         return x * cos + torch.cat([-x[..., h:], x[..., :h]], -1) * sin
 
-    def forward(self, embeds, past=None):
-        """embeds [B,T,H]; past: per layer (k, v) [B,kv,P,d] (prefix). Returns final hidden [B,T,H]."""
+    def forward(self, embeds, past=None, out_kv=None):
+        """embeds [B,T,H]; past: per layer (k, v) [B,kv,P,d] (prefix, or the cache while generating); out_kv: a list that
+        receives each layer's (k, v) with past included (the cache for the next step). Returns final hidden [B,T,H]."""
         B, T, H = embeds.shape
         P = 0 if past is None else past[0][0].shape[2]
         pos = torch.arange(P, P + T, device=embeds.device)
@@ -115,6 +118,8 @@ class MiniLM(nn.Module):
             if past is not None:
                 k = torch.cat([past[i][0].expand(B, -1, -1, -1), k], 2)
                 v = torch.cat([past[i][1].expand(B, -1, -1, -1), v], 2)
+            if out_kv is not None:
+                out_kv.append((k, v))
             if nh != kvh:
                 k = k.repeat_interleave(nh // kvh, 1)
                 v = v.repeat_interleave(nh // kvh, 1)
@@ -211,6 +216,33 @@ def run_torch(a):
             sel = (lab != -100).nonzero().squeeze(1)  # the head only where a loss is taken
             return F.cross_entropy((hs[sel] @ base.wte.weight.t()).float(), lab[sel])
 
+    if a.generate:
+        # Greedy decoding of --generate new tokens after a prompt of --seq tokens (batch 1) with a KV cache, as
+        # `softprompt bench --generate-tokens` does (the minimal model; the prompt method is not attached).
+        base = base if impl == "minimal" else MiniLM(s).to(device=device, dtype=dtype).eval()
+        gen_ids = ids[:1]
+        gms, gcpu = [], []
+        with torch.no_grad():
+            for i in range(a.warmup + a.steps):
+                t0, c0 = time.perf_counter(), time.process_time()
+                kv = []
+                h = base(base.wte(gen_ids), None, kv)
+                tok = (h[:, -1] @ base.wte.weight.t()).float().argmax(-1)
+                for _ in range(a.generate - 1):
+                    new = []
+                    h = base(base.wte(tok[:, None]), kv, new)
+                    kv = new
+                    tok = (h[:, -1] @ base.wte.weight.t()).float().argmax(-1)
+                tok.item()
+                if i >= a.warmup:
+                    gms.append((time.perf_counter() - t0) * 1000)
+                    gcpu.append((time.process_time() - c0) * 1000)
+        peak, kind = peak_memory(device)
+        return dict(impl="minimal", torch=torch.__version__, blas=blas_info(), shape=a.shape, mode="generate", seq=T, new_tokens=a.generate,
+                    dtype=a.dtype, device=str(device), threads=torch.get_num_threads(), steps=a.steps, warmup=a.warmup,
+                    generate_ms_median=round(statistics.median(gms), 2), generate_tokens_per_s=round(a.generate / (statistics.median(gms) / 1000), 1),
+                    generate_cpu_ms_median=round(statistics.median(gcpu), 2), peak_memory_bytes=peak, peak_memory_kind=kind)
+
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
     times, evals, eval_cpu = [], [], []
     for i in range(0 if a.forward_only else a.warmup + a.steps):
@@ -255,13 +287,15 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--minimal", action="store_true", help="use the minimal model even when transformers+peft are installed")
     p.add_argument("--forward-only", action="store_true", help="time only the forward-only pass (no_grad), as evaluation and serving run it")
+    p.add_argument("--generate", type=int, default=0, help="time greedy generation of N new tokens (batch 1, prompt of --seq tokens) instead")
     p.add_argument("--softprompt", help="path of the softprompt executable: also run the C# side and print the ratios")
     a = p.parse_args()
     results = {}
     if a.softprompt:
         cmd = [a.softprompt, "bench", "--shape", a.shape, "--method", a.method, "--batch", str(a.batch), "--seq", str(a.seq),
                "--virtual-tokens", str(a.virtual_tokens), "--steps", str(a.steps), "--warmup", str(a.warmup), "--target-tokens", str(a.target_tokens),
-               "--dtype", a.dtype, "--device", a.device, "--threads", str(a.threads), "--format", "json"] + (["--forward-only"] if a.forward_only else [])
+               "--dtype", a.dtype, "--device", a.device, "--threads", str(a.threads), "--format", "json"] + (["--forward-only"] if a.forward_only else []) \
+              + (["--generate-tokens", str(a.generate)] if a.generate else [])
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
         results["softprompt"] = json.loads(out)
         print(json.dumps({"side": "softprompt", **results["softprompt"]}))
@@ -270,7 +304,12 @@ def main():
         print("warning: this torch uses the system's reference BLAS (a few GFLOP/s); for a fair comparison point it at OpenBLAS, e.g. "
               "LD_LIBRARY_PATH=<dir of OpenBLAS's libblas.so.3> (Debian: libopenblas0-pthread)", file=sys.stderr)
     print(json.dumps({"side": "pytorch", **results["pytorch"]}))
-    if a.softprompt:
+    if a.softprompt and a.generate:
+        cs, py = results["softprompt"], results["pytorch"]
+        print(f"generate {a.generate} tokens: C# {cs['eval_ms_median']:.1f} ms vs PyTorch {py['generate_ms_median']:.1f} ms "
+              f"(CPU ms {cs['eval_cpu_ms_median']:.1f} vs {py['generate_cpu_ms_median']:.1f}); peak memory C# / PyTorch: "
+              f"{cs['peak_memory_bytes'] / py['peak_memory_bytes']:.2f}x ({cs['peak_memory_bytes'] / 2**20:.0f} MiB vs {py['peak_memory_bytes'] / 2**20:.0f} MiB)")
+    elif a.softprompt:
         cs, py = results["softprompt"], results["pytorch"]
         print(f"ratio tokens/s (C# / PyTorch {py['impl']}): train {cs['tokens_per_s'] / py['tokens_per_s'] if py['tokens_per_s'] else float('nan'):.2f}x, "
               f"forward {cs['eval_tokens_per_s'] / py['eval_tokens_per_s']:.2f}x; forward-only ms/batch C# {cs['eval_ms_median']:.1f} vs {py['eval_ms_median']:.1f} "

@@ -14,9 +14,12 @@
 #   demo/              with KIT_DEMO=1: the demo's model, task files and configs (else run.sh takes them from the checkout)
 #   scripts/           run.sh (the device entry point), bench_peft.py, bench_pytorch.py
 #   MANIFEST.json      versions, commits, sizes
-# Environment: TORCHSHARP_REPO = a git clone (or bare mirror) of github.com/dotnet/TorchSharp (default: the search
-# tool's mirror under /work/.mirror). KIT_LEAN=1 leaves out fixtures/ too (run.sh then takes them from the checkout it
-# runs in): what a device call carries is the checkout plus the archive, 64 MiB together.
+# Environment: TORCHSHARP_REPO = a git clone (or bare mirror) of github.com/dotnet/TorchSharp (default:
+# ~/.cache/softprompt/TorchSharp, made with `git clone https://github.com/dotnet/TorchSharp ~/.cache/softprompt/TorchSharp`).
+# KIT_NATIVE_SOURCES=0 packs no native sources (a kit for the CPU rehearsal only: run.sh on a GPU then refuses to start
+# unless --skip-build finds a binding already built; CI packs this way, having no TorchSharp clone).
+# KIT_LEAN=1 leaves out fixtures/ too (run.sh then takes them from the checkout it runs in): what a device call carries
+# is the checkout plus the archive, 64 MiB together. XZ_OPT sets the compression (default -9e -T2; CI uses -0).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$(pwd)
@@ -32,7 +35,8 @@ LT_VERSION=$(sed -n 's:.*<LibTorchVersion>\(.*\)</LibTorchVersion>.*:\1:p' Direc
 # libLibTorchSharp.so (checked below when the package is in the NuGet cache).
 declare -A TS_COMMITS=([0.107.0]=c20b6a1cc574d690707638a488d2583f3b8b983f)
 TS_REF=${TORCHSHARP_REF:-${TS_COMMITS[$TS_VERSION]:-v$TS_VERSION}}
-TS_REPO=${TORCHSHARP_REPO:-/work/.mirror/dotnet+TorchSharp/repo}
+TS_REPO=${TORCHSHARP_REPO:-${XDG_CACHE_HOME:-$HOME/.cache}/softprompt/TorchSharp}
+NATIVE_SOURCES=${KIT_NATIVE_SOURCES:-1}
 
 STAGE=$(mktemp -d)
 trap 'rm -rf "$STAGE"' EXIT
@@ -41,11 +45,15 @@ mkdir -p "$KIT"/{app,dotnet,scripts}
 log() { echo "pack: $*" >&2; }
 
 # 1. TorchSharp's native sources, first (the cheapest step to fail).
-if ! git -C "$TS_REPO" rev-parse -q --verify "$TS_REF^{commit}" >/dev/null 2>&1; then
-  echo "error: TorchSharp sources for $TS_VERSION not found: no commit '$TS_REF' in TORCHSHARP_REPO=$TS_REPO." >&2
-  echo "  Clone https://github.com/dotnet/TorchSharp and set TORCHSHARP_REPO to it (and TORCHSHARP_REF to the commit or tag of $TS_VERSION)." >&2
+if [ "$NATIVE_SOURCES" = "0" ]; then
+  TS_COMMIT=none; symbols_check="no native sources (KIT_NATIVE_SOURCES=0: CPU rehearsal only)"
+  log "no TorchSharp native sources (KIT_NATIVE_SOURCES=0): this kit can rehearse on the CPU, not build the binding on a GPU"
+elif ! git -C "$TS_REPO" rev-parse -q --verify "$TS_REF^{commit}" >/dev/null 2>&1; then
+  if [ -d "$TS_REPO" ]; then why="$TS_REPO has no commit $TS_REF (git -C $TS_REPO fetch origin, or set TORCHSHARP_REF)"; else why="no clone at $TS_REPO"; fi
+  echo "error: TorchSharp $TS_VERSION native sources: $why; run \`git clone https://github.com/dotnet/TorchSharp $TS_REPO\` or set TORCHSHARP_REPO to a clone (KIT_NATIVE_SOURCES=0 packs a CPU-rehearsal kit without them)." >&2
   exit 2
 fi
+if [ "$NATIVE_SOURCES" != "0" ]; then
 TS_COMMIT=$(git -C "$TS_REPO" rev-parse "$TS_REF^{commit}")
 branch_version=$(git -C "$TS_REPO" show "$TS_COMMIT:build/BranchInfo.props" | tr -d ' \r\n' | sed -n 's:.*<MajorVersion>\([0-9]*\)</MajorVersion><MinorVersion>\([0-9]*\)</MinorVersion><PatchVersion>\([0-9]*\)</PatchVersion>.*:\1.\2.\3:p')
 if [ "$branch_version" != "$TS_VERSION" ]; then
@@ -68,11 +76,33 @@ if [ -f "$pkg_so" ] && command -v nm >/dev/null; then
   symbols_check="all $(wc -l < "$STAGE/so.txt") TH* exports of the package's libLibTorchSharp.so are declared in these sources"
 fi
 log "TorchSharp $TS_VERSION native sources from $TS_COMMIT ($symbols_check)"
+fi
 
 # 2. Framework-dependent publish of the CLI, without libtorch, from a clean copy of the sources (the working tree's
 #    bin/obj and its restore state are left alone).
+#    The projects copied are the CLI's project-reference closure, read from the .csproj files (so a new project the CLI
+#    references is packed without editing this script).
 mkdir -p "$STAGE/src"
-tar -C "$REPO" --exclude=bin --exclude=obj -cf - src/SoftPrompt src/SoftPrompt.Cli build Directory.Build.props Directory.Build.targets global.json \
+mapfile -t PROJECTS < <(python3 - "$REPO" src/SoftPrompt.Cli/SoftPrompt.Cli.csproj <<'PY'
+import os, sys, xml.etree.ElementTree as ET
+root, seen, todo = sys.argv[1], [], [sys.argv[2]]
+while todo:
+    proj = os.path.normpath(todo.pop())
+    if proj in seen: continue
+    if not os.path.isfile(os.path.join(root, proj)): sys.exit(f"pack: {proj}: referenced project not found")
+    seen.append(proj)
+    for ref in ET.parse(os.path.join(root, proj)).getroot().iter():
+        if ref.tag.split('}')[-1] == 'ProjectReference' and ref.get('Include'):
+            todo.append(os.path.join(os.path.dirname(proj), ref.get('Include').replace('\\', '/')))
+for p in seen:
+    d = os.path.dirname(p)
+    if d.startswith('..') or os.path.isabs(d): sys.exit(f"pack: {p}: a referenced project outside the checkout")
+    print(d)
+PY
+)
+[ "${#PROJECTS[@]}" -ge 2 ] || { echo "error: pack: could not read the CLI's project references" >&2; exit 1; }
+log "projects: ${PROJECTS[*]}"
+tar -C "$REPO" --exclude=bin --exclude=obj -cf - "${PROJECTS[@]}" build Directory.Build.props Directory.Build.targets global.json \
   | tar -x -C "$STAGE/src"
 log "dotnet publish (framework-dependent, linux-x64, TorchBackend=none) ..."
 dotnet publish "$STAGE/src/src/SoftPrompt.Cli" -c Release -r linux-x64 --self-contained false -p:TorchBackend=none \
@@ -82,29 +112,42 @@ dotnet publish "$STAGE/src/src/SoftPrompt.Cli" -c Release -r linux-x64 --self-co
 [ -f "$KIT/app/libLibTorchSharp.so" ] || { echo "error: the publish has no libLibTorchSharp.so (TorchSharp package layout changed?)" >&2; exit 1; }
 rm -f "$KIT"/app/*.pdb "$KIT"/app/.libtorchsharp-glibcxx-*.stamp
 
-# 3. The .NET runtime the app needs (framework-dependent apps run with DOTNET_ROOT pointing at it): the host, the native
-#    runtime, and of Microsoft.NETCore.App's assemblies only those the app can bind (the transitive closure of its
-#    assemblies' references, computed by fxclosure.cs; about 60 of 170). The host skips framework files that are absent.
+# 3. The .NET runtime the app needs (framework-dependent apps run with DOTNET_ROOT pointing at it): the host, and each
+#    shared framework its runtimeconfig.json names (Microsoft.NETCore.App, and Microsoft.AspNetCore.App for the server),
+#    read from that file rather than listed here; of their assemblies only those the app can bind (the transitive
+#    closure of its assemblies' references over those frameworks, computed by fxclosure.cs). The host skips framework
+#    files that are absent.
 DOTNET_HOME=$(dirname "$(readlink -f "$(command -v dotnet)")")
-FX_WANT=$(sed -n 's/.*"version": *"\([0-9]*\)\..*/\1/p' "$KIT/app/softprompt.runtimeconfig.json" | head -1)
-FX_DIR=$(ls -d "$DOTNET_HOME"/shared/Microsoft.NETCore.App/"$FX_WANT".* | sort -V | tail -1)
-FX_OUT=$KIT/dotnet/shared/Microsoft.NETCore.App/$(basename "$FX_DIR")
-mkdir -p "$FX_OUT"
+mapfile -t FRAMEWORKS < <(python3 -c 'import json,sys; [print(f["name"], f["version"]) for f in json.load(open(sys.argv[1]))["runtimeOptions"].get("frameworks") or [json.load(open(sys.argv[1]))["runtimeOptions"]["framework"]]]' "$KIT/app/softprompt.runtimeconfig.json")
+[ "${#FRAMEWORKS[@]}" -ge 1 ] || { echo "error: pack: no frameworks in the app's runtimeconfig.json" >&2; exit 1; }
 cp -a "$DOTNET_HOME/dotnet" "$DOTNET_HOME/host" "$KIT/dotnet/"
 cp -a "$DOTNET_HOME"/LICENSE.txt "$DOTNET_HOME"/ThirdPartyNotices.txt "$KIT/dotnet/" 2>/dev/null || true
-cp -a "$FX_DIR"/*.so "$FX_DIR"/*.json "$FX_OUT/"
+FX_DIRS=(); fx_note=""
+for fw in "${FRAMEWORKS[@]}"; do
+  read -r fw_name fw_version <<< "$fw"
+  FX_DIR=$(ls -d "$DOTNET_HOME/shared/$fw_name/${fw_version%%.*}".* 2>/dev/null | sort -V | tail -1)
+  [ -n "$FX_DIR" ] || { echo "error: pack: the app needs $fw_name $fw_version, which is not under $DOTNET_HOME/shared" >&2; exit 1; }
+  FX_DIRS+=("$FX_DIR")
+  FX_OUT=$KIT/dotnet/shared/$fw_name/$(basename "$FX_DIR")
+  mkdir -p "$FX_OUT"
+  cp -a "$FX_DIR"/*.json "$FX_OUT/"
+  cp -a "$FX_DIR"/*.so "$FX_OUT/" 2>/dev/null || true
+  if [ "${KIT_FULL_FRAMEWORK:-0}" = "1" ]; then cp -a "$FX_DIR"/*.dll "$FX_OUT/"; fi
+done
 # Not needed to run: debugger and dump support, the alternative GCs, LTTng tracing (about 7 MB).
-rm -f "$FX_OUT"/{createdump,libmscordbi.so,libmscordaccore.so,libclrgc.so,libclrgcexp.so,libcoreclrtraceptprovider.so}
+rm -f "$KIT"/dotnet/shared/Microsoft.NETCore.App/*/{createdump,libmscordbi.so,libmscordaccore.so,libclrgc.so,libclrgcexp.so,libcoreclrtraceptprovider.so}
 if [ "${KIT_FULL_FRAMEWORK:-0}" = "1" ]; then
-  cp -a "$FX_DIR"/*.dll "$FX_OUT/"
   fx_note="all assemblies"
 else
-  (cd "$STAGE" && dotnet run "$REPO/scripts/gpu/fxclosure.cs" -- "$KIT/app" "$FX_DIR") > "$STAGE/closure.txt"
-  grep -q '^System.Private.CoreLib.dll$' "$STAGE/closure.txt" || { echo "error: fxclosure.cs gave no closure" >&2; exit 1; }
-  while read -r f; do cp -a "$FX_DIR/$f" "$FX_OUT/"; done < "$STAGE/closure.txt"
-  fx_note="$(wc -l < "$STAGE/closure.txt") of $(ls "$FX_DIR"/*.dll | wc -l) assemblies (the app's reference closure; KIT_FULL_FRAMEWORK=1 ships all)"
+  # fxclosure.cs prints the full paths of the framework assemblies to keep.
+  (cd "$STAGE" && dotnet run "$REPO/scripts/gpu/fxclosure.cs" -- "$KIT/app" "${FX_DIRS[@]}") > "$STAGE/closure.txt"
+  grep -q '/System.Private.CoreLib.dll$' "$STAGE/closure.txt" || { echo "error: fxclosure.cs gave no closure" >&2; exit 1; }
+  while read -r f; do cp -a "$f" "$KIT/dotnet/shared/${f#"$DOTNET_HOME/shared/"}"; done < "$STAGE/closure.txt"
+  total=0; for d in "${FX_DIRS[@]}"; do total=$((total + $(ls "$d"/*.dll | wc -l))); done
+  fx_note="$(wc -l < "$STAGE/closure.txt") of $total assemblies (the app's reference closure; KIT_FULL_FRAMEWORK=1 ships all)"
 fi
-log ".NET runtime $(basename "$FX_DIR") from $DOTNET_HOME: $fx_note"
+FX_DIR=${FX_DIRS[0]}
+log ".NET runtime from $DOTNET_HOME: ${FRAMEWORKS[*]} -> $(printf '%s ' "${FX_DIRS[@]##*/shared/}"): $fx_note"
 
 # 4. Fixtures, demo files, scripts. The demo (model, task, configs: 24 MB) only with KIT_DEMO=1: a device call carries
 #    the checkout anyway, and run.sh takes what the kit lacks from the checkout it runs in. KIT_LEAN=1 leaves the
@@ -129,6 +172,7 @@ cat > "$KIT/MANIFEST.json" <<JSON
   "packed_utc": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
   "torchsharp_version": "$TS_VERSION",
   "torchsharp_native_commit": "$TS_COMMIT",
+  "projects": "${PROJECTS[*]}",
   "torchsharp_native_check": "$symbols_check",
   "libtorch_version_of_nuget_build": "$LT_VERSION",
   "dotnet_runtime": "$(basename "$FX_DIR")",

@@ -76,6 +76,7 @@ else
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$S/gpu.txt" 2>&1
   log "$(cat "$S/torch.txt") | $(cat "$S/gpu.txt")"
   if [ $SKIP_BUILD = 0 ] || [ ! -f "$BUILD_DIR/LibTorchSharp/libLibTorchSharp.so" ]; then
+    [ -d "$KIT/torchsharp-native/src/Native" ] || { log "this kit has no TorchSharp native sources (packed with KIT_NATIVE_SOURCES=0, for the CPU rehearsal): pack it again with a TorchSharp clone (TORCHSHARP_REPO, see pack.sh)"; exit 2; }
     SRC=$WORK/native; cp -a "$KIT/torchsharp-native/src/Native" "$SRC"
     # TorchSharp builds with -Werror; a newer libtorch's headers may warn (deprecations), which must not stop this build.
     sed -i 's/^\(\s*add_definitions(-Werror)\)/# \1/' "$SRC/CMakeLists.txt"

@@ -19,10 +19,11 @@ public static class BenchCommand
         var warmup = new Option<int>("--warmup") { Description = "Untimed warm-up steps.", DefaultValueFactory = _ => 3 };
         var targets = new Option<int>("--target-tokens") { Description = "Loss positions per row (0 = all, as language modelling).", DefaultValueFactory = _ => 0 };
         var profile = new Option<bool>("--profile") { Description = "Also time forward, head + loss, backward and optimizer separately (median ms each)." };
+        var generate = new Option<int>("--generate-tokens") { Description = "Time greedy generation of N new tokens instead (batch 1, a prompt of --seq-len random ids, the prompt attached, KV cache); the forward fields then hold one whole generation." };
         var forwardOnly = new Option<bool>("--forward-only") { Description = "Time only the forward-only pass (no autograd, as evaluation and serving run it); the training fields are 0." };
         var dtype = Cli.DTypeOption(); var device = Cli.DeviceOption(); var format = Cli.FormatOption(); var threads = Cli.ThreadsOption();
         var cmd = new Command("bench", "Time a prompt-tuning / prefix-tuning training step: median step ms, tokens/s, forward-only tokens/s, peak memory.")
-            { model, shape, method, batch, seq, vt, steps, warmup, targets, profile, forwardOnly, dtype, device, threads, format };
+            { model, shape, method, batch, seq, vt, steps, warmup, targets, profile, forwardOnly, generate, dtype, device, threads, format };
         cmd.SetAction(pr =>
         {
             bool json = pr.GetValue(format) == "json";
@@ -31,6 +32,7 @@ public static class BenchCommand
                 Model = pr.GetValue(model), Shape = pr.GetValue(shape), Method = SoftPrompt.IO.OptionsRecord.ParseEnum<SoftPrompt.Tuning.TuningMethod>(pr.GetValue(method)!, "--method"), Batch = pr.GetValue(batch), Seq = pr.GetValue(seq),
                 VirtualTokens = pr.GetValue(vt), Steps = pr.GetValue(steps), Warmup = pr.GetValue(warmup), TargetTokens = pr.GetValue(targets),
                 Dtype = pr.GetValue(dtype)!, Device = pr.GetValue(device)!, Threads = pr.GetValue(threads), Profile = pr.GetValue(profile), ForwardOnly = pr.GetValue(forwardOnly), Allocator = allocatorMode,
+                GenerateTokens = pr.GetValue(generate),
             }, json ? null : Console.WriteLine);
             if (json)
             {

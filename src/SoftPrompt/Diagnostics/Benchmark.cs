@@ -1,3 +1,4 @@
+using SoftPrompt.Inference;
 using System.Diagnostics;
 using SoftPrompt.Data;
 using SoftPrompt.IO;
@@ -34,6 +35,10 @@ public sealed record BenchOptions
     public bool Profile { get; init; }
     /// <summary>Skip the training steps: time only the forward-only pass (what evaluation and serving run).</summary>
     public bool ForwardOnly { get; init; }
+    /// <summary>Instead of training and forward-only passes: greedy generation of this many new tokens (batch 1, a
+    /// prompt of <see cref="Seq"/> random ids, the prompt method attached, KV cache), as `generate` runs it; the eval
+    /// fields then hold the milliseconds of one whole generation and new tokens per second. 0 = off.</summary>
+    public int GenerateTokens { get; init; }
 }
 
 public sealed record BenchResult(
@@ -86,6 +91,30 @@ public static class Benchmark
         }).ToList();
         using var batch = Collator.Collate(examples, 0, device);
         int realTokens = o.Batch * o.Seq;
+
+        if (o.GenerateTokens > 0)
+        {
+            var genMs = new List<double>(); var genCpu = new List<double>();
+            var proc = Process.GetCurrentProcess();
+            var promptIds = examples[0].PromptIds.Concat(examples[0].TargetIds).ToArray();
+            var gopt = new GenerationOptions { MaxNewTokens = o.GenerateTokens };
+            for (int i = 0; i < o.Warmup + o.Steps; i++)
+            {
+                proc.Refresh(); var c0 = proc.TotalProcessorTime;
+                var sw = Stopwatch.StartNew();
+                using (var scope = torch.NewDisposeScope())
+                using (torch.no_grad())
+                    SoftPrompt.Inference.Generator.Generate(model, promptIds, gopt, method.Inject(1));
+                double ms = sw.Elapsed.TotalMilliseconds;
+                proc.Refresh();
+                if (i >= o.Warmup) { genMs.Add(ms); genCpu.Add((proc.TotalProcessorTime - c0).TotalMilliseconds); }
+            }
+            var (gpeak, gkind) = PeakMemory(device);
+            double gmed = Median(genMs);
+            return new BenchResult(o.Model ?? "shape:" + o.Shape, cfg.ModelType, cfg.NumLayers, cfg.HiddenSize, cfg.VocabSize, model.ParameterCount,
+                OptionsRecord.EnumName(o.Method), 1, o.Seq, o.VirtualTokens, o.GenerateTokens, TorchRuntime.DTypeName(dtype), device.ToString(), torch.get_num_threads(), o.Steps, o.Warmup,
+                0, 0, 0, Math.Round(gmed, 2), Math.Round(o.GenerateTokens / (gmed / 1000), 1), gpeak, gkind) { EvalCpuMsMedian = Math.Round(Median(genCpu), 2), Allocator = o.Allocator };
+        }
 
         var stepMs = new List<double>();
         for (int i = 0; i < (o.ForwardOnly ? 0 : o.Warmup + o.Steps); i++)

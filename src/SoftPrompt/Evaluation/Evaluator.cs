@@ -99,7 +99,7 @@ public static class Evaluator
         var instructions = o.Instruction.ToList();
         if (o.InstructionsFile is not null)
         {
-            var lines = IO.InputFile.ReadAllText(o.InstructionsFile, "--instructions-file").Split('\n').Select(l => l.TrimEnd('\r')).Where(l => l.Trim().Length > 0 && !l.TrimStart().StartsWith('#')).ToList();
+            var lines = IO.InputFile.ReadText(o.InstructionsFile, "--instructions-file").Split('\n').Select(l => l.TrimEnd('\r')).Where(l => l.Trim().Length > 0 && !l.TrimStart().StartsWith('#')).ToList();
             if (lines.Count == 0) throw new SoftPromptException($"--instructions-file {o.InstructionsFile}: no instructions in it.");
             instructions.AddRange(lines);
         }

@@ -45,6 +45,39 @@ public static class InputFile
         catch (IOException e) { throw new SoftPromptException($"{path}: cannot be read ({OneLine(e.Message)})."); }
     }
 
+    /// <summary>
+    /// Reads a file that must be text (instructions, rubrics: files whose lines become prompts): UTF-8 (a BOM allowed)
+    /// or UTF-16/32 with a BOM, with no NUL or other control characters than tab, line and page breaks. A binary file
+    /// (an image, an archive, a model's weights given by mistake) is an error naming the file and where it stopped being
+    /// text, instead of becoming garbage prompts.
+    /// </summary>
+    public static string ReadText(string path, string? what = null)
+    {
+        var bytes = ReadAllBytes(path, what);
+        var label = what is null ? path : $"{what} {path}";
+        string text;
+        System.Text.Encoding enc = new System.Text.UTF8Encoding(false, throwOnInvalidBytes: true);
+        int skip = 0;
+        if (bytes.Length >= 4 && bytes[0] == 0xFF && bytes[1] == 0xFE && bytes[2] == 0 && bytes[3] == 0) { enc = new System.Text.UTF32Encoding(false, true, true); skip = 4; }
+        else if (bytes.Length >= 4 && bytes[0] == 0 && bytes[1] == 0 && bytes[2] == 0xFE && bytes[3] == 0xFF) { enc = new System.Text.UTF32Encoding(true, true, true); skip = 4; }
+        else if (bytes.Length >= 3 && bytes[0] == 0xEF && bytes[1] == 0xBB && bytes[2] == 0xBF) skip = 3;
+        else if (bytes.Length >= 2 && bytes[0] == 0xFF && bytes[1] == 0xFE) { enc = new System.Text.UnicodeEncoding(false, true, true); skip = 2; }
+        else if (bytes.Length >= 2 && bytes[0] == 0xFE && bytes[1] == 0xFF) { enc = new System.Text.UnicodeEncoding(true, true, true); skip = 2; }
+        try { text = enc.GetString(bytes, skip, bytes.Length - skip); }
+        catch (System.Text.DecoderFallbackException e)
+        {
+            throw new SoftPromptException($"{label}: is not a text file (not valid {(enc is System.Text.UTF8Encoding ? "UTF-8" : enc.WebName)}{(e.Index >= 0 ? $" at byte {e.Index + skip}" : "")}); expected a UTF-8 text file.");
+        }
+        int line = 1;
+        foreach (var c in text)
+        {
+            if (c == '\n') { line++; continue; }
+            if (char.IsControl(c) && c is not ('\t' or '\r' or '\f' or '\v'))
+                throw new SoftPromptException($"{label}: is not a text file (control character U+{(int)c:X4} on line {line}); expected a UTF-8 text file.");
+        }
+        return text;
+    }
+
     public static byte[] ReadAllBytes(string path, string? what = null)
     {
         using var fs = OpenRead(path, what);

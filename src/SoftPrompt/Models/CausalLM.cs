@@ -269,15 +269,31 @@ public sealed partial class CausalLM : IPromptableModel
         var mask = BuildMask(a.AttentionMask, B, T, past, cfg.UniformSlidingWindow, 0);
         var slidingMask = cfg.MixedSlidingLayers ? BuildMask(a.AttentionMask, B, T, past, cfg.SlidingWindow, 1) : mask;
         var states = a.OutputHiddenStates ? new List<Tensor> { h } : null;
+        // One dispose scope per layer: TorchSharp frees a tensor when its scope ends, not when it is last used, so
+        // under the caller's one scope every intermediate of every layer (q, k, v, attention output, the MLP's wide
+        // activations) stayed allocated until the whole forward ended: at GPT-2-small shape, batch 4 x 148, that was
+        // ~370 MB of a forward-only pass's peak (docs/benchmarks.md, "Memory"). Each layer's output moves out; the
+        // previous one is released unless the caller keeps hidden states. Under autograd, what backward needs stays
+        // alive through the graph's own references. A growing cache keeps its tensors in the caller's scope, so that
+        // one path stays unscoped.
+        bool scoped = a.Cache is null || a.Cache.InPlace;
         for (int i = 0; i < _layers.Length; i++)
         {
             var m = cfg.IsSlidingLayer(i) ? slidingMask : mask;
-            h = cfg.Family switch
+            Tensor Block(Tensor x) => cfg.Family switch
             {
-                ArchFamily.Gpt2 => Gpt2Block(i, h, m, a.Cache),
-                ArchFamily.GptNeoX => NeoXBlock(i, h, m, rope!.Value, a.Cache),
-                _ => LlamaBlock(i, h, m, rope!.Value, a.Cache),
+                ArchFamily.Gpt2 => Gpt2Block(i, x, m, a.Cache),
+                ArchFamily.GptNeoX => NeoXBlock(i, x, m, rope!.Value, a.Cache),
+                _ => LlamaBlock(i, x, m, rope!.Value, a.Cache),
             };
+            if (!scoped) h = Block(h);
+            else
+            {
+                var prev = h;
+                using (var layerScope = torch.NewDisposeScope())
+                    h = Block(h).MoveToOuterDisposeScope();
+                if (i > 0 && states == null) prev.Dispose(); // the previous layer's output (ours); layer 0's input may be the caller's
+            }
             if (states != null && i < _layers.Length - 1) states.Add(h);
         }
         a.Cache?.Commit();

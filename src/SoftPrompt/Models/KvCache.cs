@@ -24,6 +24,9 @@ public sealed partial class KvCache : IDisposable
     public int Length { get; private set; }
     public int NumLayers => _k.Length;
     public int Capacity { get; }
+    /// <summary>True when updates write into buffers the cache owns (preallocated or ragged), so the tensors a forward
+    /// pass makes may be freed layer by layer; a growing cache keeps tensors of the caller's dispose scope.</summary>
+    public bool InPlace => _prealloc || _ragged is not null;
 
     KvCache(int layers, bool prealloc, int capacity)
     {

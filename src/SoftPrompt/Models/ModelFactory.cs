@@ -18,6 +18,8 @@ public static class ModelFactory
         ["qwen2.5-0.5b"] = () => Llama(896, 24, 14, 2, 4864, 151936, tied: true, theta: 1000000, type: "qwen2"),
         ["tinyllama-1.1b"] = () => Llama(2048, 22, 32, 4, 5632, 32000, tied: false, theta: 10000),
         ["llama-1b"] = () => Llama(2048, 16, 32, 8, 8192, 128256, tied: true, theta: 500000),
+        ["llama-3b"] = () => Llama(3072, 28, 24, 8, 8192, 128256, tied: true, theta: 500000),     // Llama-3.2-3B
+        ["llama-8b"] = () => Llama(4096, 32, 32, 8, 14336, 128256, tied: false, theta: 500000),   // Llama-3.1-8B
         ["gemma-2b"] = () => Gemma("gemma", 2048, 18, 8, 1, 16384),
         ["gemma2-2b"] = () => Gemma("gemma2", 2304, 26, 8, 4, 9216),
         ["phi3-mini"] = () => new JsonObject
@@ -82,13 +84,39 @@ public static class ModelFactory
     {
         device ??= torch.CPU;
         var weights = new Dictionary<string, Tensor>();
-        using (var scope = torch.NewDisposeScope())
-            foreach (var (name, t0) in RandomWeights(ModelLoader.ExpectedShapes(cfg).Select(kv => (kv.Key, kv.Value)), seed))
-            {
-                var t = cfg.Family == ArchFamily.Gpt2 && t0.dim() == 2 && (name.Contains(".attn.") || name.Contains(".mlp.")) ? t0.t() : t0; // Conv1D [in,out] -> [out,in]
-                if (cfg.NormAddsOne && t.dim() == 1 && name.EndsWith("norm.weight")) t = torch.zeros_like(t);
-                weights[name] = t.to(dtype).to(device).contiguous().MoveToOuterDisposeScope();
-            }
+        // One tensor at a time, each in its own scope (the same draws, in the same order, as RandomWeights): building
+        // them all first and converting after held a second copy of every transposed or cast matrix at once (+300 MB
+        // at GPT-2-small shape in fp32; a whole fp32 copy of the model for bf16).
+        var gen = new torch.Generator((ulong)seed);
+        foreach (var (name, shape) in ModelLoader.ExpectedShapes(cfg))
+        {
+            using var scope = torch.NewDisposeScope();
+            // Below fp32, a large matrix is drawn in fp32 slices written into the narrower tensor, so that no whole fp32
+            // copy exists (Llama-3.1-8B's embedding is 2.1 GB in fp32): peak = the model in its dtype plus one slice.
+            bool sliced = dtype != ScalarType.Float32 && shape.Length == 2 && shape[0] * shape[1] > SliceElements && !name.EndsWith(".bias");
+            var t0 = name.EndsWith(".bias") ? torch.zeros(shape, device: torch.CPU)
+                : shape.Length == 1 ? torch.ones(shape, device: torch.CPU)
+                : sliced ? NormalSliced(shape, dtype, gen)
+                : torch.empty(shape, device: torch.CPU).normal_(0, 0.02, gen);
+            var t = cfg.Family == ArchFamily.Gpt2 && t0.dim() == 2 && (name.Contains(".attn.") || name.Contains(".mlp.")) ? t0.t() : t0; // Conv1D [in,out] -> [out,in]
+            if (cfg.NormAddsOne && t.dim() == 1 && name.EndsWith("norm.weight")) t = torch.zeros_like(t);
+            weights[name] = t.to(dtype).to(device).contiguous().MoveToOuterDisposeScope();
+        }
         return new CausalLM(cfg, weights, device, dtype);
+    }
+
+    const long SliceElements = 1 << 24;
+
+    static Tensor NormalSliced(long[] shape, ScalarType dtype, torch.Generator gen)
+    {
+        var t = torch.empty(shape, dtype, torch.CPU);
+        long rows = Math.Max(1, SliceElements / shape[1]);
+        for (long r = 0; r < shape[0]; r += rows)
+        {
+            using var scope = torch.NewDisposeScope();
+            long n = Math.Min(rows, shape[0] - r);
+            t.narrow(0, r, n).copy_(torch.empty(new[] { n, shape[1] }, device: torch.CPU).normal_(0, 0.02, gen));
+        }
+        return t;
     }
 }

@@ -48,55 +48,160 @@ public static class TorchRuntime
     };
 
     /// <summary>
-    /// Sets libtorch's intra-op threads and says on stderr (or to <paramref name="warn"/>) when the choice is not what
-    /// was asked or will be slow. libtorch's OpenMP threads busy-wait for each other, so more threads than free cores
-    /// (asked for, or because other jobs hold cores) makes every step several times slower (measured ~10x with two jobs
-    /// on 2 cores). Rules (<see cref="ChooseThreads"/>): more than the cores is clamped to the cores; 0 (the default)
-    /// takes the cores the 1-minute load average leaves free (at least 1); an explicit count is kept (results do not
-    /// depend on the machine's load) but a warning names the oversubscription. Returns the count set.
-    /// Messages go to <paramref name="log"/>; without one, warnings go to stderr and the automatic choice's note is
-    /// not shown (short commands such as score and generate stay quiet).
+    /// Sets libtorch's intra-op threads and says on stderr (or to <paramref name="log"/>) when the choice is not what
+    /// was asked or will be slow. Rules (<see cref="ChooseThreads"/>): more than the cores is clamped to the cores
+    /// this process may use (affinity and the cgroup's cpu.max quota, <see cref="UsableCores"/>); 0 (the default) takes
+    /// all of them when libtorch's OpenMP threads wait passively (the CLI's default, <see cref="ConfigureOpenMp"/>),
+    /// else the CPUs idle right now (<see cref="SampleIdleCpus"/>: /proc/stat over 100 ms, this process's own use
+    /// counted as free), at least 1; an explicit count is kept (results do not depend on the machine's load). The
+    /// 1-minute load average is not used: it lags by minutes, so right after any job it reads "busy" on an idle machine
+    /// (measured: half the speed, docs/benchmarks.md).
+    /// Returns the count set. Messages go to <paramref name="log"/>; without one, warnings go to stderr and the
+    /// automatic choice's note is not shown (short commands such as score and generate stay quiet).
     /// </summary>
     public static int SetThreads(int threads, Action<string>? log = null)
     {
         if (threads < 0) throw new SoftPromptException($"--threads {threads}: expected 0 (automatic) or a positive number of threads.");
-        var (n, message) = ChooseThreads(threads, Environment.ProcessorCount, LoadAverage());
+        bool passive = OpenMpWaitsPassively();
+        var (n, message) = ChooseThreads(threads, UsableCores(), !passive && (threads == 0 || threads > 1) ? SampleIdleCpus() : null, passive);
         if (message is not null && (log is not null || message.StartsWith("warning:"))) (log ?? (m => Console.Error.WriteLine(m)))(message);
         torch.set_num_threads(n);
         return n;
     }
 
-    /// <summary>The 1-minute load average from /proc/loadavg (Linux), null elsewhere.</summary>
-    public static double? LoadAverage()
+    /// <summary>The CPUs this process may use: the runtime's processor count (affinity mask) bounded by the cgroup v2
+    /// cpu.max quota (or v1 cfs_quota_us / cfs_period_us) when there is one.</summary>
+    public static int UsableCores()
+    {
+        int cores = Math.Max(1, Environment.ProcessorCount);
+        string? ReadOrNull(string p) { try { return File.Exists(p) ? File.ReadAllText(p) : null; } catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return null; } }
+        var quota = CgroupCpuLimit(ReadOrNull("/sys/fs/cgroup/cpu.max"))
+                    ?? CgroupCpuLimit(ReadOrNull("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") is { } q && ReadOrNull("/sys/fs/cgroup/cpu/cpu.cfs_period_us") is { } per ? $"{q.Trim()} {per.Trim()}" : null);
+        return quota is int qn ? Math.Min(cores, qn) : cores;
+    }
+
+    /// <summary>CPUs allowed by a cgroup quota "QUOTA PERIOD" (cpu.max; "max" = none), rounded up, at least 1; null =
+    /// no quota or unreadable. Pure, for tests.</summary>
+    public static int? CgroupCpuLimit(string? cpuMax)
+    {
+        var f = cpuMax?.Trim().Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries);
+        if (f is not { Length: 2 } || !long.TryParse(f[0], out var quota) || !long.TryParse(f[1], out var period) || quota <= 0 || period <= 0) return null;
+        return (int)Math.Max(1, Math.Min(int.MaxValue, (quota + period - 1) / period));
+    }
+
+    /// <summary>
+    /// How many CPUs other processes leave idle now: /proc/stat read twice <paramref name="windowMs"/> apart, this
+    /// process's own CPU time in that window (it may be compiling code) counted as idle. Null where there is no
+    /// /proc (not Linux). 100 ms is 10 scheduler ticks per CPU: coarse but current, where the load average lags.
+    /// </summary>
+    public static double? SampleIdleCpus(int windowMs = 100)
     {
         try
         {
-            if (!File.Exists("/proc/loadavg")) return null;
-            var first = File.ReadAllText("/proc/loadavg").Split(' ')[0];
-            return double.TryParse(first, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var l) ? l : null;
+            if (!File.Exists("/proc/stat")) return null;
+            var s0 = File.ReadAllText("/proc/stat"); var own0 = OwnTicks();
+            Thread.Sleep(windowMs);
+            var s1 = File.ReadAllText("/proc/stat"); var own1 = OwnTicks();
+            return IdleCpus(s0, s1, own0 is long a && own1 is long b ? b - a : 0);
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return null; }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException) { return null; }
     }
 
-    /// <summary>The thread count for a request, the core count and the load average (null = unknown), and what to say
-    /// about it (null = nothing). Pure, for tests.</summary>
-    public static (int Threads, string? Message) ChooseThreads(int requested, int cores, double? load)
+    static long? OwnTicks()
+    {
+        // /proc/self/stat: "pid (comm) state ..." — fields after the comm's closing parenthesis; utime and stime are the 14th and 15th.
+        var t = File.ReadAllText("/proc/self/stat");
+        var f = t[(t.LastIndexOf(')') + 2)..].Split(' ');
+        return f.Length > 12 && long.TryParse(f[11], out var u) && long.TryParse(f[12], out var sy) ? u + sy : null;
+    }
+
+    /// <summary>Idle CPUs between two /proc/stat snapshots (aggregate "cpu" line; idle + iowait count as idle) plus
+    /// <paramref name="ownTicks"/>, this process's CPU ticks in between. Null when the snapshots cannot be read. Pure, for tests.</summary>
+    public static double? IdleCpus(string statBefore, string statAfter, long ownTicks)
+    {
+        static (long Idle, long Total, int Cpus)? Parse(string stat)
+        {
+            long idle = 0, total = 0; int cpus = 0; bool found = false;
+            foreach (var line in stat.Split('\n'))
+            {
+                if (line.StartsWith("cpu ", StringComparison.Ordinal))
+                {
+                    var f = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+                    // user nice system idle iowait irq softirq steal (guest and guest_nice are already in user and nice).
+                    for (int i = 1; i < Math.Min(f.Length, 9); i++) { if (!long.TryParse(f[i], out var v)) return null; total += v; if (i is 4 or 5) idle += v; }
+                    found = true;
+                }
+                else if (line.StartsWith("cpu", StringComparison.Ordinal) && line.Length > 3 && char.IsDigit(line[3])) cpus++;
+            }
+            return found && cpus > 0 ? (idle, total, cpus) : null;
+        }
+        if (Parse(statBefore) is not { } a || Parse(statAfter) is not { } b) return null;
+        long dt = b.Total - a.Total;
+        if (dt <= 0) return null;
+        double idleFraction = Math.Clamp((b.Idle - a.Idle + Math.Max(0, ownTicks)) / (double)dt, 0, 1);
+        return idleFraction * b.Cpus;
+    }
+
+    /// <summary>The thread count for a request, the cores this process may use, the CPUs idle now (null = unknown) and
+    /// whether libtorch's OpenMP threads wait passively (sleep) rather than spin, and what to say about it (null =
+    /// nothing). Pure, for tests.
+    /// <para>Passive waiting (the CLI's default, <see cref="ConfigureOpenMp"/>): all usable cores. A thread that shares a
+    /// core with another job then only costs its share of that core, and the scheduler's fair share gives a process
+    /// with more runnable threads more of a busy machine: measured on 2 shared cores, 2 threads were as fast or faster
+    /// than 1 on an idle machine, right after a job and alongside one or two other jobs (docs/benchmarks.md, "Threads").
+    /// Spinning waits (OMP_WAIT_POLICY=ACTIVE, or SOFTPROMPT_OMP=default): a spinning thread burns the core it shares,
+    /// 3x the CPU and up to 10x the time measured, so the count is the CPUs idle now (a CPU counts as free when at
+    /// least 60% of it is idle), at least 1.</para></summary>
+    public static (int Threads, string? Message) ChooseThreads(int requested, int cores, double? idleCpus, bool passiveWait = false)
     {
         cores = Math.Max(1, cores);
-        // The load average counts runnable threads; this process has not started its work yet, so all of it is others'.
-        int busy = load is double l && double.IsFinite(l) && l > 0 ? (int)Math.Floor(l + 0.25) : 0;
-        int free = Math.Max(1, cores - busy);
-        string Load() => load is double l ? string.Create(System.Globalization.CultureInfo.InvariantCulture, $"load average {l:F2}") : "load unknown";
+        int free = idleCpus is double d && double.IsFinite(d) ? Math.Clamp((int)Math.Floor(d + 0.4), 1, cores) : cores;
+        string Idle() => idleCpus is double x ? string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{x:F1} of the CPUs idle") : "load unknown";
         if (requested > cores)
-            return (Math.Min(cores, requested), $"warning: --threads {requested} is more than the {cores} CPU core{(cores == 1 ? "" : "s")}; using {cores} " +
-                $"(more threads than cores only makes libtorch's threads wait for each other).{(busy > 0 ? $" Other jobs are running ({Load()}): consider --threads {free}." : "")}");
+            return (Math.Min(cores, requested), $"warning: --threads {requested} is more than the {cores} CPU core{(cores == 1 ? "" : "s")} this process may use; using {cores} " +
+                $"(more threads than cores only makes libtorch's threads wait for each other).{(!passiveWait && free < cores ? $" Other jobs are running ({Idle()}): consider --threads {free}." : "")}");
         if (requested == 0)
-            return free < cores
-                ? (free, $"note: {Load()} on {cores} cores: other jobs are using CPU, so using {free} libtorch thread{(free == 1 ? "" : "s")} instead of {cores} to avoid oversubscription (--threads N to choose).")
-                : (cores, null);
-        if (requested > free)
-            return (requested, $"warning: {Load()} on {cores} cores and --threads {requested}: other jobs are using CPU, so the threads will contend and each step may run several times slower; consider --threads {free}.");
+        {
+            if (passiveWait || free >= cores) return (cores, null);
+            return (free, $"note: {Idle()} ({cores} cores) and libtorch's threads spin while waiting (OMP_WAIT_POLICY / {OpenMpEnvVar}): using {free} " +
+                          $"thread{(free == 1 ? "" : "s")} instead of {cores} to avoid oversubscription (--threads N to choose).");
+        }
+        if (requested > free && !passiveWait)
+            return (requested, $"warning: {Idle()} ({cores} cores) and --threads {requested} with spinning OpenMP threads: other jobs are using CPU, so the threads will contend and each step may run several times slower; consider --threads {free}.");
         return (requested, null);
+    }
+
+    /// <summary>True when libtorch's OpenMP threads sleep while waiting: OMP_WAIT_POLICY=PASSIVE (what
+    /// <see cref="ConfigureOpenMp"/> sets) or GOMP_SPINCOUNT=0 in this process's environment.</summary>
+    public static bool OpenMpWaitsPassively() =>
+        string.Equals(Environment.GetEnvironmentVariable("OMP_WAIT_POLICY")?.Trim(), "passive", StringComparison.OrdinalIgnoreCase)
+        || Environment.GetEnvironmentVariable("GOMP_SPINCOUNT")?.Trim() == "0";
+
+    /// <summary>
+    /// Process-wide, before libtorch is loaded (the CLI calls it first thing): tells libtorch's OpenMP runtime (GNU
+    /// libgomp) to let idle threads sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE), unless OMP_WAIT_POLICY or
+    /// GOMP_SPINCOUNT is already set. Spinning threads burn the cores other jobs (and this process's other threads)
+    /// need, which is what made oversubscription many times slower; see docs/benchmarks.md for the measurement.
+    /// libgomp reads its settings from the C environment when it loads, and .NET's Environment.SetEnvironmentVariable
+    /// does not change the C environment on Unix, so this calls libc's setenv. <c>SOFTPROMPT_OMP=default</c> leaves
+    /// libgomp's own default (spin a while, then sleep). Returns what was done, for logs.
+    /// </summary>
+    public const string OpenMpEnvVar = "SOFTPROMPT_OMP";
+
+    public static string ConfigureOpenMp()
+    {
+        if (!OperatingSystem.IsLinux()) return "default (not Linux)";
+        var env = Environment.GetEnvironmentVariable(OpenMpEnvVar);
+        if (env is not null && env.Trim().ToLowerInvariant() is "default" or "0" or "off" or "false") return $"default ({OpenMpEnvVar}={env})";
+        if (Environment.GetEnvironmentVariable("OMP_WAIT_POLICY") is { } p) return $"OMP_WAIT_POLICY={p} (from the environment)";
+        if (Environment.GetEnvironmentVariable("GOMP_SPINCOUNT") is { } c) return $"GOMP_SPINCOUNT={c} (from the environment)";
+        try
+        {
+            if (Glibc.setenv("OMP_WAIT_POLICY", "PASSIVE", 0) != 0) return "default (setenv failed)";
+            Environment.SetEnvironmentVariable("OMP_WAIT_POLICY", "PASSIVE");  // child processes and .NET readers see it too
+            return "OMP_WAIT_POLICY=PASSIVE";
+        }
+        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException) { return "default (no libc setenv)"; }
     }
 
     /// <summary>The environment variable that turns <see cref="ConfigureAllocator"/> off: <c>SOFTPROMPT_MALLOC=default</c>.</summary>
@@ -144,5 +249,7 @@ public static class TorchRuntime
         public const int M_TRIM_THRESHOLD = -1, M_TOP_PAD = -2, M_MMAP_MAX = -4;
         [DllImport("libc", CallingConvention = CallingConvention.Cdecl)]
         public static extern int mallopt(int param, int value);
+        [DllImport("libc", CallingConvention = CallingConvention.Cdecl)]
+        public static extern int setenv([MarshalAs(UnmanagedType.LPUTF8Str)] string name, [MarshalAs(UnmanagedType.LPUTF8Str)] string value, int overwrite);
     }
 }

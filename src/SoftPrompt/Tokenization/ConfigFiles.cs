@@ -86,6 +86,7 @@ internal sealed class ConfigFiles
             if (!int.TryParse(p.Name, out var id) || id < 0) throw new TokenizerLoadException($"{_configPath}: key '{key}' must be a token id", _configPath);
             var content = HfJson.String(p.Value, "content", _configPath, key + ".content")
                           ?? throw new TokenizerLoadException($"{_configPath}: key '{key}.content' is missing", _configPath);
+            if (content.Length == 0) throw new TokenizerLoadException($"{_configPath}: key '{key}.content' (added token id {id}) is the empty string; an added token needs at least one character", _configPath);
             yield return new AddedToken(id, content, HfJson.Bool(p.Value, "special", _configPath, key + ".special") ?? false,
                 HfJson.Bool(p.Value, "lstrip", _configPath, key + ".lstrip") ?? false, HfJson.Bool(p.Value, "rstrip", _configPath, key + ".rstrip") ?? false);
         }

@@ -465,7 +465,10 @@ public sealed class HfTokenizer
             if (!HfJson.Has(t, "id", out var idEl)) throw new TokenizerLoadException($"{file}: key '{key}.id' is missing", file);
             var content = HfJson.String(t, "content", file, key + ".content")
                           ?? throw new TokenizerLoadException($"{file}: key '{key}.content' is missing", file);
-            added.Add(new AddedToken(HfJson.Int(idEl, file, key + ".id"), content,
+            int id = HfJson.Int(idEl, file, key + ".id");
+            // An empty added token would match at every position of every text (the splitter cannot make progress on it).
+            if (content.Length == 0) throw new TokenizerLoadException($"{file}: key '{key}.content' (added token id {id}) is the empty string; an added token needs at least one character", file);
+            added.Add(new AddedToken(id, content,
                 HfJson.Bool(t, "special", file, key + ".special") ?? false,
                 HfJson.Bool(t, "lstrip", file, key + ".lstrip") ?? false,
                 HfJson.Bool(t, "rstrip", file, key + ".rstrip") ?? false));

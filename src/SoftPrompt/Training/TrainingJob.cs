@@ -59,6 +59,17 @@ public static class TrainingJob
             reporter?.Message($"warning: only {valEx.Count} validation examples choose the best checkpoint: accuracy moves in steps of {100.0 / valEx.Count:F0} points " +
                               $"and results vary a lot from seed to seed; give --validation with at least {MinValidationExamples} examples (or a larger --validation-split).");
 
+        // Virtual tokens occupy positions too (the prompt's, or the prefix's past keys, come first): the text gets what
+        // the model's positions leave, and a prompt that leaves no room is refused here, from config.json alone, before
+        // the weights or anything the size of the prompt are allocated.
+        int maxPositions = Models.ModelConfig.Load(o.Model!).MaxPositions;
+        int maxLength = (int)Math.Min(o.MaxLength, (long)maxPositions - o.VirtualTokens);
+        if (maxLength < 2)
+            throw new SoftPromptException($"--virtual-tokens {o.VirtualTokens} leaves no room for text in the model's {maxPositions} positions " +
+                                          $"(max_position_embeddings in {Path.Combine(o.Model!, "config.json")}): use at most {maxPositions - 2} virtual tokens.");
+        if (maxLength < o.MaxLength)
+            reporter?.Message($"note: examples are truncated to {maxLength} tokens: {o.VirtualTokens} virtual tokens + --max-length {o.MaxLength} exceed the model's {maxPositions} positions.");
+
         // What every rank must agree on: the options that change the result (not where it is written, nor threads; the data
         // and model by their contents, not their paths, which may differ from node to node).
         var agreed = (o with { Output = null, Threads = 0, Device = "auto", Train = null, Validation = null, Model = null }).ToJson();
@@ -67,9 +78,6 @@ public static class TrainingJob
         var tok = lm.RequireTokenizer();
         int padId = tok.PadId ?? tok.EosId ?? 0;
         Func<string, bool, int[]> encode = (text, special) => tok.Encode(text, special);
-        // Virtual tokens occupy positions too: models with learned positions (GPT-2) have room for fewer real ones.
-        int maxLength = lm.Base.Config.Family == Models.ArchFamily.Gpt2 ? Math.Min(o.MaxLength, lm.Base.Config.MaxPositions - o.VirtualTokens) : o.MaxLength;
-        if (maxLength < 2) throw new SoftPromptException($"--virtual-tokens {o.VirtualTokens} leaves no room for text in the model's {lm.Base.Config.MaxPositions} positions.");
         // An encoder-decoder model learns where its output ends: its targets always end with EOS (transformers' T5
         // tokenizer writes labels that way).
         bool addEos = o.AddEos || lm.IsEncoderDecoder;

@@ -252,6 +252,35 @@ public static class FuzzCases
             File.WriteAllBytes(f, Encoding.UTF8.GetBytes("{\"input\": \"go").Concat(new byte[] { 0xC3, 0x28 }).Concat(Encoding.UTF8.GetBytes("od\", \"output\": \"positive\"}\n")).ToArray());
             return Train(w, d, O("--train", f));
         }, "bad.jsonl");
+        // Two columns of one name: which one the templates would read is undefined, so the header is refused.
+        yield return new("data-csv-duplicate-header", 3, (w, d) =>
+        {
+            var f = Path.Combine(d, "dup.csv");
+            File.WriteAllText(f, "input,output,output\ngood,positive,negative\nbad,negative,positive\n");
+            return Train(w, d, O("--train", f));
+        }, "dup.csv:1: header names column \"output\" more than once");
+        // A binary file given as instructions (here: bytes with NULs, and invalid UTF-8) is not made into prompts.
+        foreach (var (name, bytes) in new[] { ("nul", new byte[] { 0x7F, 0x45, 0x4C, 0x46, 2, 1, 1, 0, 0, 0, 0x0A, 0x41 }), ("invalid-utf8", new byte[] { 0x41, 0xC3, 0x28, 0x0A, 0xFF, 0xFE, 0xFD }) })
+            yield return new($"eval-instructions-file-binary-{name}", 3, (w, d) =>
+            {
+                var f = Path.Combine(d, "instructions.bin");
+                File.WriteAllBytes(f, bytes);
+                return Eval(w, d, O("--instructions-file", f));
+            }, "--instructions-file " );
+        // An added token with empty content would match everywhere: refused, naming the key and the token id.
+        yield return new("tokenizer-added-token-empty-content", 3, (w, d) =>
+        {
+            var m = w.Model(d, replace: "tokenizer.json");
+            var t = JsonNode.Parse(File.ReadAllText(Path.Combine(w.Shipped, "tokenizer.json")))!.AsObject();
+            if (t["added_tokens"] is not JsonArray added) t["added_tokens"] = added = new JsonArray();
+            added.Add(new JsonObject { ["id"] = 4000, ["content"] = "", ["special"] = true });
+            File.WriteAllText(Path.Combine(m, "tokenizer.json"), t.ToJsonString());
+            return Score(m);
+        }, "(added token id 4000) is the empty string");
+        // Virtual tokens beyond the model's positions (1,024 for the shipped model): refused from config.json, before the
+        // weights or the prompt are allocated (it used to train, growing past 3 GB at sequence length).
+        yield return new("train-virtual-tokens-beyond-positions", 1, (w, d) => Train(w, d, O("--virtual-tokens", "5000")), "--virtual-tokens 5000 leaves no room for text in the model's 1024 positions");
+        yield return new("train-virtual-tokens-beyond-positions-prefix", 1, (w, d) => Train(w, d, O("--virtual-tokens", "1023", "--method", "prefix")), "--virtual-tokens 1023");
         // Corrupt checkpoints (--resume): the folder stays for another try, so no "no output" check.
         foreach (var (name, file, content) in new[]
                  {

@@ -10,21 +10,6 @@ namespace SoftPrompt.Tests.Fuzz;
 [Collection("Console")]
 public class ReliabilityTests
 {
-    [Theory]
-    [InlineData(0, 2, 0.0, 2, false)]      // idle machine: all cores, nothing said
-    [InlineData(0, 2, 1.1, 1, true)]       // another job on one core: one thread, and a note
-    [InlineData(0, 8, 30.0, 1, true)]      // swamped: at least one thread
-    [InlineData(100000, 2, 0.0, 2, true)]  // more than the cores: clamped, with a warning
-    [InlineData(2, 2, 1.9, 2, true)]       // explicit: kept (results do not depend on the load), with a warning
-    [InlineData(1, 2, 0.9, 1, false)]      // explicit and fits: nothing said
-    [InlineData(0, 4, null, 4, false)]     // load unknown (not Linux)
-    public void ThreadsAreBoundedByTheCoresAndOversubscriptionIsSaid(int requested, int cores, double? load, int expected, bool says)
-    {
-        var (n, message) = TorchRuntime.ChooseThreads(requested, cores, load);
-        Assert.Equal(expected, n);
-        Assert.Equal(says, message is not null);
-    }
-
     [Fact]
     public void NonFiniteNumbersAreWrittenAsNullByEveryJsonWriter()
     {

@@ -88,6 +88,25 @@ public class TrainerTests
         Assert.InRange(Math.Abs(sum.item<float>() - separate), 0, 1e-4);
     }
 
+    [Theory]
+    [InlineData("gpt2")]
+    [InlineData("llama")]
+    public void ForwardOnlyLossOverChunksOfRowsEqualsTheOneShotLoss(string modelName)
+    {
+        // > PromptLoss.ForwardOnlyChunkRows loss rows: without autograd the head runs in chunks (memory), with it in one go.
+        using var model = ModelLoader.Load(Fixtures.HfReference(modelName));
+        using var m = PromptTuning.Create(model, 3, PromptInit.SampleVocab, 5);
+        var rng = new Random(3);
+        var examples = Enumerable.Range(0, 30).Select(i => new TokenizedExample(Enumerable.Range(0, 40).Select(_ => rng.Next(3, 900)).ToArray(),
+            Enumerable.Range(0, 20 + i % 9).Select(_ => rng.Next(3, 900)).ToArray())).ToList();
+        using var batch = Collator.Collate(examples, 0, model.Device);
+        Assert.True(batch.LossCount > 2 * PromptLoss.ForwardOnlyChunkRows, $"{batch.LossCount} loss rows");
+        double chunked, whole;
+        using (torch.no_grad()) { var (s, c) = PromptLoss.Compute(model, m, batch); chunked = s.item<float>() / c; }
+        { var (s, c) = PromptLoss.Compute(model, m, batch); Assert.True(s.requires_grad); whole = s.item<float>() / c; }
+        Assert.InRange(Math.Abs(chunked - whole), 0, 1e-5 * Math.Max(1, Math.Abs(whole)));
+    }
+
     [Fact]
     public void BfloatModelTrainsAnFp32Prompt()
     {
