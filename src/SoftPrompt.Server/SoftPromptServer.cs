@@ -59,8 +59,9 @@ public sealed class SoftPromptServer : IAsyncDisposable
         Shares = new ClientShares(o.MaxClientSequences ?? Math.Max(1, (o.MaxBatch + o.MaxQueue) / 2));
     }
 
-    /// <summary>Checks the options, starts listening, and loads the model and adapters in the background.</summary>
-    public static async Task<SoftPromptServer> StartAsync(ServerOptions o, CancellationToken cancel = default)
+    /// <summary>Every start-up check of the options (values, exposure, keys, CORS origins, adapter folders), before
+    /// anything listens; returns the API and admin keys read from their variables.</summary>
+    internal static (byte[]? Key, byte[]? AdminKey) CheckOptions(ServerOptions o)
     {
         if (!Directory.Exists(o.ModelDir)) throw new SoftPromptException($"--model '{o.ModelDir}' does not exist.");
         if (o.Port is < 0 or > 65535) throw new SoftPromptException($"--port {o.Port} is not a port number (0-65535; 0 = any free port).");
@@ -97,6 +98,13 @@ public sealed class SoftPromptServer : IAsyncDisposable
             AdapterRegistry.CheckName(name);
             if (!Directory.Exists(path)) throw new SoftPromptException($"--adapter {name}={path}: the folder does not exist.");
         }
+        return (key, adminKey);
+    }
+
+    /// <summary>Checks the options, starts listening, and loads the model and adapters in the background.</summary>
+    public static async Task<SoftPromptServer> StartAsync(ServerOptions o, CancellationToken cancel = default)
+    {
+        var (key, adminKey) = CheckOptions(o);
         var discovered = o.AdaptersDir is null ? new List<(string, string)>() : AdapterRegistry.Discover(o.AdaptersDir);
         // What --adapters-dir serves obeys the rule POST /v1/adapters obeys: nothing reached through a link out of it.
         discovered = discovered.Where(d =>
@@ -120,7 +128,7 @@ public sealed class SoftPromptServer : IAsyncDisposable
             k.Limits.MinRequestBodyDataRate = new Microsoft.AspNetCore.Server.Kestrel.Core.MinDataRate(240, TimeSpan.FromSeconds(o.HeaderTimeoutSeconds));
             k.Limits.KeepAliveTimeout = TimeSpan.FromSeconds(3 * o.HeaderTimeoutSeconds);   // also a connection that never sends
             k.AddServerHeader = false;
-            if (ip is null) k.ListenLocalhost(o.Port); else k.Listen(ip, o.Port);
+            if (o.Host == "localhost") k.ListenLocalhost(o.Port); else k.Listen(IPAddress.Parse(o.Host), o.Port); // checked in CheckOptions
         });
         builder.Services.Configure<HostOptions>(h => h.ShutdownTimeout = TimeSpan.FromSeconds(o.DrainSeconds));
         SoftPromptServer? self = null;

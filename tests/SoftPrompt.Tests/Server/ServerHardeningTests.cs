@@ -27,9 +27,9 @@ public class ServerHardeningTests : IClassFixture<ServerWorld>
         await Refused(new ServerOptions { ModelDir = _w.ModelDir, Port = 0, Host = "0.0.0.0", ApiKeyEnv = "SOFTPROMPT_TEST_K1", AllowAdapterAdmin = true, AdaptersDir = _w.Tmp.Path }, "--admin-key-env");
         await Refused(new ServerOptions { ModelDir = _w.ModelDir, Port = 0, ApiKeyEnv = "SOFTPROMPT_TEST_K1", AdminKeyEnv = "SOFTPROMPT_TEST_K1", AllowAdapterAdmin = true, AdaptersDir = _w.Tmp.Path }, "different keys");
         await Refused(new ServerOptions { ModelDir = _w.ModelDir, Port = 0, CorsOrigins = new[] { "evil.example/path" } }, "--cors-origin");
-        // --insecure says so explicitly.
-        var s = await SoftPromptServer.StartAsync(new ServerOptions { ModelDir = _w.ModelDir, Port = 0, Host = "0.0.0.0", Insecure = true });
-        await s.DisposeAsync();
+        // --insecure says so explicitly: the checks pass (checked without listening: tests bind loopback only).
+        SoftPromptServer.CheckOptions(new ServerOptions { ModelDir = _w.ModelDir, Port = 0, Host = "0.0.0.0", Insecure = true });
+        Assert.Throws<SoftPromptException>(() => SoftPromptServer.CheckOptions(new ServerOptions { ModelDir = _w.ModelDir, Port = 0, Host = "0.0.0.0" }));
     }
 
     [Fact]
