@@ -13,6 +13,10 @@ public class ServerHardeningTests : IClassFixture<ServerWorld>
     readonly ServerWorld _w;
     public ServerHardeningTests(ServerWorld w) => _w = w;
 
+    /// <summary>A host reachable from other machines. Only the start-up checks see it: every case below is refused (or,
+    /// with --insecure, checked) before anything listens, so no test binds beyond loopback.</summary>
+    const string AllInterfaces = "::";
+
     [Fact]
     public async Task UnsafeConfigurationsAreRefusedAtStart()
     {
@@ -21,15 +25,15 @@ public class ServerHardeningTests : IClassFixture<ServerWorld>
             var e = await Assert.ThrowsAsync<SoftPromptException>(() => SoftPromptServer.StartAsync(o));
             Assert.Contains(mentions, e.Message);
         }
-        await Refused(new ServerOptions { ModelDir = _w.ModelDir, Port = 0, Host = "0.0.0.0" }, "--api-key-env");
+        await Refused(new ServerOptions { ModelDir = _w.ModelDir, Port = 0, Host = AllInterfaces }, "--api-key-env");
         await Refused(new ServerOptions { ModelDir = _w.ModelDir, Port = 0, AllowAdapterAdmin = true }, "--adapters-dir");
         Environment.SetEnvironmentVariable("SOFTPROMPT_TEST_K1", "same");
-        await Refused(new ServerOptions { ModelDir = _w.ModelDir, Port = 0, Host = "0.0.0.0", ApiKeyEnv = "SOFTPROMPT_TEST_K1", AllowAdapterAdmin = true, AdaptersDir = _w.Tmp.Path }, "--admin-key-env");
+        await Refused(new ServerOptions { ModelDir = _w.ModelDir, Port = 0, Host = AllInterfaces, ApiKeyEnv = "SOFTPROMPT_TEST_K1", AllowAdapterAdmin = true, AdaptersDir = _w.Tmp.Path }, "--admin-key-env");
         await Refused(new ServerOptions { ModelDir = _w.ModelDir, Port = 0, ApiKeyEnv = "SOFTPROMPT_TEST_K1", AdminKeyEnv = "SOFTPROMPT_TEST_K1", AllowAdapterAdmin = true, AdaptersDir = _w.Tmp.Path }, "different keys");
         await Refused(new ServerOptions { ModelDir = _w.ModelDir, Port = 0, CorsOrigins = new[] { "evil.example/path" } }, "--cors-origin");
         // --insecure says so explicitly: the checks pass (checked without listening: tests bind loopback only).
-        SoftPromptServer.CheckOptions(new ServerOptions { ModelDir = _w.ModelDir, Port = 0, Host = "0.0.0.0", Insecure = true });
-        Assert.Throws<SoftPromptException>(() => SoftPromptServer.CheckOptions(new ServerOptions { ModelDir = _w.ModelDir, Port = 0, Host = "0.0.0.0" }));
+        SoftPromptServer.CheckOptions(new ServerOptions { ModelDir = _w.ModelDir, Port = 0, Host = AllInterfaces, Insecure = true });
+        Assert.Throws<SoftPromptException>(() => SoftPromptServer.CheckOptions(new ServerOptions { ModelDir = _w.ModelDir, Port = 0, Host = AllInterfaces }));
     }
 
     [Fact]
