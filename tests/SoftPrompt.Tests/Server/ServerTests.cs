@@ -462,7 +462,7 @@ public class ServeCliTests : IClassFixture<ServerWorld>
             (new[] { "serve", "--model", _w.ModelDir, "--host", "example.org" }, "not an IP address"),
             (new[] { "serve", "--model", _w.ModelDir, "--port", _w.Server.Address.Port.ToString() }, "cannot listen"),
             (new[] { "serve", "--model", _w.ModelDir, "--port", "0", "--adapter", $"f={_w.ForeignDir}" }, "another model"),
-            (new[] { "serve", "--model", _w.ModelDir, "--host", "0.0.0.0" }, "--api-key-env"),
+            (new[] { "serve", "--model", _w.ModelDir, "--host", "::" }, "--api-key-env"), // refused before listening
             (new[] { "serve", "--model", _w.ModelDir, "--allow-adapter-admin" }, "--adapters-dir"),
             (new[] { "serve", "--model", _w.ModelDir, "--cors-origin", "not an origin" }, "--cors-origin"),
             (new[] { "serve", "--model", _w.ModelDir, "--header-timeout", "0" }, "--header-timeout"),
