@@ -216,10 +216,19 @@ public static class Benchmark
         try
         {
             foreach (var line in File.ReadLines("/proc/self/status"))
-                if (line.StartsWith("VmHWM:"))
-                    return (long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]) * 1024, "process peak RSS (VmHWM)");
+                if (line.StartsWith("VmHWM:") && StatusBytes(line) is long bytes)
+                    return (bytes, "process peak RSS (VmHWM)");
         }
         catch (IOException) { }
         return (Environment.WorkingSet, "process working set (no /proc)");
+    }
+
+    /// <summary>The byte count of a /proc/self/status size line ("VmHWM:\t  123456 kB"; from 8 digits on the tab is the
+    /// only separator: "VmHWM:\t16750436 kB"); null when the line is not of that form.</summary>
+    public static long? StatusBytes(string line)
+    {
+        var parts = line.Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries); // any whitespace, tabs included
+        return parts.Length == 3 && parts[2] == "kB" && long.TryParse(parts[1], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var kib)
+            ? kib * 1024 : null;
     }
 }

@@ -102,3 +102,20 @@ public class ThreadChoiceTests
         Assert.InRange(TorchRuntime.UsableCores(), 1, Environment.ProcessorCount);
     }
 }
+
+/// <summary>bench's peak-memory reading of /proc/self/status, on the layouts the kernel writes.</summary>
+public class StatusLineTests
+{
+    [Theory]
+    [InlineData("VmHWM:\t  123456 kB", 123456L * 1024)]
+    [InlineData("VmHWM:\t16750436 kB", 16750436L * 1024)]   // from 8 digits on no space follows the tab (a 16 GB peak)
+    [InlineData("VmHWM:\t123456789 kB", 123456789L * 1024)]
+    public void PeakResidentSetIsReadAtEverySize(string line, long bytes) =>
+        Assert.Equal(bytes, SoftPrompt.Diagnostics.Benchmark.StatusBytes(line));
+
+    [Theory]
+    [InlineData("VmHWM:")]
+    [InlineData("VmHWM:\tlots kB")]
+    [InlineData("VmHWM:\t12 MB")]
+    public void OtherLinesAreNotSizes(string line) => Assert.Null(SoftPrompt.Diagnostics.Benchmark.StatusBytes(line));
+}
