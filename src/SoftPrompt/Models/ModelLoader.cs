@@ -14,14 +14,29 @@ public static class ModelLoader
     public static CausalLM Load(string modelDir, Device? device = null, ScalarType dtype = ScalarType.Float32, bool checkFinite = true)
     {
         device ??= torch.CPU;
-        bool check = checkFinite;
         var cfg = ModelConfig.Load(modelDir);
         if (cfg.IsEncoderDecoder) throw new SoftPromptException($"{modelDir}: {cfg.ModelType} is an encoder-decoder model; this command supports decoder-only models only (with T5: train, eval, generate, score, serve).");
-        var expected = ExpectedShapes(cfg);
-        var files = WeightFiles(modelDir);
+        var weights = ReadWeights(modelDir, cfg.ModelType, ExpectedShapes(cfg), device, dtype, checkFinite,
+            canonical: n => Canonical(cfg, n), ignored: n => Ignored(cfg, n), optional: n => Optional(cfg, n),
+            unexpectedHint: h => $"is the config from another model?{LayerHint(cfg, h)}",
+            missingHint: hs => LayerHint(cfg, hs),
+            transform: (name, t) => cfg.Family == ArchFamily.Gpt2 && IsConv1D(name) ? t.t() : t); // Conv1D stores [in, out]
+        try { return new CausalLM(cfg, weights, device, dtype); }
+        catch { foreach (var t in weights.Values) t.Dispose(); throw; }
+    }
 
-        // Every header first: names, shapes and dtypes are checked against config.json, and the total size against the
-        // memory there is, before a single weight is allocated.
+    /// <summary>
+    /// The one weight reader of every model class (CausalLM, T5Model). Every header first: names (as
+    /// <paramref name="canonical"/> maps them), shapes and dtypes are checked against <paramref name="expected"/>, and the
+    /// total size against the memory there is, before a single weight is allocated; then each tensor is read, checked for
+    /// NaN/infinity, transformed, converted and moved, one at a time. The caller owns the result.
+    /// </summary>
+    internal static Dictionary<string, Tensor> ReadWeights(string modelDir, string modelType, IReadOnlyDictionary<string, long[]> expected, Device device,
+        ScalarType dtype, bool checkFinite, Func<string, string> canonical, Func<string, bool> ignored, Func<string, bool> optional,
+        Func<SafeTensors.Header, string> unexpectedHint, Func<IEnumerable<SafeTensors.Header>, string> missingHint,
+        Func<string, Tensor, Tensor>? transform = null)
+    {
+        var files = WeightFiles(modelDir);
         var plan = new List<(string File, SafeTensors.Header Header, List<(SafeTensorInfo Info, string Name)> Tensors)>();
         var seen = new Dictionary<string, string>();
         long bytes = 0;
@@ -32,10 +47,10 @@ public static class ModelLoader
             var list = new List<(SafeTensorInfo, string)>();
             foreach (var info in header.Tensors.Values.OrderBy(t => t.Begin))
             {
-                var name = Canonical(cfg, info.Name);
-                if (Ignored(cfg, name)) continue;
+                var name = canonical(info.Name);
+                if (ignored(name)) continue;
                 if (!expected.TryGetValue(name, out var shape))
-                    throw new SoftPromptException($"{file}: unexpected tensor '{info.Name}' for a {cfg.ModelType} model with this config.json (is the config from another model?{LayerHint(cfg, header)}).");
+                    throw new SoftPromptException($"{file}: unexpected tensor '{info.Name}' for a {modelType} model with this config.json ({unexpectedHint(header)}).");
                 if (seen.TryGetValue(name, out var other))
                     throw new SoftPromptException($"{file}: tensor '{info.Name}' also appears in {other}.");
                 if (!info.Shape.SequenceEqual(shape))
@@ -49,9 +64,9 @@ public static class ModelLoader
             }
             plan.Add((file, header, list));
         }
-        var missing = expected.Keys.Where(k => !seen.ContainsKey(k) && !Optional(cfg, k)).ToList();
+        var missing = expected.Keys.Where(k => !seen.ContainsKey(k) && !optional(k)).ToList();
         if (missing.Count > 0)
-            throw new SoftPromptException($"{modelDir}: missing tensor{(missing.Count > 1 ? "s" : "")} {string.Join(", ", missing.Take(5).Select(m => $"'{m}'"))}{(missing.Count > 5 ? $" and {missing.Count - 5} more" : "")} in {string.Join(", ", files.Select(Path.GetFileName))}{LayerHint(cfg, plan.Select(p => p.Header))}.");
+            throw new SoftPromptException($"{modelDir}: missing tensor{(missing.Count > 1 ? "s" : "")} {string.Join(", ", missing.Take(5).Select(m => $"'{m}'"))}{(missing.Count > 5 ? $" and {missing.Count - 5} more" : "")} in {string.Join(", ", files.Select(Path.GetFileName))}{missingHint(plan.Select(p => p.Header))}.");
         MemoryBudget.Check(bytes, $"{modelDir}: the weights in {Runtime.TorchRuntime.DTypeName(dtype)}");
 
         var weights = new Dictionary<string, Tensor>();
@@ -64,12 +79,12 @@ public static class ModelLoader
                 {
                     using var scope = torch.NewDisposeScope();
                     var t = SafeTensors.ReadTensor(fs, header, info);
-                    if (check) CheckFinite(t, file, info.Name);
-                    if (cfg.Family == ArchFamily.Gpt2 && IsConv1D(name)) t = t.t(); // Conv1D stores [in, out]
+                    if (checkFinite) CheckFinite(t, file, info.Name);
+                    if (transform is not null) t = transform(name, t);
                     weights[name] = t.to(dtype).to(device).contiguous().MoveToOuterDisposeScope();
                 }
             }
-            return new CausalLM(cfg, weights, device, dtype);
+            return weights;
         }
         catch
         {

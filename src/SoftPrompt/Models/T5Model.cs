@@ -137,58 +137,12 @@ public sealed class T5Model : IPromptableModel
         RefuseFp16(dtype);
         if (cfg.T5.NumDecoderLayers > ModelConfig.MaxLayers)
             throw new SoftPromptException($"{Path.Combine(modelDir, "config.json")}: num_decoder_layers is {cfg.T5.NumDecoderLayers}; expected 1..{ModelConfig.MaxLayers}.");
-        var expected = ExpectedShapes(cfg);
-        var files = ModelLoader.WeightFiles(modelDir);
-        var plan = new List<(string File, SafeTensors.Header Header, List<SafeTensorInfo> Tensors)>();
-        var seen = new Dictionary<string, string>();
-        long bytes = 0;
-        int elem = dtype is ScalarType.Float32 ? 4 : dtype is ScalarType.Float64 ? 8 : 2;
-        foreach (var file in files)
-        {
-            var header = SafeTensors.ReadHeader(file);
-            var list = new List<SafeTensorInfo>();
-            foreach (var info in header.Tensors.Values.OrderBy(t => t.Begin))
-            {
-                if (Ignored(cfg, info.Name)) continue;
-                if (!expected.TryGetValue(info.Name, out var shape))
-                    throw new SoftPromptException($"{file}: unexpected tensor '{info.Name}' for a t5 model with this config.json (is the config from another model? feed_forward_proj '{(cfg.T5.GatedAct ? "gated-" : "")}{cfg.Activation}', {cfg.NumLayers} encoder / {cfg.T5.NumDecoderLayers} decoder layers, tie_word_embeddings {cfg.TieWordEmbeddings.ToString().ToLowerInvariant()}).");
-                if (seen.TryGetValue(info.Name, out var other)) throw new SoftPromptException($"{file}: tensor '{info.Name}' also appears in {other}.");
-                if (!info.Shape.SequenceEqual(shape))
-                    throw new SoftPromptException($"{file}: tensor '{info.Name}' has shape [{string.Join(", ", info.Shape)}], expected [{string.Join(", ", shape)}] from config.json.");
-                if (info.DType is not ("F32" or "F16" or "BF16" or "F64"))
-                    throw new SoftPromptException($"{file}: tensor '{info.Name}' has dtype {info.DType}; weights must be floating point.");
-                seen[info.Name] = file;
-                try { bytes = checked(bytes + checked(info.Shape.Aggregate(1L, (a, x) => checked(a * x)) * elem)); }
-                catch (OverflowException) { throw new SoftPromptException($"{file}: tensor sizes overflow a 64-bit byte count."); }
-                list.Add(info);
-            }
-            plan.Add((file, header, list));
-        }
-        var missing = expected.Keys.Where(k => !seen.ContainsKey(k)).ToList();
-        if (missing.Count > 0)
-            throw new SoftPromptException($"{modelDir}: missing tensor{(missing.Count > 1 ? "s" : "")} {string.Join(", ", missing.Take(5).Select(m => $"'{m}'"))}{(missing.Count > 5 ? $" and {missing.Count - 5} more" : "")} in {string.Join(", ", files.Select(Path.GetFileName))}.");
-        MemoryBudget.Check(bytes, $"{modelDir}: the weights in {TorchRuntime.DTypeName(dtype)}");
-        var weights = new Dictionary<string, Tensor>();
-        try
-        {
-            foreach (var (file, header, tensors) in plan)
-            {
-                using var fs = InputFile.OpenRead(file);
-                foreach (var info in tensors)
-                {
-                    using var scope = torch.NewDisposeScope();
-                    var t = SafeTensors.ReadTensor(fs, header, info);
-                    if (checkFinite) ModelLoader.CheckFinite(t, file, info.Name);
-                    weights[info.Name] = t.to(dtype).to(device).contiguous().MoveToOuterDisposeScope();
-                }
-            }
-            return new T5Model(cfg, weights, device, dtype);
-        }
-        catch
-        {
-            foreach (var t in weights.Values) t.Dispose();
-            throw;
-        }
+        var weights = ModelLoader.ReadWeights(modelDir, cfg.ModelType, ExpectedShapes(cfg), device, dtype, checkFinite,
+            canonical: n => n, ignored: n => Ignored(cfg, n), optional: _ => false,
+            unexpectedHint: _ => $"is the config from another model? feed_forward_proj '{(cfg.T5.GatedAct ? "gated-" : "")}{cfg.Activation}', {cfg.NumLayers} encoder / {cfg.T5.NumDecoderLayers} decoder layers, tie_word_embeddings {cfg.TieWordEmbeddings.ToString().ToLowerInvariant()}",
+            missingHint: _ => "");
+        try { return new T5Model(cfg, weights, device, dtype); }
+        catch { foreach (var t in weights.Values) t.Dispose(); throw; }
     }
 
     /// <summary>A frozen model from weights in memory (names and shapes as in a checkpoint, checked against the config);
