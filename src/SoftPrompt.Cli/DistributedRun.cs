@@ -6,7 +6,8 @@ namespace SoftPrompt.Cli;
 /// <summary>
 /// The command line's side of MPI: <c>--distributed auto|mpi|none</c> (auto: MPI when launched by mpirun/srun with
 /// more than one rank), the one communicator of the process (MPI is initialised once per process and finalised when
-/// the command ends), and how an error ends a distributed job: an error every rank met alike is said once by rank 0;
+/// the command ends), and how an error ends a distributed job: an error every rank met alike (a start-up disagreement,
+/// a failure of rank 0's remote calls passed to all) is said once by rank 0 and every rank exits with its code;
 /// an error on one rank is one line naming that rank, then MPI_Abort ends every rank with the exit code.
 /// </summary>
 public static class DistributedRun
@@ -30,10 +31,12 @@ public static class DistributedRun
     public static int? Fail(Exception e, Func<Exception, int> report)
     {
         if (_current is not { Size: > 1 } c) return null;
-        if (e is RanksDisagreeException)
+        if (Collectives.MetByAllRanks(e))
         {
-            int code = c.IsWriter ? report(e) : 2;
-            return code;
+            // Every rank is here, from the same collective: rank 0 says it once and every rank exits with its code.
+            Span<long> code = stackalloc long[] { c.IsWriter ? report(e) : 0 };
+            c.AllReduceMax(code);
+            return (int)code[0];
         }
         var w = new StringWriter();
         var err = Console.Error;

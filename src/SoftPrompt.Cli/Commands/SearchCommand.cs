@@ -33,11 +33,9 @@ public static class SearchCommand
             }
             var comm = DistributedRun.Open(pr);
             using var interruption = new Interruption(cancel, announce: comm.IsWriter);
-            // Under MPI a stop request is not seen by every rank at the same step; the search runs to its end (or the
-            // launcher ends it), since a gradient search has nothing to resume from anyway.
-            var token = comm.Size > 1 ? CancellationToken.None : interruption.Token;
-            var result = ConsoleProgress.Run(Cli.VerbosityOf(pr), p => { var r = new SearchReporter(p); return HardPromptSearchJob.Run(o, r, r.Message, token, resume: resumeDir is not null, comm: comm); });
-            if (!comm.IsWriter) return Task.FromResult(0); // rank 0 reports
+            // Under MPI the searches look at the stop request between steps, every rank at once.
+            var result = ConsoleProgress.Run(Cli.VerbosityOf(pr), p => { var r = new SearchReporter(p); return HardPromptSearchJob.Run(o, r, r.Message, interruption.Token, resume: resumeDir is not null, comm: comm); });
+            if (!comm.IsWriter) return Task.FromResult(result.StopReason == "cancelled" ? interruption.ExitCode : 0); // rank 0 reports
             var reporter = ConsoleProgress.Results; // closing lines are results: stdout
             if (result.StopReason == "cancelled")
             {

@@ -106,6 +106,54 @@ public static class Collectives
         return parts;
     }
 
+    /// <summary>Marks, in <see cref="Exception.Data"/>, an error rank 0 met in work it alone does and passed to every rank
+    /// (see <see cref="OnRoot{T}"/>): every rank is ending, no abort is needed.</summary>
+    public const string AllRanksKey = "SoftPrompt.Distributed.AllRanks";
+
+    /// <summary>True for an error every rank met at the same point (a start-up disagreement, a failure of rank 0's own
+    /// work passed to all): rank 0 reports it and every rank exits with its code, no MPI_Abort.</summary>
+    public static bool MetByAllRanks(Exception e) => e is RanksDisagreeException or RootFailedException || e.Data.Contains(AllRanksKey);
+
+    /// <summary>
+    /// Work done by rank 0 alone, its result on every rank: calls to a remote service (an LLM optimizer, a judge) that
+    /// must be made once per job, not once per rank. Rank 0 runs <paramref name="compute"/> and broadcasts the result
+    /// as JSON (doubles round-trip exactly); the other ranks wait for it. When it throws, every rank learns so at the
+    /// same point: rank 0 rethrows its own exception (marked <see cref="AllRanksKey"/>), the others throw
+    /// <see cref="RootFailedException"/>, and the job ends cleanly instead of rank 0 aborting the others mid-collective.
+    /// </summary>
+    public static T OnRoot<T>(this ICommunicator c, Func<T> compute)
+    {
+        if (c.Size == 1) return compute();
+        T value = default!;
+        Exception? failure = null;
+        string payload = "";
+        if (c.IsWriter)
+        {
+            try
+            {
+                value = compute();
+                payload = JsonSerializer.Serialize(new RootReply<T>(true, value, null), Exact);
+            }
+            catch (Exception e)
+            {
+                failure = e;
+                payload = JsonSerializer.Serialize(new RootReply<T>(false, default, $"{e.GetType().Name}: {e.Message}"), Exact);
+            }
+        }
+        var got = c.Broadcast(payload);
+        if (failure is not null)
+        {
+            failure.Data[AllRanksKey] = true;
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(failure);
+        }
+        if (c.IsWriter) return value;
+        var reply = JsonSerializer.Deserialize<RootReply<T>>(got, Exact) ?? throw new InvalidOperationException("empty reply from rank 0");
+        if (!reply.Ok) throw new RootFailedException($"rank 0 failed ({reply.Error}); it reports the error.");
+        return reply.Value!;
+    }
+
+    sealed record RootReply<T>(bool Ok, T? Value, string? Error);
+
     /// <summary>Rank 0's string on every rank.</summary>
     public static string Broadcast(this ICommunicator c, string value)
     {

@@ -54,3 +54,9 @@ public sealed class SingleProcess : ICommunicator
 /// collective check): rank 0 reports it once and every rank exits with the same code, no abort needed.
 /// </summary>
 public sealed class RanksDisagreeException(string message) : SoftPromptException(message);
+
+/// <summary>
+/// What the ranks other than 0 end with when work rank 0 does alone (a call to a remote service) failed there: rank 0
+/// reports its own error and exit code, the others follow with the same code and say nothing.
+/// </summary>
+public sealed class RootFailedException(string message) : SoftPromptException(message);

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using SoftPrompt.Data;
+using SoftPrompt.Distributed;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -19,8 +20,12 @@ namespace SoftPrompt.Search;
 /// (and held-out data); the result is the best scored prompt (by the held-out metric when there is one). All
 /// randomness comes from <see cref="SplitMix64"/> seeded by the options: same seed, same search.
 /// </summary>
-public sealed class GradientGuidedSearch : IHardPromptOptimizer
+public sealed class GradientGuidedSearch(ICommunicator? comm = null) : IHardPromptOptimizer
 {
+    /// <summary>The ranks of an MPI job (every rank runs this same loop on the objective's shared scoring): a stop
+    /// request seen by any rank stops every rank at the same step.</summary>
+    readonly ICommunicator _comm = comm ?? SingleProcess.Instance;
+
     public HardPromptSearchResult Optimize(IPromptObjective objective, HardPromptSearchOptions o, int[] initialIds,
         IProgress<HardPromptSearchProgress>? progress = null, CancellationToken cancel = default)
     {
@@ -50,7 +55,7 @@ public sealed class GradientGuidedSearch : IHardPromptOptimizer
 
         while (step < o.Steps)
         {
-            if (cancel.IsCancellationRequested) { stop = "cancelled"; break; }
+            if (_comm.Any(cancel.IsCancellationRequested)) { stop = "cancelled"; break; }
             step++;
             var batch = NextBatch();
             var (gradLoss, grad) = g.Gradient(current, batch);

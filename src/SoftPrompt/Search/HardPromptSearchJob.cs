@@ -31,8 +31,6 @@ public static class HardPromptSearchJob
         o.Validate();
         o = o with { ScoreExamples = o.ResolvedScoreExamples };
         bool opro = o.Strategy == SearchStrategy.Opro;
-        if (opro && comm is { Size: > 1 })
-            throw new SoftPromptException("--strategy opro runs in one process (its candidates are not yet scored across MPI ranks); launch it without mpirun, or use the gradient search.");
         var runDir = o.Output!;
         if (File.Exists(runDir)) throw new SoftPromptException($"--output {runDir}: is a file, expected a run folder.");
         if (resume && !opro) throw new SoftPromptException("--resume continues an OPRO run (--strategy opro); a gradient search is restarted instead.");
@@ -86,14 +84,14 @@ public static class HardPromptSearchJob
         if (run.IsWriter) AtomicFile.WriteAllText(Path.Combine(runDir, ConfigFile), OptionsRecord.ToJson(o));
         var logPath = Path.Combine(runDir, LogFile);
         var rows = new List<string>();
-        if (resume && File.Exists(logPath))
+        if (resume && run.IsWriter && File.Exists(logPath))
         {
             // Keep the rows of the steps the trajectory holds (a step in flight when the run stopped is redone).
             int done = OproTrajectory.Load(trajectoryPath).Step;
             rows.AddRange(File.ReadAllLines(logPath).Where(l => l.Length > 0 && RowStep(l) is int st && st <= done));
         }
         var logger = new LogWriter(rows, logPath, progress, run.IsWriter);
-        var result = (optimizer ?? (IHardPromptOptimizer?)oproRun?.Search ?? new GradientGuidedSearch()).Optimize(oproRun?.Objective ?? objective, o, init, logger, cancel);
+        var result = (optimizer ?? (IHardPromptOptimizer?)oproRun?.Search ?? new GradientGuidedSearch(run.Comm)).Optimize(oproRun?.Objective ?? objective, o, init, logger, cancel);
         if (!run.IsWriter) return result; // rank 0 writes the folder
         WriteLog(rows, logPath);
 

@@ -10,8 +10,10 @@ namespace SoftPrompt.Search;
 /// whose outputs got a verdict is a failed candidate, and one cut short by the call budget is one too ("budget").
 /// With held-out data the final pick is the judge's mean rating there (<see cref="SelectMetric"/> "judge"), not the
 /// inner objective's loss. Verdicts go through <paramref name="cache"/>: an output is judged once per run, resume included.
+/// Under MPI the ranks share the generation out (the inner objective's communicator) and rank 0 alone calls the judge
+/// (<paramref name="calls"/>), every rank getting the verdicts.
 /// </summary>
-public sealed class JudgeObjective(TargetLossObjective inner, IChatClient judge, string rubric, int parallel, VerdictCache? cache = null) : IInstructionObjective
+public sealed class JudgeObjective(TargetLossObjective inner, IChatClient judge, string rubric, int parallel, VerdictCache? cache = null, RootCalls? calls = null) : IInstructionObjective
 {
     public string Metric => "judge";
     public string Rubric => rubric;
@@ -31,8 +33,12 @@ public sealed class JudgeObjective(TargetLossObjective inner, IChatClient judge,
 
     JudgeVerdict[] Rate(List<JudgeItem> items, CancellationToken cancel)
     {
-        try { return Judge.RateAll(judge, rubric, items, parallel, cache, cancel).GetAwaiter().GetResult(); }
-        finally { cache?.Save(); }
+        JudgeVerdict[] Call()
+        {
+            try { return Judge.RateAll(judge, rubric, items, parallel, cache, cancel).GetAwaiter().GetResult(); }
+            finally { cache?.Save(); }
+        }
+        return calls is null ? Call() : calls.Run(Call);
     }
 
     public InstructionScore[] ScoreInstructions(IReadOnlyList<string> instructions, CancellationToken cancel = default)

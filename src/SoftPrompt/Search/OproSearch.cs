@@ -65,10 +65,15 @@ public sealed class OproTrajectory
 /// --patience steps without a better candidate, when the call / token budget is spent (also mid-scoring), past
 /// --max-judge-failures, or on Ctrl+C; in every case the best so far is the result. At the end the best --validate-top by
 /// score are scored on the held-out data (when there is some; the judge's rating for a judge objective) and the best
-/// there wins.
+/// there wins. Under MPI (<paramref name="calls"/> over several ranks) every rank runs this same loop: rank 0 alone calls
+/// the optimizer and writes the trajectory, every rank gets its replies and scores its share of each candidate's
+/// examples, so the run is the one-process run; a stop request is honoured between steps, on every rank at once.
 /// </summary>
-public sealed class OproSearch(IChatClient optimizer, CallMeter meter, bool plainMetaPrompt, string? trajectoryPath = null, bool resume = false) : IHardPromptOptimizer
+public sealed class OproSearch(IChatClient optimizer, CallMeter meter, bool plainMetaPrompt, string? trajectoryPath = null, bool resume = false,
+    RootCalls? calls = null) : IHardPromptOptimizer
 {
+    readonly RootCalls _calls = calls ?? new RootCalls(SoftPrompt.Distributed.SingleProcess.Instance, meter);
+
     /// <summary>An instruction, its demonstrations (indices of search examples) and what proposed it.</summary>
     sealed record Candidate(string Text, int[]? Demos, string Origin);
 
@@ -79,7 +84,9 @@ public sealed class OproSearch(IChatClient optimizer, CallMeter meter, bool plai
             throw new SoftPromptException("OPRO needs an objective that scores instructions (text).");
         o.Validate(needPaths: false);
         var clock = Stopwatch.StartNew();
-        var t = resume && trajectoryPath is not null ? OproTrajectory.Load(trajectoryPath) : new OproTrajectory { Metric = io.Metric };
+        // Rank 0 reads the trajectory it wrote; every rank continues from its copy.
+        var t = resume && trajectoryPath is not null ? _calls.Run(() => OproTrajectory.Load(trajectoryPath)) : new OproTrajectory { Metric = io.Metric };
+        var work = _calls.InStep(cancel); // what work inside a step looks at (nothing under MPI: ranks stop between steps)
         if (t.Metric != io.Metric) throw new SoftPromptException($"--resume: the trajectory was scored by {t.Metric}, this run by {io.Metric}; keep the objective of the run.");
         double wallBefore = t.WallSeconds;
         meter.Restore(t.OptimizerCalls, t.JudgeCalls, t.InputTokens, t.OutputTokens);
@@ -100,7 +107,7 @@ public sealed class OproSearch(IChatClient optimizer, CallMeter meter, bool plai
             (t.OptimizerCalls, t.JudgeCalls, t.InputTokens, t.OutputTokens) = (meter.OptimizerCalls, meter.JudgeCalls, meter.InputTokens, meter.OutputTokens);
             t.WallSeconds = wallBefore + clock.Elapsed.TotalSeconds;
             t.Seen = seen.ToList();
-            if (trajectoryPath is not null) t.Save(trajectoryPath);
+            if (trajectoryPath is not null && _calls.Calls) t.Save(trajectoryPath);
         }
 
         ScoredInstruction? Best() => t.Entries.Count == 0 ? null : t.Entries.OrderByDescending(e => e.Score).ThenBy(e => e.Step).First();
@@ -132,7 +139,7 @@ public sealed class OproSearch(IChatClient optimizer, CallMeter meter, bool plai
         (double? Best, bool Budget) ScoreAll(int step, List<Candidate> cands, List<SearchCandidate> rows)
         {
             if (cands.Count == 0) return (null, false);
-            var scores = io.ScoreInstructions(cands.Select(c => Compose(io, c.Text, c.Demos)).ToList(), cancel);
+            var scores = io.ScoreInstructions(cands.Select(c => Compose(io, c.Text, c.Demos)).ToList(), work);
             double? best = null;
             bool budget = false;
             for (int i = 0; i < cands.Count; i++)
@@ -199,7 +206,7 @@ public sealed class OproSearch(IChatClient optimizer, CallMeter meter, bool plai
                     var idx = Enumerable.Range(0, io.ExampleCount).ToArray();
                     rng.Shuffle(idx);
                     var shown = idx.Take(Math.Clamp(o.Exemplars, 1, 5) + 2).Select(io.ExampleText).ToList();
-                    var replies = Sample(MetaPrompt.Induce(shown, o.TaskDescription, rubric), ape, o.Temperature, o.OptimizerMaxTokens, o.Parallel, o.Seed, 0, cancel, out budgetStop);
+                    var replies = Sample(MetaPrompt.Induce(shown, o.TaskDescription, rubric), ape, o.Temperature, o.OptimizerMaxTokens, o.Parallel, o.Seed, 0, work, out budgetStop);
                     initial.AddRange(Fresh(0, replies, d0, "ape", rows));
                 }
                 var (best, budget) = ScoreAll(0, initial, rows);
@@ -222,7 +229,7 @@ public sealed class OproSearch(IChatClient optimizer, CallMeter meter, bool plai
             // Ctrl+C ends the step in flight (lost, as when killed); the steps done compete for the result as usual.
             for (int step = firstStep; step <= o.Steps && stop == "max_steps"; step++)
             {
-                if (cancel.IsCancellationRequested) { stop = "cancelled"; break; }
+                if (_calls.StopRequested(cancel)) { stop = "cancelled"; break; }
                 if (meter.Exhausted() is string why) { stop = why; break; }
                 if (JudgeStop() is string js) { stop = js; break; }
                 if (o.Patience > 0 && t.Step - Best()!.Step >= o.Patience) { stop = "patience"; break; }
@@ -231,7 +238,7 @@ public sealed class OproSearch(IChatClient optimizer, CallMeter meter, bool plai
                 string meta = plainMetaPrompt ? MetaPrompt.Plain(kept, io.Metric, o.TaskDescription, rubric) : MetaPrompt.Chat(kept, exemplars, io.Metric, o.InstructionPosition, o.TaskDescription, rubric);
                 double temperature = Temperature(o, step);
 
-                var replies = Sample(meta, o.CandidatesPerStep, temperature, o.OptimizerMaxTokens, o.Parallel, o.Seed, step, cancel, out var budgetStop);
+                var replies = Sample(meta, o.CandidatesPerStep, temperature, o.OptimizerMaxTokens, o.Parallel, o.Seed, step, work, out var budgetStop);
                 var rows = new List<SearchCandidate>();
                 var bestEntry = Best()!;
                 var fresh = Fresh(step, replies, bestEntry.Demos, "scored", rows);
@@ -268,7 +275,8 @@ public sealed class OproSearch(IChatClient optimizer, CallMeter meter, bool plai
             foreach (var c in top)
             {
                 double? v;
-                try { v = io.SelectInstruction(Compose(io, c.Text, c.Demos), cancel); }
+                if (work != cancel && _calls.StopRequested(cancel)) { selectionNote = "cancelled during the held-out pick"; break; }
+                try { v = io.SelectInstruction(Compose(io, c.Text, c.Demos), work); }
                 catch (BudgetExhaustedException) { selectionNote = $"the budget ran out during the held-out pick: {validated.Count} of {top.Count} validated"; break; }
                 catch (OperationCanceledException) when (cancel.IsCancellationRequested) { selectionNote = "cancelled during the held-out pick"; break; }
                 validated.Add(c.Text);
@@ -350,6 +358,17 @@ public sealed class OproSearch(IChatClient optimizer, CallMeter meter, bool plai
     /// task, awaited, rethrows the first failure itself, so it reaches the CLI with its exit code; the trajectory on
     /// disk is that of the last step.</summary>
     List<(string? Reply, string? Error)> Sample(string prompt, int count, double temperature, int maxTokens, int parallel, int seed, int step,
+        CancellationToken cancel, out string? budgetStop)
+    {
+        // Rank 0 calls the optimizer; every rank gets the replies (and the meter's counts).
+        var sampled = _calls.Run(() => { var r = SampleHere(prompt, count, temperature, maxTokens, parallel, seed, step, cancel, out var stop); return new Sampled(r.Select(x => x.Reply).ToList(), r.Select(x => x.Error).ToList(), stop); });
+        budgetStop = sampled.BudgetStop;
+        return sampled.Replies.Zip(sampled.Errors, (r, e) => (r, e)).ToList();
+    }
+
+    sealed record Sampled(List<string?> Replies, List<string?> Errors, string? BudgetStop);
+
+    List<(string? Reply, string? Error)> SampleHere(string prompt, int count, double temperature, int maxTokens, int parallel, int seed, int step,
         CancellationToken cancel, out string? budgetStop)
     {
         var result = new (string? Reply, string? Error)[count];

@@ -48,8 +48,11 @@ public sealed class TargetLossObjective : IGradientPromptObjective, IInstruction
     public Tensor EmbeddingMatrix => _model.EmbeddingMatrix;
     public int HeldOutCount => _heldOut.Count;
 
-    /// <summary>The ranks candidate scoring is spread over: each runs every Size-th forward chunk of the same
-    /// chunking and the per-row sums are gathered, so every rank gets the one-process losses bit for bit.</summary>
+    /// <summary>The ranks candidate scoring is spread over: for losses each runs every Size-th forward chunk of the same
+    /// chunking and the per-row sums are gathered; rank classification and generation, done one example at a time,
+    /// are shared out by example. Every rank gets the one-process results bit for bit. Every method that scores or
+    /// generates is then a collective call (every rank calls it, in the same order), and a cancellation token is not
+    /// looked at inside it (ranks would stop at different points): the caller stops between calls.</summary>
     public ICommunicator Communicator { get; init; } = SingleProcess.Instance;
 
     public TargetLossObjective(CausalLM model, HfTokenizer tok, IReadOnlyList<Example> search, IReadOnlyList<Example>? heldOut, HardPromptSearchOptions o)
@@ -276,13 +279,8 @@ public sealed class TargetLossObjective : IGradientPromptObjective, IInstruction
         if (_heldOut.Count == 0) return null;
         CheckIds(ids);
         if (_selectBy != "accuracy") return -LossOn(new[] { ids }, _heldOut)[0];
-        int correct = 0;
-        foreach (var x in _heldOut)
-        {
-            var promptIds = Build(ids, x).PromptIds;
-            int best = RankClassifier.Score(_model, null, promptIds, _labelIds).Best(lengthNormalize: false);
-            if (_labels[best] == x.Source.Target) correct++;
-        }
+        var best = Communicator.Map(_heldOut.Count, j => RankClassifier.Score(_model, null, Build(ids, _heldOut[j]).PromptIds, _labelIds).Best(lengthNormalize: false));
+        int correct = Enumerable.Range(0, _heldOut.Count).Count(j => _labels[best[j]] == _heldOut[j].Source.Target);
         return (double)correct / _heldOut.Count;
     }
 
@@ -339,14 +337,27 @@ public sealed class TargetLossObjective : IGradientPromptObjective, IInstruction
                 break;
             }
             case "accuracy":
+            {
+                // Every (candidate, example) pair is one rank classification: the pairs are shared out over the ranks.
+                var local = Local(cancel);
+                var picked = Communicator.MapShare(fits.Count * items.Count, share =>
+                {
+                    var picks = new List<int>(share.Count);
+                    foreach (var pair in share)
+                    {
+                        local.ThrowIfCancellationRequested();
+                        var (c, j) = Math.DivRem(pair, items.Count);
+                        picks.Add(_ct!.Score(_model, null, new[] { Build(ids[c], items[j]).PromptIds })[0].Best(lengthNormalize: false));
+                    }
+                    return picks;
+                });
                 for (int c = 0; c < fits.Count; c++)
                 {
-                    cancel.ThrowIfCancellationRequested();
-                    var scores = _ct!.Score(_model, null, items.Select(x => Build(ids[c], x).PromptIds).ToList());
-                    var wrong = Enumerable.Range(0, items.Count).Where(j => scores[j].Best(lengthNormalize: false) != _ct.Gold(items[j].Source)).Select(j => _scoreSet[j]).ToList();
+                    var wrong = Enumerable.Range(0, items.Count).Where(j => picked[c * items.Count + j] != _ct!.Gold(items[j].Source)).Select(j => _scoreSet[j]).ToList();
                     result[fits[c]] = new InstructionScore((double)(items.Count - wrong.Count) / items.Count) { Wrong = wrong };
                 }
                 break;
+            }
             case "exact_match":
                 foreach (var i in fits)
                 {
@@ -383,19 +394,26 @@ public sealed class TargetLossObjective : IGradientPromptObjective, IInstruction
     (string Text, int Tokens)[] GenerateOn(string instruction, List<Item> items, CancellationToken cancel)
     {
         var ids = InstructionIds(instruction);
-        var result = new (string, int)[items.Count];
-        for (int j = 0; j < items.Count; j++)
+        var local = Local(cancel);
+        // One example at a time (greedy, no padding): the ranks share the examples out and get identical outputs.
+        var outputs = Communicator.Map(items.Count, j =>
         {
-            cancel.ThrowIfCancellationRequested();
+            local.ThrowIfCancellationRequested();
             var x = items[j];
             using var scope = torch.NewDisposeScope();
             var prompt = PromptBuilder.Truncate(_after ? [.. _prefix, .. x.Text, .. ids] : [.. _prefix, .. ids, .. x.Text], _prefix.Length + (_after ? 0 : ids.Length), _maxLength - _maxNewTokens, out _);
             var r = Inference.Generator.Generate(_model, prompt, new Inference.GenerationOptions { MaxNewTokens = _maxNewTokens, EosIds = _stopIds });
             var text = _tok.Decode(r.NewIds, skipSpecialTokens: true);
-            result[j] = ((_firstLine && text.IndexOf('\n') is int nl and >= 0 ? text[..nl] : text).Trim(), r.NewIds.Length);
-        }
-        return result;
+            return new GeneratedOutput((_firstLine && text.IndexOf('\n') is int nl and >= 0 ? text[..nl] : text).Trim(), r.NewIds.Length);
+        });
+        return outputs.Select(o => (o.Text, o.Tokens)).ToArray();
     }
+
+    /// <summary>A generated output as it crosses between ranks (JSON).</summary>
+    sealed record GeneratedOutput(string Text, int Tokens);
+
+    /// <summary>The token a rank may look at inside a collective call: none under MPI (see <see cref="Communicator"/>).</summary>
+    CancellationToken Local(CancellationToken cancel) => Communicator.Size > 1 ? CancellationToken.None : cancel;
 
     /// <summary>The score-set example indices (for objectives built on this one, like the judge).</summary>
     public IReadOnlyList<int> ScoreSetIndices => _scoreSet;

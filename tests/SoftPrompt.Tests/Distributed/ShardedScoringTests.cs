@@ -1,0 +1,61 @@
+using SoftPrompt.Data;
+using SoftPrompt.Distributed;
+using SoftPrompt.Inference;
+using SoftPrompt.Search;
+using SoftPrompt.Tests.Evaluation;
+
+namespace SoftPrompt.Tests.Distributed;
+
+/// <summary>
+/// The search objective's scoring shared out over ranks (here a world of threads, each with its own copy of the
+/// model; under mpirun the MPI tests run the whole search): every rank gets, bit for bit, what one process computes:
+/// instruction scores by accuracy, exact match and loss, the examples each got wrong, generated outputs, and the
+/// held-out pick's accuracy and loss.
+/// </summary>
+public class ShardedScoringTests
+{
+    static readonly string[] Instructions = { "", "Answer yes or no.", "the review:", "Is the movie good?" };
+
+    sealed record Scored(double[] Scores, string[] Wrong, double?[] MeanTokens, string[] Outputs, double? SelectAccuracy, double? SelectLoss);
+
+    static Scored ScoreAll(string train, string heldOut, string objective, ICommunicator comm)
+    {
+        using var lm = LanguageModel.Load(SearchFixture.ModelDir);
+        var tok = lm.RequireTokenizer();
+        var search = DatasetReader.Read(train, new DataOptions()).Examples;
+        var held = DatasetReader.Read(heldOut, new DataOptions()).Examples;
+        var o = new HardPromptSearchOptions { Strategy = SearchStrategy.Opro, Objective = objective, ScoreExamples = 7, MaxNewTokens = 3, SelectBy = "accuracy", Seed = 4, OptimizerEndpoint = "http://127.0.0.1:9/v1", OptimizerModel = "unused" };
+        var obj = new TargetLossObjective(lm.Model, tok, search, held, o) { Communicator = comm };
+        var lossObj = new TargetLossObjective(lm.Model, tok, search, held, o with { SelectBy = "loss" }) { Communicator = comm };
+        var scores = obj.ScoreInstructions(Instructions);
+        var outputs = obj.GenerateOutputs(Instructions[1], obj.ScoreSetIndices).Concat(obj.GenerateHeldOut(Instructions[3])).Select(x => $"{x.Text}|{x.Tokens}").ToArray();
+        return new Scored(scores.Select(s => s.Score).ToArray(), scores.Select(s => string.Join(",", s.Wrong ?? Array.Empty<int>())).ToArray(),
+            scores.Select(s => s.MeanOutputTokens).ToArray(), outputs, ((IInstructionObjective)obj).SelectInstruction(Instructions[1]), ((IInstructionObjective)lossObj).SelectInstruction(Instructions[2]));
+    }
+
+    [Theory]
+    [InlineData("accuracy")]
+    [InlineData("exact_match")]
+    [InlineData("loss")]
+    public void TwoRanksScoreExactlyAsOneProcess(string objective)
+    {
+        using var tmp = new Fixtures.TempDir();
+        var train = SearchFixture.WriteTask(tmp["train.jsonl"], 11, 6); // 7 of 11 in the score set: shares of 4 and 3
+        var heldOut = SearchFixture.WriteTask(tmp["held.jsonl"], 5, 9);
+        var one = ScoreAll(train, heldOut, objective, SingleProcess.Instance);
+        // What is compared is not trivial: real scores, real outputs, examples both right and wrong.
+        Assert.DoesNotContain(one.Scores, double.IsNaN);
+        Assert.Contains(one.Outputs, x => !x.StartsWith('|'));
+        if (objective != "loss") Assert.Contains(one.Scores, s => s is > 0 and < 1 || one.Wrong.Any(w => w.Length > 0));
+        var ranks = ThreadWorld.OnEveryRank(2, c => ScoreAll(train, heldOut, objective, c), TimeSpan.FromSeconds(120));
+        foreach (var r in ranks)
+        {
+            Assert.Equal(one.Scores, r.Scores);
+            Assert.Equal(one.Wrong, r.Wrong);
+            Assert.Equal(one.MeanTokens, r.MeanTokens);
+            Assert.Equal(one.Outputs, r.Outputs);
+            Assert.Equal(one.SelectAccuracy, r.SelectAccuracy);
+            Assert.Equal(one.SelectLoss, r.SelectLoss);
+        }
+    }
+}
