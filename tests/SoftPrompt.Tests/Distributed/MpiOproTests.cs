@@ -1,0 +1,170 @@
+using System.Diagnostics;
+using System.Text.Json.Nodes;
+using System.Text.RegularExpressions;
+using SoftPrompt.Llm;
+using SoftPrompt.Search;
+using SoftPrompt.Tests.Cli;
+using SoftPrompt.Tests.Evaluation;
+using SoftPrompt.Tests.Opro;
+
+namespace SoftPrompt.Tests.Distributed;
+
+/// <summary>
+/// OPRO under mpirun: rank 0 alone calls the optimizer and the judge (a scripted server on loopback gets the very
+/// requests one process sends), the ranks share the frozen model's scoring, and the run folder is the one-process run's;
+/// a service failure ends every rank with its exit code, said once; SIGTERM saves the trajectory for --resume.
+/// </summary>
+[Collection("Console")]
+public class MpiOproTests
+{
+    static readonly TimeSpan Limit = TimeSpan.FromSeconds(150);
+    static bool IsJudge(RecordedRequest r) => r.Body["messages"]![0]!["content"]!.ToString() == Judge.System;
+
+    /// <summary>Scripted by content, never by arrival order: the optimizer's reply follows from its meta-prompt, the
+    /// judge's rating from the output it is shown.</summary>
+    static FakeReply Script(RecordedRequest r)
+    {
+        int h = Stable(r.UserText);
+        if (IsJudge(r)) return FakeReply.Chat($"Fine.\nScore: {1 + h % 10}");
+        return FakeReply.Chat($"<INS>Say yes or no about the review, variant {h % 1000} (seed {r.Body["seed"]}).</INS>");
+    }
+
+    static int Stable(string s)
+    {
+        unchecked
+        {
+            int h = 17;
+            foreach (var ch in s) h = h * 31 + ch;
+            return h & 0x7fffffff;
+        }
+    }
+
+    static string[] Args(string train, string output, FakeOpenAiServer server, string objective, params string[] extra)
+    {
+        var args = new List<string>
+        {
+            "search-hard-prompt", "--strategy", "opro", "--model", SearchFixture.ModelDir, "--train", train, "--output", output,
+            "--optimizer-endpoint", server.Endpoint, "--optimizer-model", "opt", "--objective", objective, "--validation-split", "0.25",
+            "--steps", "2", "--candidates-per-step", "2", "--score-examples", "9", "--max-new-tokens", "3", "--parallel", "1",
+            "--seed", "5", "--threads", "1", "--ape-proposals", "0",
+        };
+        if (objective == "judge") args.AddRange(new[] { "--judge-model", "judge", "--rubric", Path.Combine(Path.GetDirectoryName(train)!, "rubric.txt") });
+        for (int i = 0; i < extra.Length; i += 2)
+        {
+            int at = args.IndexOf(extra[i]);
+            if (at >= 0) args.RemoveRange(at, 2);
+            args.AddRange(extra.Skip(i).Take(2));
+        }
+        return args.ToArray();
+    }
+
+    static IEnumerable<string> Rows(string run) => File.ReadAllLines(Path.Combine(run, HardPromptSearchJob.LogFile))
+        .Select(l => { var o = JsonNode.Parse(l)!.AsObject(); o.Remove("elapsed_s"); return o.ToJsonString(); });
+
+    static JsonObject Json(string path) => JsonNode.Parse(File.ReadAllText(path))!.AsObject();
+
+    static string Without(JsonObject o, params string[] keys)
+    {
+        foreach (var k in keys) o.Remove(k);
+        return o.ToJsonString();
+    }
+
+    [MpiTheory]
+    [InlineData("accuracy")]
+    [InlineData("judge")]
+    public async Task OproOnTwoRanksIsTheOneProcessRunWithTheSameCalls(string objective)
+    {
+        using var tmp = new Fixtures.TempDir();
+        var train = SearchFixture.WriteTask(tmp["train.jsonl"], 24, 8);
+        File.WriteAllText(tmp["rubric.txt"], "The answer is one word.\n");
+        await using var one = FakeOpenAiServer.Start();
+        await using var two = FakeOpenAiServer.Start();
+        one.Handler = Script;
+        two.Handler = Script;
+
+        var (rc1, out1, err1) = CliRunner.Run(Args(train, tmp["one"], one, objective));
+        Assert.True(rc1 == 0, err1 + out1);
+        var (rc2, out2, err2) = Mpi.Run(2, Limit, Args(train, tmp["two"], two, objective));
+        Assert.True(rc2 == 0, err2 + out2);
+
+        // The optimizer (and the judge) were called once per job: the same requests, in the same order.
+        Assert.NotEmpty(one.Requests);
+        Assert.Equal(one.Requests.Select(r => r.Body.ToJsonString()), two.Requests.Select(r => r.Body.ToJsonString()));
+        if (objective == "judge") Assert.Contains(two.Requests, IsJudge);
+
+        // The same run folder: log, trajectory, result and summary (timings aside), the judge's cache.
+        Assert.Equal(Rows(tmp["one"]), Rows(tmp["two"]));
+        Assert.Equal(File.ReadAllText(tmp["one/hard_prompt.json"]).Replace(one.Endpoint, "ENDPOINT"), File.ReadAllText(tmp["two/hard_prompt.json"]).Replace(two.Endpoint, "ENDPOINT"));
+        Assert.Equal(Without(Json(tmp["one/" + OproTrajectory.FileName]), "wall_seconds"), Without(Json(tmp["two/" + OproTrajectory.FileName]), "wall_seconds"));
+        Assert.Equal(Without(Json(tmp["one/summary.json"]), "wall_s"), Without(Json(tmp["two/summary.json"]), "wall_s"));
+        if (objective == "judge") Assert.Equal(File.ReadAllText(tmp["one/" + VerdictCache.FileName]), File.ReadAllText(tmp["two/" + VerdictCache.FileName]));
+        var traj = OproTrajectory.Load(tmp["two/" + OproTrajectory.FileName]);
+        Assert.Equal(2, traj.Step);
+        Assert.True(traj.Entries.Count >= 3, "the zero-shot instruction and candidates were scored");
+
+        // Rank 0 alone reported.
+        Assert.Single(Regex.Matches(out2, "^hard prompt: ", RegexOptions.Multiline));
+        Assert.Contains("2 ranks", err2 + out2);
+    }
+
+    [MpiFact]
+    public async Task AnOptimizerFailureEndsEveryRankWithItsExitCodeSaidOnce()
+    {
+        using var tmp = new Fixtures.TempDir();
+        var train = SearchFixture.WriteTask(tmp["train.jsonl"], 16, 3);
+        await using var server = FakeOpenAiServer.Start();
+        server.Handler = _ => FakeReply.Error(401, "invalid api key");
+        var sw = Stopwatch.StartNew();
+        var (rc, so, se) = Mpi.Run(2, Limit, Args(train, tmp["run"], server, "accuracy", "--max-retries", "0", "--ape-proposals", "2"));
+        Assert.True(rc == 4, $"exit {rc}: {se}{so}"); // the key refused: the exit code one process gives (docs/opro.md)
+        Assert.Single(Regex.Matches(se, "^error: ", RegexOptions.Multiline));
+        Assert.Contains("401", se);
+        Assert.DoesNotContain("MPI_Abort", se + so);
+        Assert.DoesNotContain("   at ", se);
+        Assert.Single(server.Requests); // rank 0 alone called
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)] static extern int kill(int pid, int sig);
+
+    [MpiFact]
+    public async Task SigtermToMpirunSavesTheTrajectoryAndTheRunResumesWithoutMpi()
+    {
+        using var tmp = new Fixtures.TempDir();
+        var train = SearchFixture.WriteTask(tmp["train.jsonl"], 16, 4);
+        await using var server = FakeOpenAiServer.Start();
+        server.Handler = r => { Thread.Sleep(150); return Script(r); };
+        var run = tmp["run"];
+        using var p = Mpi.Start(2, Args(train, run, server, "accuracy", "--steps", "1000"));
+        var so = p.StandardOutput.ReadToEndAsync();
+        var se = p.StandardError.ReadToEndAsync();
+        var trajectory = Path.Combine(run, OproTrajectory.FileName);
+        var wait = Stopwatch.StartNew();
+        while (wait.Elapsed < TimeSpan.FromSeconds(120) && !p.HasExited)
+        {
+            try { if (File.Exists(trajectory) && OproTrajectory.Load(trajectory).Step >= 2) break; }
+            catch (SoftPromptException) { }
+            catch (IOException) { }
+            Thread.Sleep(100);
+        }
+        if (p.HasExited) throw new Xunit.Sdk.XunitException("the search ended before the signal: " + se.Result);
+        Assert.Equal(0, kill(p.Id, 15));
+        bool ended = p.WaitForExit(TimeSpan.FromSeconds(60));
+        if (!ended) { p.Kill(true); p.WaitForExit(); }
+        Assert.True(ended, "mpirun did not end within 60 s of SIGTERM: " + se.Result);
+        p.WaitForExit();
+        Assert.NotEqual(0, p.ExitCode);
+        var m = Regex.Match(se.Result, @"interrupted at step (\d+);.*continue with: softprompt search-hard-prompt --resume (\S+)");
+        Assert.True(m.Success, se.Result + so.Result);
+        Assert.Single(Regex.Matches(se.Result, "interrupted at step")); // rank 0 alone
+        Assert.Equal(run, m.Groups[2].Value);
+        int saved = OproTrajectory.Load(trajectory).Step;
+        Assert.Equal(int.Parse(m.Groups[1].Value), saved);
+
+        // Without MPI, one step more: the run goes on from the saved step.
+        int before = server.Requests.Count;
+        var (rc, o1, e1) = CliRunner.Run("search-hard-prompt", "--resume", run, "--steps", (saved + 1).ToString());
+        Assert.True(rc == 0, e1 + o1);
+        Assert.Equal(saved + 1, OproTrajectory.Load(trajectory).Step);
+        Assert.Equal(before + 2, server.Requests.Count); // one step's two proposals, nothing redone
+    }
+}
