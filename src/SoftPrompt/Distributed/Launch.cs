@@ -53,5 +53,5 @@ public static class Launch
 
     /// <summary>The one-line banner rank 0 prints: world size, ranks per host, device and threads per rank.</summary>
     public static string Banner(ICommunicator c, string device, int threads) =>
-        $"distributed: {c.Size} ranks (MPI), {c.LocalSize} on this host; rank 0 on {device}, {threads} thread{(threads == 1 ? "" : "s")} per rank; rank 0 writes the run folder";
+        $"distributed: {c.Size} ranks ({(c is MpiCommunicator m ? m.Flavor : "MPI")}), {c.LocalSize} on this host; rank 0 on {device}, {threads} thread{(threads == 1 ? "" : "s")} per rank; rank 0 writes the run folder";
 }

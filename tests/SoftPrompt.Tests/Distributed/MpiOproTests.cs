@@ -72,7 +72,9 @@ public class MpiOproTests
     [MpiTheory]
     [InlineData("accuracy")]
     [InlineData("judge")]
-    public async Task OproOnTwoRanksIsTheOneProcessRunWithTheSameCalls(string objective)
+    public Task OproOnTwoRanksIsTheOneProcessRunWithTheSameCalls(string objective) => OproOnTwoRanks(objective, hydra: false);
+
+    internal static async Task OproOnTwoRanks(string objective, bool hydra)
     {
         using var tmp = new Fixtures.TempDir();
         var train = SearchFixture.WriteTask(tmp["train.jsonl"], 24, 8);
@@ -84,7 +86,7 @@ public class MpiOproTests
 
         var (rc1, out1, err1) = CliRunner.Run(Args(train, tmp["one"], one, objective));
         Assert.True(rc1 == 0, err1 + out1);
-        var (rc2, out2, err2) = Mpi.Run(2, Limit, Args(train, tmp["two"], two, objective));
+        var (rc2, out2, err2) = Mpi.Run(hydra, 2, Limit, Args(train, tmp["two"], two, objective));
         Assert.True(rc2 == 0, err2 + out2);
 
         // The optimizer (and the judge) were called once per job: the same requests, in the same order.
