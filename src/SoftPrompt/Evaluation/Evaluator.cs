@@ -191,7 +191,8 @@ public static class Evaluator
                 Action<int> done = units => progress?.Report(new EvalProgress(c.Name, index, conditions.Count, units, 2 * n, n));
                 var result = EvaluateCondition(c, examples, o, lm, tok, ct, padId, notes, done, run.Comm);
                 results.Add(c.AdapterDir is null ? result : result with { AdapterPath = c.AdapterDir, AdapterSettings = AdapterSettings(c.AdapterDir) });
-                if (judge is not null) AddJudgeScore(results[^1], judge, Llm.Judge.ReadRubric(o.Rubric!), judgeCache, notes);
+                // Rank 0 judges (the other ranks wait at this point): a judge failure ends every rank with its exit code.
+                if (o.Rubric is not null) run.Comm.OnRoot(() => { AddJudgeScore(results[^1], judge!, Llm.Judge.ReadRubric(o.Rubric!), judgeCache, notes); return true; });
             }
             double? prior = ct is null ? null : ClassificationMetrics.MajorityClassAccuracy(examples.Select(ct.Gold).ToList());
             return new EvalResult(task, reason, ct?.Labels, prior, Path.GetFullPath(o.Model!), Path.GetFullPath(o.Data!), DateTimeOffset.Now, results, notes.Distinct().ToList())

@@ -109,6 +109,29 @@ public class MpiOproTests
         Assert.Contains("2 ranks", err2 + out2);
     }
 
+    /// <summary>The tiny model as its own optimizer (no network): rank 0 alone generates the proposals; exact match is
+    /// scored by generation shared over the ranks.</summary>
+    [MpiFact]
+    public void OfflineOproOnTwoRanksIsTheOneProcessRun()
+    {
+        using var tmp = new Fixtures.TempDir();
+        var train = SearchFixture.WriteTask(tmp["train.jsonl"], 20, 5);
+        string[] Args(string output) => new[]
+        {
+            "search-hard-prompt", "--strategy", "opro", "--model", SearchFixture.ModelDir, "--train", train, "--output", output,
+            "--optimizer-model-dir", SearchFixture.ModelDir, "--objective", "exact_match", "--steps", "2", "--candidates-per-step", "2",
+            "--score-examples", "7", "--max-new-tokens", "2", "--optimizer-max-tokens", "12", "--seed", "2", "--threads", "1",
+        };
+        var (rc1, out1, err1) = CliRunner.Run(Args(tmp["one"]));
+        Assert.True(rc1 == 0, err1 + out1);
+        var (rc2, out2, err2) = Mpi.Run(2, Limit, Args(tmp["two"]));
+        Assert.True(rc2 == 0, err2 + out2);
+        Assert.Equal(Rows(tmp["one"]), Rows(tmp["two"]));
+        Assert.Equal(File.ReadAllText(tmp["one/hard_prompt.json"]), File.ReadAllText(tmp["two/hard_prompt.json"]));
+        Assert.Equal(Without(Json(tmp["one/" + OproTrajectory.FileName]), "wall_seconds"), Without(Json(tmp["two/" + OproTrajectory.FileName]), "wall_seconds"));
+        Assert.True(OproTrajectory.Load(tmp["two/" + OproTrajectory.FileName]).OptimizerCalls >= 2);
+    }
+
     [MpiFact]
     public async Task AnOptimizerFailureEndsEveryRankWithItsExitCodeSaidOnce()
     {
@@ -124,6 +147,44 @@ public class MpiOproTests
         Assert.DoesNotContain("MPI_Abort", se + so);
         Assert.DoesNotContain("   at ", se);
         Assert.Single(server.Requests); // rank 0 alone called
+    }
+
+    [MpiFact]
+    public async Task EvalWithAJudgeOnTwoRanksJudgesOnceAndAJudgeFailureEndsEveryRankWithItsCode()
+    {
+        using var tmp = new Fixtures.TempDir();
+        var data = SearchFixture.WriteTask(tmp["data.jsonl"], 9, 8);
+        File.WriteAllText(tmp["rubric.txt"], "Short answers are best.");
+        await using var one = FakeOpenAiServer.Start();
+        await using var two = FakeOpenAiServer.Start();
+        one.Handler = Script;
+        two.Handler = Script;
+        string[] EvalArgs(string report, FakeOpenAiServer server) => new[] { "eval", "--model", SearchFixture.ModelDir, "--data", data, "--task", "generation",
+            "--max-new-tokens", "3", "--instruction", "Answer yes or no.", "--rubric", tmp["rubric.txt"], "--judge-endpoint", server.Endpoint, "--judge-model", "judge",
+            "--output", report, "--threads", "1" };
+        var (rc1, out1, err1) = CliRunner.Run(EvalArgs(tmp["one"], one));
+        Assert.True(rc1 == 0, err1 + out1);
+        var (rc2, out2, err2) = Mpi.Run(2, Limit, EvalArgs(tmp["two"], two));
+        Assert.True(rc2 == 0, err2 + out2);
+        Assert.NotEmpty(one.Requests);
+        Assert.Equal(one.Requests.Select(r => r.Body.ToJsonString()).Order(), two.Requests.Select(r => r.Body.ToJsonString()).Order()); // judged once per job
+        string Metrics(string dir, FakeOpenAiServer server)
+        {
+            var o = Json(Path.Combine(dir, "metrics.json"));
+            o.Remove("created");
+            return o.ToJsonString().Replace(JsonValue.Create(dir).ToJsonString().Trim('"'), "REPORT").Replace(server.Endpoint, "ENDPOINT");
+        }
+        Assert.Equal(Metrics(tmp["one"], one), Metrics(tmp["two"], two));
+        Assert.Contains("judge_score", Metrics(tmp["two"], two));
+
+        // The judge's endpoint fails: every rank ends with the code one process gives, said once, no MPI_Abort.
+        two.Handler = _ => FakeReply.Error(403, "forbidden");
+        var (rc, so, se) = Mpi.Run(2, Limit, EvalArgs(tmp["three"], two));
+        var (rcOne, _, seOne) = CliRunner.Run(EvalArgs(tmp["four"], two));
+        Assert.True(rcOne != 0, seOne);
+        Assert.True(rc == rcOne, $"exit {rc} under MPI, {rcOne} in one process: {se}{so}");
+        Assert.Single(Regex.Matches(se, "^error: ", RegexOptions.Multiline));
+        Assert.DoesNotContain("MPI_Abort", se + so);
     }
 
     [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)] static extern int kill(int pid, int sig);
