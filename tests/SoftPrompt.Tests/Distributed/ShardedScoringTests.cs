@@ -34,10 +34,12 @@ public class ShardedScoringTests
     }
 
     [Theory]
-    [InlineData("accuracy")]
-    [InlineData("exact_match")]
-    [InlineData("loss")]
-    public void TwoRanksScoreExactlyAsOneProcess(string objective)
+    [InlineData("accuracy", 2)]
+    [InlineData("exact_match", 2)]
+    [InlineData("loss", 2)]
+    [InlineData("accuracy", 3)]    // shares of unequal size
+    [InlineData("exact_match", 6)] // more ranks than held-out examples: some ranks have none
+    public void RanksScoreExactlyAsOneProcess(string objective, int size)
     {
         using var tmp = new Fixtures.TempDir();
         var train = SearchFixture.WriteTask(tmp["train.jsonl"], 11, 6); // 7 of 11 in the score set: shares of 4 and 3
@@ -47,7 +49,7 @@ public class ShardedScoringTests
         Assert.DoesNotContain(one.Scores, double.IsNaN);
         Assert.Contains(one.Outputs, x => !x.StartsWith('|'));
         if (objective != "loss") Assert.Contains(one.Scores, s => s is > 0 and < 1 || one.Wrong.Any(w => w.Length > 0));
-        var ranks = ThreadWorld.OnEveryRank(2, c => ScoreAll(train, heldOut, objective, c), TimeSpan.FromSeconds(120));
+        var ranks = ThreadWorld.OnEveryRank(size, c => ScoreAll(train, heldOut, objective, c), TimeSpan.FromSeconds(120));
         foreach (var r in ranks)
         {
             Assert.Equal(one.Scores, r.Scores);
