@@ -1,5 +1,6 @@
 using System.CommandLine.Parsing;
 using System.CommandLine;
+using SoftPrompt.Distributed;
 using System.Text.Encodings.Web;
 using System.Text.Json;
 using System.Text.RegularExpressions;
@@ -78,9 +79,14 @@ public static class Cli
     {
         if (args.Length == 0) { root.Parse("--help").Invoke(); return 0; } // bare `softprompt`: the help text
         var parse = root.Parse(args);
-        if (parse.Errors.Count > 0) return UsageFail(parse);
         try
         {
+            if (parse.Errors.Count > 0)
+            {
+                // Under mpirun every rank parses the same command line: the ranks agree on the error, said once.
+                if (DistributedRun.Launched(parse)) DistributedRun.Open(parse).Agree(() => throw new UsageException(UsageMessage(parse)));
+                return UsageFail(parse);
+            }
             return parse.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
         }
         catch (Exception e) { return DistributedRun.Fail(e, Fail) ?? Fail(e); }
@@ -94,11 +100,19 @@ public static class Cli
     /// </summary>
     static int UsageFail(ParseResult parse)
     {
-        var messages = parse.Errors.Select(e => Friendly(Regex.Replace(e.Message.Trim(), @"\s*\n\s*", " "))).Distinct().ToList();
-        if (messages.Count > 1) messages.RemoveAll(m => m.StartsWith("Required command was not provided", StringComparison.Ordinal));
-        Console.Error.WriteLine($"error: {string.Join(" ", messages)}{Suggestions(parse)} (see '{CommandPath(parse)} --help')");
+        Console.Error.WriteLine($"error: {UsageMessage(parse)}");
         return UsageError;
     }
+
+    static string UsageMessage(ParseResult parse)
+    {
+        var messages = parse.Errors.Select(e => Friendly(Regex.Replace(e.Message.Trim(), @"\s*\n\s*", " "))).Distinct().ToList();
+        if (messages.Count > 1) messages.RemoveAll(m => m.StartsWith("Required command was not provided", StringComparison.Ordinal));
+        return $"{string.Join(" ", messages)}{Suggestions(parse)} (see '{CommandPath(parse)} --help')";
+    }
+
+    /// <summary>A usage error (bad option, unknown command, wrong value type) met under MPI, where the ranks agree on it.</summary>
+    sealed class UsageException(string message) : SoftPromptException(message);
 
     /// <summary>System.CommandLine's own typo corrections (edit distance over the command's options and subcommands),
     /// captured from its parse-error action and put on one line: " Did you mean --steps?".</summary>

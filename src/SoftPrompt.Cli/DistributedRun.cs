@@ -20,8 +20,26 @@ public static class DistributedRun
 
     static ICommunicator? _current;
 
+    /// <summary>The commands that run as MPI ranks.</summary>
+    static readonly string[] Commands = { "train", "eval", "search-hard-prompt" };
+
     /// <summary>The communicator of train, eval and search-hard-prompt (single-process outside MPI).</summary>
     public static ICommunicator Open(ParseResult pr) => _current ??= Launch.Communicator(pr.GetValue(Option) ?? "auto");
+
+    /// <summary>True when <paramref name="pr"/> (even one with errors) is one of the distributed commands launched as
+    /// several ranks, so that its ranks can agree on an error.</summary>
+    public static bool Launched(ParseResult pr)
+    {
+        if (!Commands.Contains(pr.CommandResult.Command.Name) || (Launch.WorldSizeFromEnvironment() ?? 1) <= 1) return false;
+        try { return Mode(pr) != "none" && Launch.Modes.Contains(Mode(pr)); }
+        catch (InvalidOperationException) { return false; }
+    }
+
+    static string Mode(ParseResult pr)
+    {
+        var mode = pr.GetValue(Option) ?? "auto";
+        return mode == "auto" && Environment.GetEnvironmentVariable("SOFTPROMPT_DISTRIBUTED") is { Length: > 0 } env ? env : mode;
+    }
 
     /// <summary>True on the rank that prints results and writes files (every process outside MPI).</summary>
     public static bool IsWriter => _current is null || _current.IsWriter;

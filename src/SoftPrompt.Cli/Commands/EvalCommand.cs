@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Reflection;
+using SoftPrompt.Distributed;
 using SoftPrompt.Evaluation;
 using SoftPrompt.IO;
 
@@ -18,14 +19,19 @@ public static class EvalCommand
         var options = new RecordOptions<EvalOptions>(cmd);
         cmd.SetAction(pr =>
         {
-            var o = options.BindWithAdapterDefaults(pr, x => x.Prompt, text => ConsoleProgress.Info(Cli.VerbosityOf(pr), text));
-            o = o with { Prompt = o.Prompt.Select(SoftPrompt.Tuning.Adapter.ResolveDir).ToArray(), CheckFinite = Cli.CheckFinite(pr) }; // a run folder stands for its adapter/
-            o.Validate();
-            // One writer per report folder for the whole evaluation; the lock also proves the place writable before
-            // the model is loaded.
-            // Under MPI rank 0 alone takes the lock and writes the report; every rank evaluates its share of the examples.
+            // Under MPI the options are read and checked by every rank, agreed on: a bad one is said once, by rank 0.
             var comm = DistributedRun.Open(pr);
-            using var reportLock = comm.IsWriter ? RunLock.AcquireSibling(o.Output!) : null;
+            var o = comm.Agree(() =>
+            {
+                var o = options.BindWithAdapterDefaults(pr, x => x.Prompt, text => { if (comm.IsWriter) ConsoleProgress.Info(Cli.VerbosityOf(pr), text); });
+                o = o with { Prompt = o.Prompt.Select(SoftPrompt.Tuning.Adapter.ResolveDir).ToArray(), CheckFinite = Cli.CheckFinite(pr) }; // a run folder stands for its adapter/
+                o.Validate();
+                return o;
+            });
+            // One writer per report folder for the whole evaluation; the lock also proves the place writable before
+            // the model is loaded. Under MPI rank 0 alone takes the lock and writes the report; every rank evaluates its
+            // share of the examples.
+            using var reportLock = comm.Agree(() => comm.IsWriter ? RunLock.AcquireSibling(o.Output!) : null);
             var result = ConsoleProgress.Run(Cli.VerbosityOf(pr), p => Evaluator.Run(o, msg => (msg.StartsWith("warning") ? (Action<string>)p.Important : p.Message)(msg), new EvalProgressLines(p), comm));
             if (!comm.IsWriter) return 0;
             var path = EvalReport.Write(result, o.Output!, o.Run);

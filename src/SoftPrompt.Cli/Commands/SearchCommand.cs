@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Globalization;
 using System.Reflection;
+using SoftPrompt.Distributed;
 using SoftPrompt.IO;
 using SoftPrompt.Search;
 using SoftPrompt.Tuning;
@@ -22,16 +23,18 @@ public static class SearchCommand
         cmd.SetAction((pr, cancel) =>
         {
             var resumeDir = pr.GetValue(resume);
-            var o = options.Bind(pr, resumeDir is not null ? ResumeOptions(resumeDir) : null);
+            // Under MPI the options are read and checked by every rank, agreed on: a bad one is said once, by rank 0.
+            var comm = DistributedRun.Open(pr);
+            var o = comm.Agree(() => options.Bind(pr, resumeDir is not null ? ResumeOptions(resumeDir) : null));
             if (resumeDir is not null) o = o with { Output = resumeDir };
             o = o with { CheckFinite = Cli.CheckFinite(pr) };
             if (o.DryRun)
             {
                 // Nothing is called and no folder is written: the bounds for these settings, on stdout.
-                foreach (var line in OproCost.Estimate(o).Lines()) Console.WriteLine(line);
+                var lines = comm.Agree(() => OproCost.Estimate(o).Lines().ToList());
+                if (comm.IsWriter) foreach (var line in lines) Console.WriteLine(line);
                 return Task.FromResult(0);
             }
-            var comm = DistributedRun.Open(pr);
             using var interruption = new Interruption(cancel, announce: comm.IsWriter);
             // Under MPI the searches look at the stop request between steps, every rank at once.
             var result = ConsoleProgress.Run(Cli.VerbosityOf(pr), p => { var r = new SearchReporter(p); return HardPromptSearchJob.Run(o, r, r.Message, interruption.Token, resume: resumeDir is not null, comm: comm); });

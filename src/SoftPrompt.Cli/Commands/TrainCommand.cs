@@ -1,4 +1,5 @@
 using System.CommandLine;
+using SoftPrompt.Distributed;
 using SoftPrompt.Training;
 
 namespace SoftPrompt.Cli.Commands;
@@ -17,10 +18,11 @@ public static class TrainCommand
         cmd.SetAction((pr, cancel) =>
         {
             var resumeDir = pr.GetValue(resume);
-            var o = options.Bind(pr, resumeDir is not null ? TrainingJob.ResumeOptions(resumeDir) : null);
+            // Under MPI the options are read and checked by every rank, agreed on: a bad one is said once, by rank 0.
+            var comm = DistributedRun.Open(pr);
+            var o = comm.Agree(() => options.Bind(pr, resumeDir is not null ? TrainingJob.ResumeOptions(resumeDir) : null));
             if (resumeDir is not null) o = o with { Output = resumeDir };
             o = o with { CheckFinite = Cli.CheckFinite(pr) };
-            var comm = DistributedRun.Open(pr);
             using var interruption = new Interruption(cancel, announce: comm.IsWriter);
             var result = ConsoleProgress.Run(Cli.VerbosityOf(pr), p => TrainingJob.Run(o, new TrainProgress(p, o.LogEvery), resume: resumeDir is not null, interruption.Token, comm));
             if (!comm.IsWriter) return Task.FromResult(result.StopReason == "cancelled" ? interruption.ExitCode : 0); // rank 0 reports

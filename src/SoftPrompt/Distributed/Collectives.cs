@@ -154,6 +154,47 @@ public static class Collectives
 
     sealed record RootReply<T>(bool Ok, T? Value, string? Error);
 
+    /// <summary>
+    /// A step every rank takes that makes no collective call itself (validating options, reading data, loading the
+    /// model): its outcome is agreed on, so that a failure ends the job cleanly, said once, instead of each failing rank
+    /// aborting it on its own. When the step fails on some rank, every rank learns so here (one all-reduce of a flag
+    /// when nothing failed; the failures' messages gathered when something did). If rank 0 failed and every rank that
+    /// failed met its very error (a bad option, a missing file: every rank meets it), rank 0 reports its own error, with
+    /// its exit code, and the others follow silently; otherwise rank 0 reports which ranks failed and how
+    /// (<see cref="RanksDisagreeException"/>, exit 2). In one process the step runs as it is.
+    /// </summary>
+    public static T Agree<T>(this ICommunicator c, Func<T> step)
+    {
+        if (c.Size == 1) return step();
+        T value = default!;
+        Exception? mine = null;
+        try { value = step(); }
+        catch (Exception e) { mine = e; }
+        if (!c.Any(mine is not null)) return value;
+        var said = c.AllGather(Encoding.UTF8.GetBytes(mine is null ? "" : Describe(mine))).Select(Encoding.UTF8.GetString).ToArray();
+        var failed = Enumerable.Range(0, c.Size).Where(r => said[r].Length > 0).ToList();
+        if (failed[0] == 0 && failed.All(r => said[r] == said[0]))
+        {
+            if (mine is null) throw new RootFailedException($"rank 0 failed ({said[0]}); it reports the error.");
+            mine.Data[AllRanksKey] = true;
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(mine);
+        }
+        var groups = failed.GroupBy(r => said[r]).Select(g => $"rank{(g.Count() == 1 ? "" : "s")} {string.Join(", ", g)} of {c.Size} failed: {g.Key}");
+        throw new RanksDisagreeException(string.Join("; ", groups));
+    }
+
+    /// <summary>A step without a result, agreed on as <see cref="Agree{T}"/>.</summary>
+    public static void Agree(this ICommunicator c, Action step) => c.Agree(() => { step(); return true; });
+
+    /// <summary>An error as one line for another rank to report: the message of the errors a user can act on, the type
+    /// too for anything else.</summary>
+    static string Describe(Exception e)
+    {
+        var inner = e is AggregateException { InnerExceptions.Count: 1 } ae ? ae.InnerException! : e;
+        var text = inner is SoftPromptException or IOException or UnauthorizedAccessException ? inner.Message : $"{inner.GetType().Name}: {inner.Message}";
+        return text.Length == 0 ? inner.GetType().Name : text;
+    }
+
     /// <summary>Rank 0's string on every rank.</summary>
     public static string Broadcast(this ICommunicator c, string value)
     {

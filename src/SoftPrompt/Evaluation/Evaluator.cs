@@ -85,13 +85,25 @@ public static class Evaluator
     /// result (rank 0 writes the report).</summary>
     public static EvalResult Run(EvalOptions o, Action<string>? log = null, IProgress<EvalProgress>? progress = null, ICommunicator? comm = null)
     {
-        o.Validate();
         var run = new RunScaffold(comm, log);
         log = run.Message;
         if (!run.IsWriter) progress = null;
+        run.Agree(() => o.Validate());
         var dataOptions = o.DataOptions();
 
-        // Data and every named file first: bad input must stop before the model is loaded.
+        // Data and every named file first: bad input must stop before the model is loaded (every rank, said once).
+        var (all, examples, instructions, shots, searched, task, reason) = run.Agree(() => ReadInputs(o, run, dataOptions));
+        var judgeMeter = new Llm.CallMeter { MaxCalls = o.MaxCalls };
+        // The judge rates rank 0's gathered answers: the other ranks have no judge and no verdict cache.
+        using var judge = o.Rubric is null ? null : run.Agree(() => run.IsWriter ? JudgeClient(o, judgeMeter) : null);
+        var judgeCache = judge is null ? null
+            : new Llm.VerdictCache($"{o.JudgeProvider}:{o.JudgeModel}", o.JudgeCache ?? Path.Combine(o.Output!, Llm.VerdictCache.FileName));
+        return Evaluate(o, log, progress, run, dataOptions, all, examples, instructions, shots, searched, task, reason, judge, judgeCache);
+    }
+
+    static (IReadOnlyList<Example> All, List<Example> Examples, List<string> Instructions, IReadOnlyList<Example>? Shots, List<(string Path, HardPrompt Prompt)> Searched, TaskKind Task, string Reason)
+        ReadInputs(EvalOptions o, RunScaffold run, DataOptions dataOptions)
+    {
         // --max-examples takes a seeded sample (files are often sorted by label), kept in file order; the label set and
         // the task kind are still decided on the whole file.
         var all = run.ReadData(dataOptions, o.Data!, null, 0, o.Seed).Train;
@@ -120,65 +132,75 @@ public static class Evaluator
 
         if (task == TaskKind.Classification && o.Labels is not null) ClassificationTask.CheckLabels(all, dataOptions, o.Labels, o.Data!); // before the model load
         if (o.Rubric is not null && task != TaskKind.Generation) throw new SoftPromptException("--rubric (the judge metric) applies to generation tasks; this evaluation is classification.");
-        var judgeMeter = new Llm.CallMeter { MaxCalls = o.MaxCalls };
-        // The judge rates rank 0's gathered answers: the other ranks have no judge and no verdict cache.
-        using var judge = o.Rubric is null || !run.IsWriter ? null : JudgeClient(o, judgeMeter);
-        var judgeCache = judge is null ? null
-            : new Llm.VerdictCache($"{o.JudgeProvider}:{o.JudgeModel}", o.JudgeCache ?? Path.Combine(o.Output!, Llm.VerdictCache.FileName));
+        return (all, examples, instructions, shots, searched, task, reason);
+    }
+
+    static EvalResult Evaluate(EvalOptions o, Action<string>? log, IProgress<EvalProgress>? progress, RunScaffold run, DataOptions dataOptions,
+        IReadOnlyList<Example> all, List<Example> examples, List<string> instructions, IReadOnlyList<Example>? shots, List<(string Path, HardPrompt Prompt)> searched,
+        TaskKind task, string reason, Microsoft.Extensions.AI.IChatClient? judge, Llm.VerdictCache? judgeCache)
+    {
         // Threads: warnings only (null log): the report's stderr stays for the evaluation's own notes.
         var agreed = IO.OptionsRecord.ToJson(o with { Output = null, Threads = 0, Device = "auto", Data = null, ShotsFrom = null, InstructionsFile = null, Model = null, JudgeCache = null });
         var inputs = new[] { o.Data! }.Concat(o.ShotsFrom is null ? Array.Empty<string>() : new[] { o.ShotsFrom }).Concat(o.InstructionsFile is null ? Array.Empty<string>() : new[] { o.InstructionsFile });
         using var lm = run.LoadModel(o.Model!, o.Device, o.Dtype, o.CheckFinite, o.Threads, agreed, inputs);
-        var tok = lm.RequireTokenizer();
         var model = lm.Base;
         var notes = new List<string>();
-        var ct = task == TaskKind.Classification ? ClassificationTask.Create(all, dataOptions, tok, o.Labels, o.Data!) : null;
+        var (tok, ct) = run.Agree(() =>
+        {
+            var tok = lm.RequireTokenizer();
+            var ct = task == TaskKind.Classification ? ClassificationTask.Create(all, dataOptions, tok, o.Labels, o.Data!) : null;
+            if (ct is { Labels.Count: < 2 })
+                throw new SoftPromptException($"{o.Data}: classification needs at least two labels, found {ct.Labels.Count} ('{string.Join("', '", ct.Labels)}'); give --labels or use --task generation.");
+            return (tok, ct);
+        });
         if (ct is not null && dataOptions.LabelWords is not null)
             notes.Add("label words: " + string.Join(", ", ct.Labels.Select(l => $"{l} → \"{dataOptions.Verbalize(l).Trim()}\"")) + " (the model is scored on the words; metrics use the labels).");
-        if (ct is { Labels.Count: < 2 })
-            throw new SoftPromptException($"{o.Data}: classification needs at least two labels, found {ct.Labels.Count} ('{string.Join("', '", ct.Labels)}'); give --labels or use --task generation.");
 
         var conditions = new List<Condition>();
         var methods = new List<IPromptMethod>();
         try
         {
-            conditions.Add(new Condition { Name = "zero-shot", Kind = "zero-shot", Hard = new HardPrompt { Source = "bare template" } });
-            for (int i = 0; i < instructions.Count; i++)
-                conditions.Add(new Condition { Name = $"instruction {i + 1}", Kind = "instruction", Hard = HardPrompt.FromText(tok, instructions[i] + "\n", "instruction") });
-            if (shots is not null)
+            // The conditions (adapters loaded, prompts checked against the model), agreed on by every rank.
+            run.Agree(() =>
             {
-                var (hard, per, substituted) = FewShot(tok, shots, examples, o.FewShot, o.Seed, o.ShotsFrom!);
-                conditions.Add(new Condition { Name = $"few-shot k={o.FewShot}", Kind = "few-shot", Hard = hard, PerExample = per });
-                if (substituted > 0) notes.Add($"few-shot: for {substituted} example(s) a drawn demonstration had the example's own prompt and was replaced by the next draw.");
-            }
-            var projected = new List<Condition>();
-            foreach (var dir in o.Prompt)
-            {
-                var m = Adapter.Load(dir, model, checkFinite: o.CheckFinite);
-                methods.Add(m);
-                foreach (var mismatch in AdapterMetadata.Read(dir).DataSettingMismatches(dataOptions, dir))
+                conditions.Add(new Condition { Name = "zero-shot", Kind = "zero-shot", Hard = new HardPrompt { Source = "bare template" } });
+                for (int i = 0; i < instructions.Count; i++)
+                    conditions.Add(new Condition { Name = $"instruction {i + 1}", Kind = "instruction", Hard = HardPrompt.FromText(tok, instructions[i] + "\n", "instruction") });
+                if (shots is not null)
                 {
-                    notes.Add("warning: " + mismatch + "; the prompt is scored on text it was not trained on.");
-                    log?.Invoke("warning: " + mismatch);
+                    var (hard, per, substituted) = FewShot(tok, shots, examples, o.FewShot, o.Seed, o.ShotsFrom!);
+                    conditions.Add(new Condition { Name = $"few-shot k={o.FewShot}", Kind = "few-shot", Hard = hard, PerExample = per });
+                    if (substituted > 0) notes.Add($"few-shot: for {substituted} example(s) a drawn demonstration had the example's own prompt and was replaced by the next draw.");
                 }
-                var label = AdapterDescription(dir, m);
-                var kind = m.Method == TuningMethod.Prefix ? "prefix" : "soft-prompt";
-                var full = Path.GetFullPath(Adapter.ResolveDir(dir));
-                conditions.Add(new Condition { Name = label, Kind = kind, Method = m, AdapterDir = full });
-                var ids = PromptProjection.Project(model, m);
-                if (ids is null) notes.Add($"{dir}: a prefix-tuning adapter has no input-embedding vectors, so it has no projected hard prompt.");
-                else projected.Add(new Condition { Name = $"{label} projected onto tokens", Kind = "projected", AdapterDir = full, Hard = new HardPrompt { Text = tok.Decode(ids), TokenIds = ids, Source = dir, Objective = "nearest token (cosine) of each virtual token" } });
-            }
-            conditions.AddRange(projected);
-            NameByFolderWhereAlike(conditions);
-            foreach (var (path, hp0) in searched)
-            {
-                var hp = hp0.TokenIds.Length > 0 ? hp0 : hp0 with { TokenIds = tok.Encode(hp0.Text, addSpecialTokens: false) };
-                var bad = hp.TokenIds.FirstOrDefault(id => id < 0 || id >= model.Config.VocabSize, -1);
-                if (bad != -1) throw new SoftPromptException($"--searched {path}: token id {bad} is outside the model's vocabulary (size {model.Config.VocabSize}); was it searched on another model?");
-                conditions.Add(new Condition { Name = SearchedName(hp, path), Kind = "searched", Hard = hp });
-            }
-            MakeNamesUnique(conditions);
+                var projected = new List<Condition>();
+                foreach (var dir in o.Prompt)
+                {
+                    var m = Adapter.Load(dir, model, checkFinite: o.CheckFinite);
+                    methods.Add(m);
+                    foreach (var mismatch in AdapterMetadata.Read(dir).DataSettingMismatches(dataOptions, dir))
+                    {
+                        notes.Add("warning: " + mismatch + "; the prompt is scored on text it was not trained on.");
+                        log?.Invoke("warning: " + mismatch);
+                    }
+                    var label = AdapterDescription(dir, m);
+                    var kind = m.Method == TuningMethod.Prefix ? "prefix" : "soft-prompt";
+                    var full = Path.GetFullPath(Adapter.ResolveDir(dir));
+                    conditions.Add(new Condition { Name = label, Kind = kind, Method = m, AdapterDir = full });
+                    var ids = PromptProjection.Project(model, m);
+                    if (ids is null) notes.Add($"{dir}: a prefix-tuning adapter has no input-embedding vectors, so it has no projected hard prompt.");
+                    else projected.Add(new Condition { Name = $"{label} projected onto tokens", Kind = "projected", AdapterDir = full, Hard = new HardPrompt { Text = tok.Decode(ids), TokenIds = ids, Source = dir, Objective = "nearest token (cosine) of each virtual token" } });
+                }
+                conditions.AddRange(projected);
+                NameByFolderWhereAlike(conditions);
+                foreach (var (path, hp0) in searched)
+                {
+                    var hp = hp0.TokenIds.Length > 0 ? hp0 : hp0 with { TokenIds = tok.Encode(hp0.Text, addSpecialTokens: false) };
+                    var bad = hp.TokenIds.FirstOrDefault(id => id < 0 || id >= model.Config.VocabSize, -1);
+                    if (bad != -1) throw new SoftPromptException($"--searched {path}: token id {bad} is outside the model's vocabulary (size {model.Config.VocabSize}); was it searched on another model?");
+                    conditions.Add(new Condition { Name = SearchedName(hp, path), Kind = "searched", Hard = hp });
+                }
+                MakeNamesUnique(conditions);
+            });
             log?.Invoke($"task: {OptionsRecord.EnumName(task)} ({reason}); {conditions.Count} conditions on {examples.Count} examples");
 
             var results = new List<ConditionResult>();

@@ -39,8 +39,11 @@ public sealed class RunScaffold
     /// </summary>
     public T InRunFolder<T>(string runDir, Func<T> body, Func<bool> keepOnFailure)
     {
-        if (File.Exists(runDir)) throw new SoftPromptException($"--output {runDir}: is a file, expected a run folder.");
-        var runLock = IsWriter ? RunLock.Acquire(runDir) : null;
+        var runLock = Comm.Agree(() =>
+        {
+            if (File.Exists(runDir)) throw new SoftPromptException($"--output {runDir}: is a file, expected a run folder.");
+            return IsWriter ? RunLock.Acquire(runDir) : null;
+        });
         bool ok = false;
         try
         {
@@ -54,6 +57,12 @@ public sealed class RunScaffold
             if (!ok && runLock is not null && !keepOnFailure()) runLock.RemoveWhatThisRunAdded();
         }
     }
+
+    /// <summary>A step of the job's set-up that every rank takes and that makes no collective call (validation, reading
+    /// and checking the data): under MPI a failure ends every rank here, said once (<see cref="Collectives.Agree{T}"/>).</summary>
+    public T Agree<T>(Func<T> step) => Comm.Agree(step);
+
+    public void Agree(Action step) => Comm.Agree(step);
 
     /// <summary>The same seed on every rank: initial prompts and sampling are identical everywhere.</summary>
     public static void Seed(int seed) => torch.manual_seed(seed);
@@ -104,7 +113,7 @@ public sealed class RunScaffold
             device = DeviceFor(device);
         }
         int n = TorchRuntime.SetThreads(threads, IsWriter ? threadLog : _ => { }); // only rank 0 says anything (warnings too)
-        var lm = LanguageModel.Load(model, device, dtype, checkFinite);
+        var lm = Comm.Agree(() => LanguageModel.Load(model, device, dtype, checkFinite));
         if (Comm.Size > 1) Message?.Invoke(Launch.Banner(Comm, lm.Model.Device.ToString(), n));
         return lm;
     }

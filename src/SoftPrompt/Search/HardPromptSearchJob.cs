@@ -28,17 +28,20 @@ public static class HardPromptSearchJob
         Action<string>? message = null, CancellationToken cancel = default, IHardPromptOptimizer? optimizer = null, bool resume = false,
         ICommunicator? comm = null)
     {
-        o.Validate();
-        o = o with { ScoreExamples = o.ResolvedScoreExamples };
+        var run = new RunScaffold(comm, message);
         bool opro = o.Strategy == SearchStrategy.Opro;
         var runDir = o.Output!;
-        if (File.Exists(runDir)) throw new SoftPromptException($"--output {runDir}: is a file, expected a run folder.");
-        if (resume && !opro) throw new SoftPromptException("--resume continues an OPRO run (--strategy opro); a gradient search is restarted instead.");
-        var trajectoryPath = Path.Combine(runDir, OproTrajectory.FileName);
-        if (resume && !File.Exists(trajectoryPath)) throw new SoftPromptException($"--resume {runDir}: no {OproTrajectory.FileName} there; is it an OPRO run folder?");
+        var trajectoryPath = Path.Combine(runDir ?? "", OproTrajectory.FileName);
+        run.Agree(() =>
+        {
+            o.Validate();
+            if (File.Exists(runDir)) throw new SoftPromptException($"--output {runDir}: is a file, expected a run folder.");
+            if (resume && !opro) throw new SoftPromptException("--resume continues an OPRO run (--strategy opro); a gradient search is restarted instead.");
+            if (resume && !File.Exists(trajectoryPath)) throw new SoftPromptException($"--resume {runDir}: no {OproTrajectory.FileName} there; is it an OPRO run folder?");
+        });
+        o = o with { ScoreExamples = o.ResolvedScoreExamples };
         // Locked (created, proven writable) before anything is read; held to the end. A failed gradient search leaves no
         // folder it created (it has no checkpoint to resume); a failed OPRO run keeps its trajectory for --resume.
-        var run = new RunScaffold(comm, message);
         return run.InRunFolder(runDir, () => RunLocked(o, run.IsWriter ? progress : null, run.Message, cancel, optimizer, runDir, resume, trajectoryPath, run),
             keepOnFailure: () => File.Exists(trajectoryPath));
     }
@@ -47,11 +50,23 @@ public static class HardPromptSearchJob
         Action<string>? message, CancellationToken cancel, IHardPromptOptimizer? optimizer, string runDir, bool resume, string trajectoryPath, RunScaffold run)
     {
         bool opro = o.Strategy == SearchStrategy.Opro;
+        // The checks and the data, agreed on by every rank (a bad file stops all of them, said once).
+        var (search, heldOut) = run.Agree(() => Prepare(o, runDir, resume, trajectoryPath, run, opro));
+        RunScaffold.Seed(o.Seed);
+
+        var agreed = OptionsRecord.ToJson(o with { Output = null, Threads = 0, Device = "auto", Train = null, Validation = null, Model = null });
+        using var lm = run.LoadModel(o.Model!, o.Device, o.Dtype, o.CheckFinite, o.Threads, agreed,
+            new[] { o.Train! }.Concat(o.Validation is null ? Array.Empty<string>() : new[] { o.Validation }), message);
+        var (tok, objective) = run.Agree(() => { var t = lm.RequireTokenizer(); return (t, new TargetLossObjective(lm.Model, t, search, heldOut, o) { Communicator = run.Comm }); });
+        return Search(o, progress, message, cancel, optimizer, runDir, resume, trajectoryPath, run, lm, tok, objective, search, heldOut);
+    }
+
+    static (IReadOnlyList<Example> Search, IReadOnlyList<Example> HeldOut) Prepare(HardPromptSearchOptions o, string runDir, bool resume, string trajectoryPath, RunScaffold run, bool opro)
+    {
         if (!resume && File.Exists(Path.Combine(runDir, HardPrompt.FileName)))
             throw new SoftPromptException($"{runDir} already holds a search result ({HardPrompt.FileName}); choose another --output.");
         if (!resume && opro && File.Exists(trajectoryPath))
             throw new SoftPromptException($"{runDir} holds an unfinished OPRO run; continue it with --resume {runDir}, or choose another --output.");
-        RunScaffold.Seed(o.Seed);
 
         // Data first: a broken dataset stops the run before the model is loaded.
         var dataOptions = o.DataOptions();
@@ -69,16 +84,18 @@ public static class HardPromptSearchJob
                     if (!targets.Contains(l)) throw new SoftPromptException($"--labels: label \"{l}\" is not the target of any example in {o.Train} (with --target-template a label is the rendered target text).");
             }
         }
+        return (search, heldOut);
+    }
 
-        var agreed = OptionsRecord.ToJson(o with { Output = null, Threads = 0, Device = "auto", Train = null, Validation = null, Model = null });
-        using var lm = run.LoadModel(o.Model!, o.Device, o.Dtype, o.CheckFinite, o.Threads, agreed,
-            new[] { o.Train! }.Concat(o.Validation is null ? Array.Empty<string>() : new[] { o.Validation }), message);
-        var tok = lm.RequireTokenizer();
-        var objective = new TargetLossObjective(lm.Model, tok, search, heldOut, o) { Communicator = run.Comm };
+    static HardPromptSearchResult Search(HardPromptSearchOptions o, IProgress<HardPromptSearchProgress>? progress, Action<string>? message, CancellationToken cancel,
+        IHardPromptOptimizer? optimizer, string runDir, bool resume, string trajectoryPath, RunScaffold run, LanguageModel lm, HfTokenizer tok,
+        TargetLossObjective objective, IReadOnlyList<Example> search, IReadOnlyList<Example> heldOut)
+    {
+        bool opro = o.Strategy == SearchStrategy.Opro;
         message?.Invoke($"{search.Count} search examples ({objective.ScoreSet.Count} in the score set), {heldOut.Count} held out; " +
                         (opro ? $"objective {objective.Metric}; " : $"{objective.Allowed.Count(a => a)} allowed tokens; ") + $"model {lm.Model.Config.ModelType} on {lm.Model.Device}");
         using var oproRun = opro && optimizer is null ? OproRun.Create(o, lm, objective, trajectoryPath, resume, message) : null;
-        var init = opro ? Array.Empty<int>() : InitialIds(tok, objective.Allowed, o.PromptLength, o.Init);
+        var init = opro ? Array.Empty<int>() : run.Agree(() => InitialIds(tok, objective.Allowed, o.PromptLength, o.Init));
         if (!opro) message?.Invoke($"initial prompt ({o.PromptLength} tokens): \"{tok.Decode(init)}\"");
 
         if (run.IsWriter) AtomicFile.WriteAllText(Path.Combine(runDir, ConfigFile), OptionsRecord.ToJson(o));

@@ -34,9 +34,9 @@ public static class TrainingJob
     public static TrainResult Run(TrainOptions o, ITrainingReporter? reporter = null, bool resume = false, CancellationToken cancel = default,
         ICommunicator? comm = null)
     {
-        o.Validate();
-        var runDir = o.Output!;
         var run = new RunScaffold(comm, reporter is null ? null : reporter.Message);
+        run.Agree(() => o.Validate());
+        var runDir = o.Output!;
         // A run that failed before its first checkpoint leaves nothing behind; with a checkpoint the folder stays for --resume.
         return run.InRunFolder(runDir, () => RunLocked(o, run.IsWriter ? reporter : null, resume, cancel, runDir, run),
             keepOnFailure: () => resume || Directory.Exists(Path.Combine(runDir, "checkpoint")) || Directory.Exists(Path.Combine(runDir, "checkpoint.old")));
@@ -44,11 +44,24 @@ public static class TrainingJob
 
     static TrainResult RunLocked(TrainOptions o, ITrainingReporter? reporter, bool resume, CancellationToken cancel, string runDir, RunScaffold run)
     {
+        // The checks and the data, agreed on by every rank (a bad file stops all of them, said once).
+        var (dataOptions, trainEx, valEx, maxLength) = run.Agree(() => Prepare(o, reporter, resume, runDir, run));
+        RunScaffold.Seed(o.Seed);
+
+        // What every rank must agree on: the options that change the result (not where it is written, nor threads; the data
+        // and model by their contents, not their paths, which may differ from node to node).
+        var agreed = (o with { Output = null, Threads = 0, Device = "auto", Train = null, Validation = null, Model = null }).ToJson();
+        using var lm = run.LoadModel(o.Model!, o.Device, o.Dtype, o.CheckFinite, o.Threads, agreed,
+            new[] { o.Train! }.Concat(o.Validation is null ? Array.Empty<string>() : new[] { o.Validation }), reporter is null ? null : reporter.Message);
+        return Train(o, reporter, resume, cancel, runDir, run, lm, dataOptions, trainEx, valEx, maxLength);
+    }
+
+    static (DataOptions, IReadOnlyList<Example>, IReadOnlyList<Example>, int) Prepare(TrainOptions o, ITrainingReporter? reporter, bool resume, string runDir, RunScaffold run)
+    {
         if (!resume && Directory.Exists(Path.Combine(runDir, "checkpoint")))
             throw new SoftPromptException($"{runDir} already holds a run (checkpoint/). Use --resume {runDir} to continue it, or another --output.");
         if (resume && !Directory.Exists(Path.Combine(runDir, "checkpoint")) && !Directory.Exists(Path.Combine(runDir, "checkpoint.old")))
             throw new SoftPromptException($"--resume {runDir}: no checkpoint to resume from (expected {Path.Combine(runDir, "checkpoint")}).");
-        RunScaffold.Seed(o.Seed);
 
         // Data first: a broken dataset must stop the run before the model is loaded.
         var dataOptions = o.DataOptions();
@@ -69,32 +82,30 @@ public static class TrainingJob
                                           $"(max_position_embeddings in {Path.Combine(o.Model!, "config.json")}): use at most {maxPositions - 2} virtual tokens.");
         if (maxLength < o.MaxLength)
             reporter?.Message($"note: examples are truncated to {maxLength} tokens: {o.VirtualTokens} virtual tokens + --max-length {o.MaxLength} exceed the model's {maxPositions} positions.");
+        return (dataOptions, trainEx, valEx, maxLength);
+    }
 
-        // What every rank must agree on: the options that change the result (not where it is written, nor threads; the data
-        // and model by their contents, not their paths, which may differ from node to node).
-        var agreed = (o with { Output = null, Threads = 0, Device = "auto", Train = null, Validation = null, Model = null }).ToJson();
-        using var lm = run.LoadModel(o.Model!, o.Device, o.Dtype, o.CheckFinite, o.Threads, agreed,
-            new[] { o.Train! }.Concat(o.Validation is null ? Array.Empty<string>() : new[] { o.Validation }), reporter is null ? null : reporter.Message);
-        var tok = lm.RequireTokenizer();
+    static TrainResult Train(TrainOptions o, ITrainingReporter? reporter, bool resume, CancellationToken cancel, string runDir, RunScaffold run, LanguageModel lm,
+        DataOptions dataOptions, IReadOnlyList<Example> trainEx, IReadOnlyList<Example> valEx, int maxLength)
+    {
+        var tok = run.Agree(() => lm.RequireTokenizer());
         int padId = tok.PadId ?? tok.EosId ?? 0;
         Func<string, bool, int[]> encode = (text, special) => tok.Encode(text, special);
         // An encoder-decoder model learns where its output ends: its targets always end with EOS (transformers' T5
         // tokenizer writes labels that way).
         bool addEos = o.AddEos || lm.IsEncoderDecoder;
-        var train = ExampleTokenizer.TokenizeAll(trainEx, encode, addEos, tok.EosId, maxLength);
-        var val = ExampleTokenizer.TokenizeAll(valEx, encode, addEos, tok.EosId, maxLength);
+        var (train, val) = run.Agree(() => (ExampleTokenizer.TokenizeAll(trainEx, encode, addEos, tok.EosId, maxLength), ExampleTokenizer.TokenizeAll(valEx, encode, addEos, tok.EosId, maxLength)));
         reporter?.Message($"{train.Count} training examples, {val.Count} validation examples; model {lm.Base.Config.ModelType} " +
                           $"({lm.Base.ParameterCount / 1e6:F1} M parameters, frozen, {TorchRuntime.DTypeName(lm.Base.DType)}) on {lm.Base.Device}");
 
-        CheckMethodSize(o, lm.Base.Config);
-        using var method = CreateMethod(o, lm, trainEx);
+        using var method = run.Agree(() => { CheckMethodSize(o, lm.Base.Config); return CreateMethod(o, lm, trainEx); });
         long trainable = method.Parameters.Sum(p => p.Param.NumberOfElements);
         reporter?.Message($"{OptionsRecord.EnumName(o.Method)} tuning: {method.NumVirtualTokens} virtual tokens, {trainable:N0} trainable parameters");
 
         if (!resume && run.IsWriter) AtomicFile.WriteAllText(Path.Combine(runDir, ResolvedConfigFile), o.ToJson());
         var trainer = new Trainer(lm.Base, method, train, val, o, padId, runDir, reporter)
         {
-            ExtraMetrics = ClassificationMetrics(o, dataOptions, lm, trainEx, valEx, reporter, run.Comm),
+            ExtraMetrics = run.Agree(() => ClassificationMetrics(o, dataOptions, lm, trainEx, valEx, reporter, run.Comm)),
             Communicator = run.Comm,
         };
         return trainer.Run(resume, cancel);

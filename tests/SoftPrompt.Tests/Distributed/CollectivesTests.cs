@@ -110,6 +110,42 @@ public class CollectivesTests
     }
 
     [Fact]
+    public void AgreeGivesTheStepsResultWhenNoRankFailed()
+    {
+        Assert.Equal(new[] { 0, 10, 20 }, ThreadWorld.OnEveryRank(3, c => c.Agree(() => c.Rank * 10)));
+        Assert.Equal(7, SingleProcess.Instance.Agree(() => 7));
+    }
+
+    [Fact]
+    public void AnErrorEveryRankMeetsInAnAgreedStepIsRankZerosAndTheOthersFollowSilently()
+    {
+        var (_, errors) = ThreadWorld.Outcomes(3, c => c.Agree<int>(() => throw new FileNotFoundException("data.jsonl: dataset file not found.")));
+        var root = Assert.IsType<FileNotFoundException>(errors[0]); // its own type, so its own exit code
+        Assert.Equal("data.jsonl: dataset file not found.", root.Message);
+        Assert.All(errors, e => Assert.True(Collectives.MetByAllRanks(e!)));
+        // Rank 0 alone may fail (the run folder's lock is rank 0's): the others follow.
+        var (_, lockErrors) = ThreadWorld.Outcomes(2, c => c.Agree(() => c.Rank == 0 ? throw new SoftPromptException("runs/x is locked by pid 7") : 1));
+        Assert.Equal("runs/x is locked by pid 7", Assert.IsType<SoftPromptException>(lockErrors[0]).Message);
+        Assert.IsType<RootFailedException>(lockErrors[1]);
+    }
+
+    [Fact]
+    public void AnErrorOfSomeRanksInAnAgreedStepEndsEveryRankNamingThem()
+    {
+        var (_, errors) = ThreadWorld.Outcomes(3, c => c.Agree(() => c.Rank switch
+        {
+            1 => throw new SoftPromptException("missing.tsv: dataset file not found."),
+            2 => throw new InvalidOperationException("boom"),
+            _ => 0,
+        }));
+        Assert.All(errors, e =>
+        {
+            var d = Assert.IsType<RanksDisagreeException>(e);
+            Assert.Equal("rank 1 of 3 failed: missing.tsv: dataset file not found.; rank 2 of 3 failed: InvalidOperationException: boom", d.Message);
+        });
+    }
+
+    [Fact]
     public void RootCallsGiveEveryRankTheRepliesAndTheMetersCountsSoTheBudgetStopsAllAtOnce()
     {
         var seen = ThreadWorld.OnEveryRank(2, c =>

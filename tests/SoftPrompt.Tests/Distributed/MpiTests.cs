@@ -269,6 +269,44 @@ public class MpiTests
         Assert.True(rc != 0, so + se);
         Assert.True(se.Contains("error: rank 1 of 2 failed:"), $"exit {rc}; stderr: {se}; stdout: {so}");
         Assert.Contains("missing.tsv", se);
+        // A failure while the ranks set up is agreed on: said once, by rank 0, no MPI_Abort.
+        Assert.Single(System.Text.RegularExpressions.Regex.Matches(se, "^error: ", System.Text.RegularExpressions.RegexOptions.Multiline));
+        Assert.DoesNotContain("MPI_Abort", se + so);
+        Assert.DoesNotContain("MPI_ABORT", se + so);
+        Assert.Equal(2, rc);
+    }
+
+    [MpiTheory]
+    [InlineData("train")]
+    [InlineData("search-hard-prompt")]
+    [InlineData("eval")]
+    public void AnErrorEveryRankMeetsIsSaidOnceWithItsExitCode(string command)
+    {
+        using var tmp = new Fixtures.TempDir();
+        var train = WriteTrain(tmp["train.tsv"]);
+        string[] Args(string model) => command switch
+        {
+            "eval" => EvalArgs(train, tmp["report"]).Select(a => a == Model ? model : a).ToArray(),
+            "search-hard-prompt" => new[] { command, "--model", model, "--train", train, "--output", tmp["run"], "--columns", "input,output", "--steps", "1", "--threads", "1" },
+            _ => TrainArgs(train, tmp["run"], "prompt").Select(a => a == Model ? model : a).ToArray(),
+        };
+        var (rc1, _, err1) = CliRunner.Run(Args(tmp["no-such-model"]));
+        var (rc, so, se) = Mpi.Run(2, Limit, Args(tmp["no-such-model"]));
+        Assert.Equal(rc1, rc);
+        Assert.NotEqual(0, rc);
+        // What one process says, once (then the launcher's own note that a rank exited non-zero).
+        Assert.Single(System.Text.RegularExpressions.Regex.Matches(se, "^error: ", System.Text.RegularExpressions.RegexOptions.Multiline));
+        Assert.StartsWith(err1.Trim(), se.Trim());
+        Assert.DoesNotContain("MPI_ABORT", se + so);
+        // A bad option value, checked by every rank: the same.
+        var bad = Args(Model).Concat(command switch { "eval" => new[] { "--batch-size", "0" }, "train" => new[] { "--lr", "-1" }, _ => new[] { "--prompt-length", "0" } }).ToArray();
+        var (rcBad1, _, errBad1) = CliRunner.Run(bad);
+        var (rcBad, soBad, seBad) = Mpi.Run(2, Limit, bad);
+        Assert.True(rcBad1 != 0, errBad1);
+        Assert.Equal(rcBad1, rcBad);
+        Assert.Single(System.Text.RegularExpressions.Regex.Matches(seBad, "^error: ", System.Text.RegularExpressions.RegexOptions.Multiline));
+        Assert.Contains(errBad1.Trim().Split('\n').Last(), seBad);
+        Assert.DoesNotContain("MPI_ABORT", seBad + soBad);
     }
 
     static IEnumerable<int> Children(int pid) =>
