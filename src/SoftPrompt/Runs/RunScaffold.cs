@@ -110,18 +110,22 @@ public sealed class RunScaffold
             Comm.CheckSame("data file (contents)", Collectives.Fingerprint("", dataFiles));
             Comm.CheckSame("model (config, tokenizer or weights)", Collectives.Fingerprint("", ModelFingerprintFiles(model), headBytes: 1 << 20));
             if (threads == 0) threads = Launch.DefaultThreads(Comm);
-            device = DeviceFor(device);
         }
         int n = TorchRuntime.SetThreads(threads, IsWriter ? threadLog : _ => { }); // only rank 0 says anything (warnings too)
-        var lm = Comm.Agree(() => LanguageModel.Load(model, device, dtype, checkFinite));
+        var lm = Comm.Agree(() => LanguageModel.Load(model, Comm.Size > 1 ? DeviceFor(device) : device, dtype, checkFinite));
         if (Comm.Size > 1) Message?.Invoke(Launch.Banner(Comm, lm.Model.Device.ToString(), n));
         return lm;
     }
 
+    /// <summary>This rank's device: cuda becomes cuda:&lt;local rank&gt;; a host with fewer GPUs than ranks is said so.</summary>
     string DeviceFor(string device)
     {
         if (device.Equals("auto", StringComparison.OrdinalIgnoreCase)) device = torch.cuda.is_available() ? "cuda" : "cpu";
-        return Launch.DeviceFor(device, Comm);
+        var mine = Launch.DeviceFor(device, Comm);
+        if (mine != device && torch.cuda.is_available() && torch.cuda.device_count() is int gpus && Comm.LocalRank >= gpus)
+            throw new SoftPromptException($"--device {device}: this host runs {Comm.LocalSize} ranks but has {gpus} GPU{(gpus == 1 ? "" : "s")}; each rank takes cuda:<local rank>, " +
+                                          $"so start at most {gpus} rank{(gpus == 1 ? "" : "s")} per host (mpirun --map-by ppr:{gpus}:node), or give --device cpu.");
+        return mine;
     }
 
     /// <summary>The model folder's files, each by its length and first megabyte: config and tokenizer files in full
