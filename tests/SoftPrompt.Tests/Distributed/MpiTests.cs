@@ -409,6 +409,39 @@ public class MpiTests
         Assert.False(Directory.Exists(tmp["run/checkpoint.tmp"]));
     }
 
+    [MpiFact]
+    public void SigtermToMpirunDuringAGradientSearchWritesTheBestPromptSoFar()
+    {
+        using var tmp = new Fixtures.TempDir();
+        var train = WriteTrain(tmp["train.tsv"]);
+        using var p = Mpi.Start(2, new[] { "search-hard-prompt", "--model", Model, "--train", train, "--output", tmp["run"], "--columns", "input,output",
+            "--prompt-template", "Word: {input}\nSentiment:", "--prompt-length", "3", "--steps", "100000", "--eval-every", "2", "--seed", "3", "--threads", "1" });
+        var so = p.StandardOutput.ReadToEndAsync();
+        var se = p.StandardError.ReadToEndAsync();
+        var log = tmp["run/search_log.jsonl"];
+        var wait = Stopwatch.StartNew();
+        while (wait.Elapsed < TimeSpan.FromSeconds(120) && !p.HasExited)
+        {
+            try { if (File.Exists(log) && File.ReadAllLines(log).Length >= 2) break; }
+            catch (IOException) { }
+            Thread.Sleep(100);
+        }
+        if (p.HasExited) throw new Xunit.Sdk.XunitException("the search ended before the signal: " + se.Result);
+        Assert.Equal(0, kill(p.Id, 15));
+        bool ended = p.WaitForExit(TimeSpan.FromSeconds(60));
+        if (!ended) { p.Kill(true); p.WaitForExit(); }
+        Assert.True(ended, "mpirun did not end within 60 s of SIGTERM: " + se.Result);
+        p.WaitForExit();
+        Assert.True(p.ExitCode != 0, se.Result);
+        var m = System.Text.RegularExpressions.Regex.Match(se.Result, @"interrupted at step (\d+); the best prompt so far, ""([^""]*)"", is saved in (\S+)");
+        Assert.True(m.Success, se.Result + so.Result);
+        Assert.Single(System.Text.RegularExpressions.Regex.Matches(se.Result, "interrupted at step")); // rank 0 alone
+        var saved = SoftPrompt.Tuning.HardPrompt.Load(tmp["run"]);
+        Assert.Equal(m.Groups[2].Value, saved.Text);
+        Assert.Equal(3, saved.TokenIds.Length);
+        Assert.Equal(int.Parse(m.Groups[1].Value), JsonNode.Parse(File.ReadAllText(tmp["run/search_summary.json"]))!["steps"]!.GetValue<int>());
+    }
+
     /// <summary>scripts/mpi/allreduce_bench.c (the docs' all-reduce figures) builds with mpicc and prints one line per size.</summary>
     [MpiFact]
     public void TheAllReduceBenchmarkBuildsAndRuns()
