@@ -7,29 +7,46 @@ public static class Launch
     /// <summary>"auto" (MPI when a launcher's variables say there are several ranks), "mpi" (always), "none" (never).</summary>
     public static readonly string[] Modes = { "auto", "mpi", "none" };
 
-    /// <summary>The world size an MPI launcher announced (Open MPI, MPICH/Hydra, Slurm), or null outside one.</summary>
-    public static int? WorldSizeFromEnvironment() =>
-        Int("OMPI_COMM_WORLD_SIZE") ?? Int("PMI_SIZE") ?? Int("PMIX_SIZE") ?? (Environment.GetEnvironmentVariable("SLURM_STEP_ID") is not null ? Int("SLURM_NTASKS") : null);
+    /// <summary>The world size an MPI launcher announced (Open MPI, MPICH/Hydra, Slurm's srun), or null outside one.
+    /// <paramref name="env"/> reads a variable (the process environment by default).</summary>
+    public static int? WorldSizeFromEnvironment(Func<string, string?>? env = null)
+    {
+        env ??= Environment.GetEnvironmentVariable;
+        // Slurm's variables count only inside a job step (srun), not in the batch script that starts it.
+        return Int(env, "OMPI_COMM_WORLD_SIZE") ?? Int(env, "PMI_SIZE") ?? Int(env, "PMIX_SIZE")
+               ?? (env("SLURM_STEP_ID") is not null ? Int(env, "SLURM_STEP_NUM_TASKS") ?? Int(env, "SLURM_NTASKS") : null);
+    }
 
     /// <summary>This rank's index among the ranks on its host and their number, from the launcher's variables.</summary>
-    public static (int Rank, int Size)? LocalRankAndSize()
+    public static (int Rank, int Size)? LocalRankAndSize(Func<string, string?>? env = null)
     {
-        var rank = Int("OMPI_COMM_WORLD_LOCAL_RANK") ?? Int("MPI_LOCALRANKID") ?? Int("SLURM_LOCALID");
-        var size = Int("OMPI_COMM_WORLD_LOCAL_SIZE") ?? Int("MPI_LOCALNRANKS") ?? SlurmTasksOnThisNode();
+        env ??= Environment.GetEnvironmentVariable;
+        var rank = Int(env, "OMPI_COMM_WORLD_LOCAL_RANK") ?? Int(env, "MPI_LOCALRANKID") ?? Int(env, "SLURM_LOCALID");
+        var size = Int(env, "OMPI_COMM_WORLD_LOCAL_SIZE") ?? Int(env, "MPI_LOCALNRANKS") ?? SlurmTasksOnThisNode(env);
         return rank is int r ? (r, Math.Max(size ?? 1, r + 1)) : null;
     }
 
-    /// <summary>SLURM_TASKS_PER_NODE reads "2(x3),1": this node's count is not known from it alone; the first count is used.</summary>
-    static int? SlurmTasksOnThisNode()
+    /// <summary>Slurm's tasks on this node: the step's (or the job's) tasks-per-node list, compressed as "2(x3),1" (two
+    /// tasks on each of the first three nodes, one on the fourth), expanded and read at this node's index
+    /// (SLURM_NODEID); the first count when the index is unknown.</summary>
+    static int? SlurmTasksOnThisNode(Func<string, string?> env)
     {
-        var v = Environment.GetEnvironmentVariable("SLURM_TASKS_PER_NODE");
+        var v = env("SLURM_STEP_TASKS_PER_NODE") is { Length: > 0 } step ? step : env("SLURM_TASKS_PER_NODE");
         if (string.IsNullOrEmpty(v)) return null;
-        var first = v.Split(',')[0];
-        int paren = first.IndexOf('(');
-        return int.TryParse(paren >= 0 ? first[..paren] : first, out var n) ? n : null;
+        var counts = new List<int>();
+        foreach (var part in v.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries))
+        {
+            var m = System.Text.RegularExpressions.Regex.Match(part, @"^(\d+)(?:\(x(\d+)\))?$");
+            if (!m.Success) return null;
+            int n = int.Parse(m.Groups[1].Value), times = m.Groups[2].Success ? int.Parse(m.Groups[2].Value) : 1;
+            for (int i = 0; i < times && counts.Count < 100_000; i++) counts.Add(n);
+        }
+        if (counts.Count == 0) return null;
+        int node = Int(env, "SLURM_NODEID") ?? 0;
+        return node < counts.Count ? counts[node] : counts[0];
     }
 
-    static int? Int(string name) => int.TryParse(Environment.GetEnvironmentVariable(name), out var v) && v >= 0 ? v : null;
+    static int? Int(Func<string, string?> env, string name) => int.TryParse(env(name), out var v) && v >= 0 ? v : null;
 
     /// <summary>
     /// The communicator for a job: <see cref="SingleProcess"/> unless <paramref name="mode"/> is "mpi", or "auto" and

@@ -160,6 +160,30 @@ public class CollectivesTests
         Assert.Equal(("reply", 3, 150L, "max_calls", false), seen[1]);
     }
 
+    static Func<string, string?> Env(params (string Key, string Value)[] vars) => k => vars.FirstOrDefault(v => v.Key == k).Value;
+
+    [Fact]
+    public void TheLaunchersVariablesGiveTheWorldAndTheRanksOnThisHost()
+    {
+        // Open MPI's mpirun.
+        var ompi = Env(("OMPI_COMM_WORLD_SIZE", "4"), ("OMPI_COMM_WORLD_LOCAL_RANK", "1"), ("OMPI_COMM_WORLD_LOCAL_SIZE", "2"));
+        Assert.Equal(4, Launch.WorldSizeFromEnvironment(ompi));
+        Assert.Equal((1, 2), Launch.LocalRankAndSize(ompi));
+        // MPICH's Hydra.
+        var hydra = Env(("PMI_SIZE", "3"), ("PMI_RANK", "2"), ("MPI_LOCALRANKID", "0"), ("MPI_LOCALNRANKS", "1"));
+        Assert.Equal(3, Launch.WorldSizeFromEnvironment(hydra));
+        Assert.Equal((0, 1), Launch.LocalRankAndSize(hydra));
+        // Slurm's srun: 7 tasks as 2 on each of the first three nodes and 1 on the fourth; this is the fourth node.
+        var srun = Env(("SLURM_STEP_ID", "0"), ("SLURM_NTASKS", "7"), ("SLURM_LOCALID", "0"), ("SLURM_NODEID", "3"), ("SLURM_STEP_TASKS_PER_NODE", "2(x3),1"));
+        Assert.Equal(7, Launch.WorldSizeFromEnvironment(srun));
+        Assert.Equal((0, 1), Launch.LocalRankAndSize(srun));
+        Assert.Equal((1, 2), Launch.LocalRankAndSize(Env(("SLURM_LOCALID", "1"), ("SLURM_NODEID", "1"), ("SLURM_TASKS_PER_NODE", "2(x3),1"))));
+        // A Slurm batch script outside srun is no job step: one process.
+        Assert.Null(Launch.WorldSizeFromEnvironment(Env(("SLURM_NTASKS", "8"), ("SLURM_JOB_ID", "12"))));
+        Assert.Null(Launch.WorldSizeFromEnvironment(Env()));
+        Assert.Null(Launch.LocalRankAndSize(Env()));
+    }
+
     [Fact]
     public void OneProcessIsTheDefaultOutsideALauncher()
     {
