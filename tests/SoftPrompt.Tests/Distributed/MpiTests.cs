@@ -90,7 +90,7 @@ public class MpiTests
     static readonly TimeSpan Limit = TimeSpan.FromSeconds(150);
 
     /// <summary>80 words, both labels (the task file's first and last 40 lines).</summary>
-    static string WriteTrain(string path)
+    internal static string WriteTrain(string path)
     {
         var lines = File.ReadAllLines(Path.Combine(DemoPipelineTests.RepoRoot, "data", "tasks", "word_sentiment_seen.train.tsv"));
         File.WriteAllLines(path, lines.Take(40).Concat(lines.TakeLast(40)));
@@ -98,7 +98,7 @@ public class MpiTests
     }
 
     /// <summary>The tiny training run; <paramref name="extra"/> options replace the defaults of the same name.</summary>
-    static string[] TrainArgs(string train, string output, string method, params string[] extra)
+    internal static string[] TrainArgs(string train, string output, string method, params string[] extra)
     {
         var args = BaseTrainArgs(train, output, method).ToList();
         for (int i = 0; i < extra.Length; i += 2)
@@ -121,7 +121,7 @@ public class MpiTests
     static Dictionary<string, float[]> Tensors(string file) =>
         SoftPrompt.IO.SafeTensors.Load(file).ToDictionary(kv => kv.Key, kv => kv.Value.to(TorchSharp.torch.ScalarType.Float32).data<float>().ToArray());
 
-    static void AssertSameAdapter(string a, string b, double tol)
+    internal static void AssertSameAdapter(string a, string b, double tol)
     {
         var ta = Tensors(Path.Combine(a, "adapter_model.safetensors"));
         var tb = Tensors(Path.Combine(b, "adapter_model.safetensors"));
