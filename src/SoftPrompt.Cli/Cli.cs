@@ -87,6 +87,12 @@ public static class Cli
                 if (DistributedRun.Launched(parse)) DistributedRun.Open(parse).Agree(() => throw new UsageException(UsageMessage(parse)));
                 return UsageFail(parse);
             }
+            if (DistributedRun.Refusal(parse) is string why)
+            {
+                // Every rank meets it alike, before MPI starts: rank 0 says it.
+                if ((Launch.WorldRankFromEnvironment() ?? 0) == 0) Console.Error.WriteLine($"error: {why}");
+                return UsageError;
+            }
             return parse.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
         }
         catch (Exception e) { return DistributedRun.Fail(e, Fail) ?? Fail(e); }

@@ -28,11 +28,32 @@ public static class DistributedRun
 
     /// <summary>True when <paramref name="pr"/> (even one with errors) is one of the distributed commands launched as
     /// several ranks, so that its ranks can agree on an error.</summary>
-    public static bool Launched(ParseResult pr)
+    public static bool Launched(ParseResult pr) => IsDistributed(pr) && UnderLauncher(pr);
+
+    /// <summary>train, eval or search-hard-prompt (not pretrain's own train).</summary>
+    static bool IsDistributed(ParseResult pr) =>
+        Commands.Contains(pr.CommandResult.Command.Name) && pr.CommandResult.Parent is System.CommandLine.Parsing.CommandResult { Command: RootCommand };
+
+    /// <summary>Launched as one of several ranks (mpirun, mpiexec, srun), with --distributed not none.</summary>
+    static bool UnderLauncher(ParseResult pr)
     {
-        if (!Commands.Contains(pr.CommandResult.Command.Name) || (Launch.WorldSizeFromEnvironment() ?? 1) <= 1) return false;
+        if ((Launch.WorldSizeFromEnvironment() ?? 1) <= 1) return false;
         try { return Mode(pr) != "none" && Launch.Modes.Contains(Mode(pr)); }
         catch (InvalidOperationException) { return false; }
+    }
+
+    /// <summary>
+    /// Why a command that runs in one process (serve, generate, score, export, pretrain, ...) is refused when launched as
+    /// several ranks: each rank would run it whole (N servers on one port, N writers of one file). Null when it may run.
+    /// <c>--distributed none</c> runs it once per rank anyway.
+    /// </summary>
+    public static string? Refusal(ParseResult pr)
+    {
+        if (pr.Action is System.CommandLine.Help.HelpAction || pr.CommandResult.Command is RootCommand || IsDistributed(pr) || !UnderLauncher(pr)) return null;
+        var path = new List<string>();
+        for (var r = pr.CommandResult; r is not null && r.Command is not RootCommand; r = r.Parent as System.CommandLine.Parsing.CommandResult) path.Insert(0, r.Command.Name);
+        return $"'softprompt {string.Join(" ", path)}' runs in one process, but it was launched as one of {Launch.WorldSizeFromEnvironment()} ranks (mpirun / mpiexec / srun): " +
+               $"run it without the launcher ({string.Join(", ", Commands)} are the commands that run as ranks), or add --distributed none to run it once per rank.";
     }
 
     static string Mode(ParseResult pr)

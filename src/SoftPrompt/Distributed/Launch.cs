@@ -17,6 +17,13 @@ public static class Launch
                ?? (env("SLURM_STEP_ID") is not null ? Int(env, "SLURM_STEP_NUM_TASKS") ?? Int(env, "SLURM_NTASKS") : null);
     }
 
+    /// <summary>This process's rank as the launcher announced it (before any MPI call), or null outside a launcher.</summary>
+    public static int? WorldRankFromEnvironment(Func<string, string?>? env = null)
+    {
+        env ??= Environment.GetEnvironmentVariable;
+        return Int(env, "OMPI_COMM_WORLD_RANK") ?? Int(env, "PMI_RANK") ?? Int(env, "PMIX_RANK") ?? (env("SLURM_STEP_ID") is not null ? Int(env, "SLURM_PROCID") : null);
+    }
+
     /// <summary>This rank's index among the ranks on its host and their number, from the launcher's variables.</summary>
     public static (int Rank, int Size)? LocalRankAndSize(Func<string, string?>? env = null)
     {

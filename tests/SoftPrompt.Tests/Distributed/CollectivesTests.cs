@@ -182,6 +182,11 @@ public class CollectivesTests
         Assert.Null(Launch.WorldSizeFromEnvironment(Env(("SLURM_NTASKS", "8"), ("SLURM_JOB_ID", "12"))));
         Assert.Null(Launch.WorldSizeFromEnvironment(Env()));
         Assert.Null(Launch.LocalRankAndSize(Env()));
+        // This process's rank, before any MPI call.
+        Assert.Equal(3, Launch.WorldRankFromEnvironment(Env(("OMPI_COMM_WORLD_RANK", "3"))));
+        Assert.Equal(2, Launch.WorldRankFromEnvironment(hydra));
+        Assert.Equal(5, Launch.WorldRankFromEnvironment(Env(("SLURM_STEP_ID", "0"), ("SLURM_PROCID", "5"))));
+        Assert.Null(Launch.WorldRankFromEnvironment(Env(("SLURM_PROCID", "0"))));
     }
 
     [Fact]

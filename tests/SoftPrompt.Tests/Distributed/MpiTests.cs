@@ -410,6 +410,23 @@ public class MpiTests
     }
 
     [MpiFact]
+    public void ACommandThatRunsInOneProcessIsRefusedUnderMpirunSaidOnce()
+    {
+        var (rc, so, se) = Mpi.Run(2, Limit, new[] { "inspect", "--model", Model });
+        Assert.Equal(2, rc);
+        Assert.Single(System.Text.RegularExpressions.Regex.Matches(se, "^error: ", System.Text.RegularExpressions.RegexOptions.Multiline));
+        Assert.Contains("'softprompt inspect' runs in one process, but it was launched as one of 2 ranks", se);
+        Assert.DoesNotContain("architecture", so); // nothing ran
+        // pretrain's own "train" is such a command too (not the distributed train).
+        var (rcP, _, seP) = Mpi.Run(2, Limit, new[] { "pretrain", "train", "--help" });
+        Assert.Equal(0, rcP); // help is help
+        // --distributed none: once per rank, as asked.
+        var (rcNone, soNone, seNone) = Mpi.Run(2, Limit, new[] { "inspect", "--model", Model, "--distributed", "none" });
+        Assert.True(rcNone == 0, seNone + soNone);
+        Assert.Equal(2, System.Text.RegularExpressions.Regex.Matches(soNone, "^architecture +llama", System.Text.RegularExpressions.RegexOptions.Multiline).Count);
+    }
+
+    [MpiFact]
     public void SigtermToMpirunDuringAGradientSearchWritesTheBestPromptSoFar()
     {
         using var tmp = new Fixtures.TempDir();
