@@ -375,6 +375,26 @@ public class MpiTests
         AssertSameAdapter(tmp["straight/adapter"], tmp["run/adapter"], 1e-5);
     }
 
+    /// <summary>Item 4 of the issue with more ranks than cores: 4 steps on 3 ranks (micro-batches of 4 shared 2/1/1),
+    /// resumed on 2 ranks to step 8, end where 8 steps of one process end.</summary>
+    [MpiFact]
+    public void ARunStartedOnThreeRanksResumesOnTwoToTheOneProcessAdapter()
+    {
+        using var tmp = new Fixtures.TempDir();
+        var train = WriteTrain(tmp["train.tsv"]);
+        string[] Args(string output, int steps) => TrainArgs(train, output, "prompt", "--steps", steps.ToString(), "--eval-every", "0", "--validation-split", "0",
+            "--schedule", "constant", "--checkpoint-every", "2");
+        var (rc1, o1, e1) = CliRunner.Run(Args(tmp["one"], 8));
+        Assert.True(rc1 == 0, e1 + o1);
+        var (rc3, o3, e3) = Mpi.Run(3, Limit, Args(tmp["run"], 4));
+        Assert.True(rc3 == 0, e3 + o3);
+        Assert.Contains("distributed: 3 ranks", e3 + o3);
+        var (rc2, o2, e2) = Mpi.Run(2, Limit, new[] { "train", "--resume", tmp["run"], "--steps", "8" });
+        Assert.True(rc2 == 0, e2 + o2);
+        Assert.Contains("resumed at step 4", o2 + e2);
+        AssertSameAdapter(tmp["one/adapter"], tmp["run/adapter"], 1e-5);
+    }
+
     [MpiFact]
     public void SigtermToMpirunCheckpointsOnceAndPrintsTheResumeCommand() => SigtermCheckpoints(hydra: false);
 
