@@ -132,6 +132,30 @@ public class MpiOproTests
         Assert.True(OproTrajectory.Load(tmp["two/" + OproTrajectory.FileName]).OptimizerCalls >= 2);
     }
 
+    /// <summary>--resume under MPI: rank 0 reads the trajectory and every rank continues from it, to the straight run.</summary>
+    [MpiFact]
+    public void AnOproRunResumedOnTwoRanksEndsWhereAStraightRunEnds()
+    {
+        using var tmp = new Fixtures.TempDir();
+        var train = SearchFixture.WriteTask(tmp["train.jsonl"], 20, 5);
+        string[] Args(string output, int steps) => new[]
+        {
+            "search-hard-prompt", "--strategy", "opro", "--model", SearchFixture.ModelDir, "--train", train, "--output", output,
+            "--optimizer-model-dir", SearchFixture.ModelDir, "--objective", "accuracy", "--steps", steps.ToString(), "--candidates-per-step", "2",
+            "--score-examples", "7", "--optimizer-max-tokens", "12", "--seed", "2", "--threads", "1",
+        };
+        var (rc1, o1, e1) = CliRunner.Run(Args(tmp["straight"], 3));
+        Assert.True(rc1 == 0, e1 + o1);
+        var (rc2, o2, e2) = CliRunner.Run(Args(tmp["resumed"], 1));
+        Assert.True(rc2 == 0, e2 + o2);
+        // A finished run is resumed for more steps: its result file is rewritten at the end.
+        var (rc3, o3, e3) = Mpi.Run(2, Limit, new[] { "search-hard-prompt", "--resume", tmp["resumed"], "--steps", "3" });
+        Assert.True(rc3 == 0, e3 + o3);
+        Assert.Equal(Rows(tmp["straight"]), Rows(tmp["resumed"]));
+        Assert.Equal(Without(Json(tmp["straight/" + OproTrajectory.FileName]), "wall_seconds"), Without(Json(tmp["resumed/" + OproTrajectory.FileName]), "wall_seconds"));
+        Assert.Equal(File.ReadAllText(tmp["straight/hard_prompt.json"]), File.ReadAllText(tmp["resumed/hard_prompt.json"]));
+    }
+
     [MpiFact]
     public async Task AnOptimizerFailureEndsEveryRankWithItsExitCodeSaidOnce()
     {
