@@ -233,6 +233,12 @@ public sealed class TargetLossObjective : IGradientPromptObjective, IInstruction
         return (nll, torch.div(sel, T - 1, RoundingMode.floor).to(ScalarType.Int64));
     }
 
+    /// <summary>
+    /// Mean target loss on <paramref name="examples"/> and its gradient with respect to the k prompt embeddings,
+    /// accumulated over forward chunks of ForwardBatch rows in order. Under MPI each rank computes the gradients of
+    /// every Size-th chunk; the chunks' gradients and loss sums are gathered and added in chunk order, the very additions
+    /// one process makes (autograd accumulates a leaf's gradient chunk by chunk), so every world size gets the same bits.
+    /// </summary>
     public (double Loss, Tensor Grad) Gradient(int[] ids, IReadOnlyList<int> examples)
     {
         CheckIds(ids, allowEmpty: false);
@@ -241,12 +247,13 @@ public sealed class TargetLossObjective : IGradientPromptObjective, IInstruction
         int k = ids.Length, p0 = _prefix.Length;
         // The one-hot choice made differentiable: the k chosen embedding rows as a leaf, spliced into the embedded
         // sequence [BOS emb, k prompt rows, prompt text emb, target emb]; base weights stay frozen.
-        var leaf = _model.EmbeddingMatrix.index_select(0, torch.tensor(ids.Select(i => (long)i).ToArray(), ScalarType.Int64, _model.Device))
-            .to(ScalarType.Float32).detach().clone().requires_grad_(true);
+        var chosen = _model.EmbeddingMatrix.index_select(0, torch.tensor(ids.Select(i => (long)i).ToArray(), ScalarType.Int64, _model.Device))
+            .to(ScalarType.Float32).detach();
         var rows = examples.Select(i => Build(ids, _search[i])).ToList();
         long total = rows.Sum(r => (long)r.TargetIds.Length);
-        double nllSum = 0;
-        for (int s = 0; s < rows.Count; s += _forwardBatch)
+
+        // One chunk's forward and backward into leaf.grad; returns the chunk's summed NLL.
+        float Chunk(int s, Tensor leaf)
         {
             using var inner = torch.NewDisposeScope();
             using var batch = Collator.Collate(rows.Skip(s).Take(_forwardBatch).ToList(), _padId, _model.Device);
@@ -258,10 +265,39 @@ public sealed class TargetLossObjective : IGradientPromptObjective, IInstruction
             var (nll, _) = TargetNll(res.Hidden, batch);
             var sum = nll.sum();
             (sum / total).backward();
-            nllSum += sum.item<float>();
+            return sum.item<float>();
         }
-        var grad = leaf.grad!.detach().clone().MoveToOuterDisposeScope();
-        return (nllSum / total, grad);
+
+        double nllSum = 0;
+        if (Communicator.Size == 1)
+        {
+            var leaf = chosen.clone().requires_grad_(true);
+            for (int s = 0; s < rows.Count; s += _forwardBatch) nllSum += Chunk(s, leaf);
+            return (nllSum / total, leaf.grad!.detach().clone().MoveToOuterDisposeScope());
+        }
+
+        // Each owned chunk on a fresh leaf: [its gradient's floats..., its NLL sum] appended to this rank's buffer.
+        int chunks = (rows.Count + _forwardBatch - 1) / _forwardBatch;
+        int width = (int)chosen.NumberOfElements;
+        var mine = new List<float>();
+        for (int c = Communicator.Rank; c < chunks; c += Communicator.Size)
+        {
+            var leaf = chosen.clone().requires_grad_(true);
+            float sum = Chunk(c * _forwardBatch, leaf);
+            using var g = leaf.grad!.detach().cpu().contiguous();
+            mine.AddRange(g.data<float>().ToArray());
+            mine.Add(sum);
+        }
+        var parts = Communicator.AllGather(System.Runtime.InteropServices.MemoryMarshal.AsBytes(mine.ToArray().AsSpan()).ToArray());
+        Tensor? acc = null;
+        for (int c = 0; c < chunks; c++)
+        {
+            var floats = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(parts[c % Communicator.Size].AsSpan()).Slice((c / Communicator.Size) * (width + 1), width + 1);
+            var g = torch.tensor(floats[..width].ToArray(), chosen.shape, ScalarType.Float32).to(_model.Device);
+            if (acc is null) acc = g; else acc.add_(g);
+            nllSum += floats[width];
+        }
+        return (nllSum / total, acc!.MoveToOuterDisposeScope());
     }
 
     public double Score(int[] ids)

@@ -233,7 +233,7 @@ public class MpiTests
         var train = WriteTrain(tmp["train.tsv"]);
         string[] Args(string output) => new[] { "search-hard-prompt", "--model", Model, "--train", train, "--output", output, "--columns", "input,output",
             "--prompt-template", "Word: {input}\nSentiment:", "--label-words", "positive=good", "--label-words", "negative=bad",
-            "--prompt-length", "3", "--steps", "3", "--seed", "3", "--threads", "1" };
+            "--prompt-length", "3", "--steps", "3", "--seed", "3", "--threads", "1", "--forward-batch", "3" }; // chunks of 3: the gradient's are shared too
         var (rc1, out1, err1) = CliRunner.Run(Args(tmp["one"]));
         Assert.True(rc1 == 0, err1 + out1);
         var (rc2, out2, err2) = Mpi.Run(2, Limit, Args(tmp["two"]));

@@ -33,6 +33,32 @@ public class ShardedScoringTests
             scores.Select(s => s.MeanOutputTokens).ToArray(), outputs, ((IInstructionObjective)obj).SelectInstruction(Instructions[1]), ((IInstructionObjective)lossObj).SelectInstruction(Instructions[2]));
     }
 
+    static (double Loss, float[] Grad) GradientOn(string train, ICommunicator comm)
+    {
+        using var lm = LanguageModel.Load(SearchFixture.ModelDir);
+        var search = DatasetReader.Read(train, new DataOptions()).Examples;
+        var obj = new TargetLossObjective(lm.Model, lm.RequireTokenizer(), search, null, new HardPromptSearchOptions { PromptLength = 3, ForwardBatch = 2 }) { Communicator = comm };
+        var ids = HardPromptSearchJob.InitialIds(lm.RequireTokenizer(), obj.Allowed, 3, "the review");
+        var (loss, grad) = obj.Gradient(ids, new[] { 0, 2, 3, 5, 6, 8, 9 }); // 7 rows in chunks of 2: 4 chunks
+        using (grad) return (loss, grad.data<float>().ToArray());
+    }
+
+    [Theory]
+    [InlineData(2)]
+    [InlineData(3)]
+    public void TheGradientOnRanksIsTheOneProcessGradientBitForBit(int size)
+    {
+        using var tmp = new Fixtures.TempDir();
+        var train = SearchFixture.WriteTask(tmp["train.jsonl"], 11, 6);
+        var one = GradientOn(train, SingleProcess.Instance);
+        Assert.Contains(one.Grad, g => g != 0);
+        foreach (var r in ThreadWorld.OnEveryRank(size, c => GradientOn(train, c), TimeSpan.FromSeconds(120)))
+        {
+            Assert.Equal(one.Loss, r.Loss);
+            Assert.Equal(one.Grad, r.Grad);
+        }
+    }
+
     [Theory]
     [InlineData("accuracy", 2)]
     [InlineData("exact_match", 2)]
