@@ -113,7 +113,7 @@ public sealed class RunScaffold
         }
         int n = TorchRuntime.SetThreads(threads, IsWriter ? threadLog : _ => { }); // only rank 0 says anything (warnings too)
         var lm = Comm.Agree(() => LanguageModel.Load(model, Comm.Size > 1 ? DeviceFor(device) : device, dtype, checkFinite));
-        if (Comm.Size > 1) Message?.Invoke(Launch.Banner(Comm, lm.Model.Device.ToString(), n));
+        if (Comm.Size > 1) Message?.Invoke(Launch.Banner(Comm, lm.Base.Device.ToString(), n));
         return lm;
     }
 
