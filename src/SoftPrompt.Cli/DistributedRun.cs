@@ -38,8 +38,8 @@ public static class DistributedRun
     static bool UnderLauncher(ParseResult pr)
     {
         if ((Launch.WorldSizeFromEnvironment() ?? 1) <= 1) return false;
-        try { return Mode(pr) != "none" && Launch.Modes.Contains(Mode(pr)); }
-        catch (InvalidOperationException) { return false; }
+        try { return Launch.Distributes(pr.GetValue(Option) ?? "auto"); }
+        catch (Exception e) when (e is InvalidOperationException or SoftPromptException) { return false; }
     }
 
     /// <summary>
@@ -56,11 +56,6 @@ public static class DistributedRun
                $"run it without the launcher ({string.Join(", ", Commands)} are the commands that run as ranks), or add --distributed none to run it once per rank.";
     }
 
-    static string Mode(ParseResult pr)
-    {
-        var mode = pr.GetValue(Option) ?? "auto";
-        return mode == "auto" && Environment.GetEnvironmentVariable("SOFTPROMPT_DISTRIBUTED") is { Length: > 0 } env ? env : mode;
-    }
 
     /// <summary>True on the rank that prints results and writes files (every process outside MPI).</summary>
     public static bool IsWriter => _current is null || _current.IsWriter;

@@ -18,6 +18,11 @@ public static class Collectives
 
     public static bool Owns(this ICommunicator c, int index) => index % c.Size == c.Rank;
 
+    /// <summary>The cancellation token work inside collective calls may look at: none when there are several ranks
+    /// (they would stop at different points and leave the others waiting in a collective); the job stops between steps
+    /// instead, where every rank asks <see cref="Any"/>.</summary>
+    public static CancellationToken InCollective(this ICommunicator c, CancellationToken cancel) => c.Size > 1 ? CancellationToken.None : cancel;
+
     /// <summary>True on every rank when it is true on any (a stop request seen by one rank stops all at the same step).</summary>
     public static bool Any(this ICommunicator c, bool flag)
     {
@@ -137,7 +142,7 @@ public static class Collectives
             catch (Exception e)
             {
                 failure = e;
-                payload = JsonSerializer.Serialize(new RootReply<T>(false, default, $"{e.GetType().Name}: {e.Message}"), Exact);
+                payload = JsonSerializer.Serialize(new RootReply<T>(false, default, Describe(e)), Exact);
             }
         }
         var got = c.Broadcast(payload);

@@ -59,12 +59,23 @@ public static class Launch
     /// The communicator for a job: <see cref="SingleProcess"/> unless <paramref name="mode"/> is "mpi", or "auto" and
     /// a launcher started more than one rank. SOFTPROMPT_DISTRIBUTED sets the mode when the option is "auto".
     /// </summary>
-    public static ICommunicator Communicator(string mode = "auto")
+    public static ICommunicator Communicator(string mode = "auto") =>
+        Distributes(mode) ? MpiCommunicator.World() : SingleProcess.Instance;
+
+    /// <summary>The mode in force: <paramref name="mode"/>, or SOFTPROMPT_DISTRIBUTED when the option is "auto".</summary>
+    public static string ResolveMode(string mode)
     {
         if (mode == "auto" && Environment.GetEnvironmentVariable("SOFTPROMPT_DISTRIBUTED") is { Length: > 0 } env) mode = env;
         if (!Modes.Contains(mode)) throw new SoftPromptException($"--distributed {mode}: expected one of {string.Join(", ", Modes)}.");
-        if (mode == "none" || mode == "auto" && (WorldSizeFromEnvironment() ?? 1) <= 1) return SingleProcess.Instance;
-        return MpiCommunicator.World();
+        return mode;
+    }
+
+    /// <summary>Whether <paramref name="mode"/> makes this process a rank of an MPI job: "mpi", or "auto" under a
+    /// launcher that started more than one rank.</summary>
+    public static bool Distributes(string mode)
+    {
+        mode = ResolveMode(mode);
+        return mode == "mpi" || mode == "auto" && (WorldSizeFromEnvironment() ?? 1) > 1;
     }
 
     /// <summary>The device of this rank: "cuda" becomes cuda:&lt;local rank&gt; when several ranks share a host; an

@@ -35,7 +35,6 @@ public static class HardPromptSearchJob
         run.Agree(() =>
         {
             o.Validate();
-            if (File.Exists(runDir)) throw new SoftPromptException($"--output {runDir}: is a file, expected a run folder.");
             if (resume && !opro) throw new SoftPromptException("--resume continues an OPRO run (--strategy opro); a gradient search is restarted instead.");
             if (resume && !File.Exists(trajectoryPath)) throw new SoftPromptException($"--resume {runDir}: no {OproTrajectory.FileName} there; is it an OPRO run folder?");
         });

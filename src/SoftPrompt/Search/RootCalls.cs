@@ -33,7 +33,7 @@ public sealed class RootCalls(ICommunicator comm, CallMeter meter)
 
     /// <summary>The token work inside a step may look at: none under MPI, where ranks must stop at the same point
     /// (between steps, <see cref="StopRequested"/>).</summary>
-    public CancellationToken InStep(CancellationToken cancel) => comm.Size > 1 ? CancellationToken.None : cancel;
+    public CancellationToken InStep(CancellationToken cancel) => comm.InCollective(cancel);
 
     sealed record Reply<T>(T Value, int OptimizerCalls, int JudgeCalls, long InputTokens, long OutputTokens);
 }

@@ -375,7 +375,7 @@ public sealed class TargetLossObjective : IGradientPromptObjective, IInstruction
             case "accuracy":
             {
                 // Every (candidate, example) pair is one rank classification: the pairs are shared out over the ranks.
-                var local = Local(cancel);
+                var local = Communicator.InCollective(cancel);
                 var picked = Communicator.MapShare(fits.Count * items.Count, share =>
                 {
                     var picks = new List<int>(share.Count);
@@ -430,7 +430,7 @@ public sealed class TargetLossObjective : IGradientPromptObjective, IInstruction
     (string Text, int Tokens)[] GenerateOn(string instruction, List<Item> items, CancellationToken cancel)
     {
         var ids = InstructionIds(instruction);
-        var local = Local(cancel);
+        var local = Communicator.InCollective(cancel);
         // One example at a time (greedy, no padding): the ranks share the examples out and get identical outputs.
         var outputs = Communicator.Map(items.Count, j =>
         {
@@ -448,8 +448,6 @@ public sealed class TargetLossObjective : IGradientPromptObjective, IInstruction
     /// <summary>A generated output as it crosses between ranks (JSON).</summary>
     sealed record GeneratedOutput(string Text, int Tokens);
 
-    /// <summary>The token a rank may look at inside a collective call: none under MPI (see <see cref="Communicator"/>).</summary>
-    CancellationToken Local(CancellationToken cancel) => Communicator.Size > 1 ? CancellationToken.None : cancel;
 
     /// <summary>The score-set example indices (for objectives built on this one, like the judge).</summary>
     public IReadOnlyList<int> ScoreSetIndices => _scoreSet;

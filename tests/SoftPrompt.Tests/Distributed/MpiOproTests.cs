@@ -211,8 +211,6 @@ public class MpiOproTests
         Assert.DoesNotContain("MPI_Abort", se + so);
     }
 
-    [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)] static extern int kill(int pid, int sig);
-
     [MpiFact]
     public async Task SigtermToMpirunSavesTheTrajectoryAndTheRunResumesWithoutMpi()
     {
@@ -221,36 +219,21 @@ public class MpiOproTests
         await using var server = FakeOpenAiServer.Start();
         server.Handler = r => { Thread.Sleep(150); return Script(r); };
         var run = tmp["run"];
-        using var p = Mpi.Start(2, Args(train, run, server, "accuracy", "--steps", "1000"));
-        var so = p.StandardOutput.ReadToEndAsync();
-        var se = p.StandardError.ReadToEndAsync();
         var trajectory = Path.Combine(run, OproTrajectory.FileName);
-        var wait = Stopwatch.StartNew();
-        while (wait.Elapsed < TimeSpan.FromSeconds(120) && !p.HasExited)
-        {
-            try { if (File.Exists(trajectory) && OproTrajectory.Load(trajectory).Step >= 2) break; }
-            catch (SoftPromptException) { }
-            catch (IOException) { }
-            Thread.Sleep(100);
-        }
-        if (p.HasExited) throw new Xunit.Sdk.XunitException("the search ended before the signal: " + se.Result);
-        Assert.Equal(0, kill(p.Id, 15));
-        bool ended = p.WaitForExit(TimeSpan.FromSeconds(60));
-        if (!ended) { p.Kill(true); p.WaitForExit(); }
-        Assert.True(ended, "mpirun did not end within 60 s of SIGTERM: " + se.Result);
-        p.WaitForExit();
-        Assert.NotEqual(0, p.ExitCode);
-        var m = Regex.Match(se.Result, @"interrupted at step (\d+);.*continue with: softprompt search-hard-prompt --resume (\S+)");
-        Assert.True(m.Success, se.Result + so.Result);
-        Assert.Single(Regex.Matches(se.Result, "interrupted at step")); // rank 0 alone
+        var (rc, so, se) = Mpi.TerminateWhen(false, 2, Args(train, run, server, "accuracy", "--steps", "1000"),
+            () => File.Exists(trajectory) && OproTrajectory.Load(trajectory).Step >= 2);
+        Assert.NotEqual(0, rc);
+        var m = Regex.Match(se, @"interrupted at step (\d+);.*continue with: softprompt search-hard-prompt --resume (\S+)");
+        Assert.True(m.Success, se + so);
+        Assert.Single(Regex.Matches(se, "interrupted at step")); // rank 0 alone
         Assert.Equal(run, m.Groups[2].Value);
         int saved = OproTrajectory.Load(trajectory).Step;
         Assert.Equal(int.Parse(m.Groups[1].Value), saved);
 
         // Without MPI, one step more: the run goes on from the saved step.
         int before = server.Requests.Count;
-        var (rc, o1, e1) = CliRunner.Run("search-hard-prompt", "--resume", run, "--steps", (saved + 1).ToString());
-        Assert.True(rc == 0, e1 + o1);
+        var (rcResume, o1, e1) = CliRunner.Run("search-hard-prompt", "--resume", run, "--steps", (saved + 1).ToString());
+        Assert.True(rcResume == 0, e1 + o1);
         Assert.Equal(saved + 1, OproTrajectory.Load(trajectory).Step);
         Assert.Equal(before + 2, server.Requests.Count); // one step's two proposals, nothing redone
     }

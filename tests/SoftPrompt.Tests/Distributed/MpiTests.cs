@@ -47,6 +47,31 @@ public static class Mpi
         return Process.Start(psi)!;
     }
 
+    [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)] static extern int kill(int pid, int sig);
+
+    /// <summary>Starts the job, waits (bounded, 120 s) until <paramref name="ready"/> says so, sends SIGTERM to the
+    /// launcher and returns the job's exit code and output once it has ended (within 60 s, or the test fails).</summary>
+    public static (int Rc, string Out, string Err) TerminateWhen(bool hydra, int ranks, string[] args, Func<bool> ready)
+    {
+        using var p = Start(hydra, ranks, args);
+        var so = p.StandardOutput.ReadToEndAsync();
+        var se = p.StandardError.ReadToEndAsync();
+        var wait = Stopwatch.StartNew();
+        while (wait.Elapsed < TimeSpan.FromSeconds(120) && !p.HasExited)
+        {
+            try { if (ready()) break; }
+            catch (Exception e) when (e is IOException or SoftPromptException or System.Text.Json.JsonException) { } // a file being written
+            Thread.Sleep(100);
+        }
+        if (p.HasExited) throw new Xunit.Sdk.XunitException("the job ended before the signal: " + se.Result);
+        Assert.Equal(0, kill(p.Id, 15));
+        bool ended = p.WaitForExit(TimeSpan.FromSeconds(60));
+        if (!ended) { p.Kill(true); p.WaitForExit(); }
+        Assert.True(ended, "the launcher did not end within 60 s of SIGTERM: " + se.Result);
+        p.WaitForExit();
+        return (p.ExitCode, so.Result, se.Result);
+    }
+
     /// <summary>Runs to the end (bounded: killed after <paramref name="timeout"/>) and returns exit code and output.</summary>
     public static (int Rc, string Out, string Err) Run(int ranks, TimeSpan timeout, params string[][] perRankArgs) => Run(false, ranks, timeout, perRankArgs);
 
@@ -433,28 +458,14 @@ public class MpiTests
     {
         using var tmp = new Fixtures.TempDir();
         var train = WriteTrain(tmp["train.tsv"]);
-        using var p = Mpi.Start(hydra, 2, TrainArgs(train, tmp["run"], "prompt", "--steps", "100000", "--eval-every", "0", "--validation-split", "0"));
-        var so = p.StandardOutput.ReadToEndAsync();
-        var se = p.StandardError.ReadToEndAsync();
-        var wait = Stopwatch.StartNew();
-        while (wait.Elapsed < TimeSpan.FromSeconds(120) && !p.HasExited)
-        {
-            try { if (File.Exists(tmp["run/metrics.jsonl"]) && File.ReadAllLines(tmp["run/metrics.jsonl"]).Length >= 3) break; }
-            catch (IOException) { }
-            Thread.Sleep(100);
-        }
-        if (p.HasExited) throw new Xunit.Sdk.XunitException("training ended before the signal: " + se.Result);
-        Assert.Equal(0, kill(p.Id, 15));
-        bool ended = p.WaitForExit(TimeSpan.FromSeconds(60));
-        if (!ended) { p.Kill(true); p.WaitForExit(); }
-        Assert.True(ended, "mpirun did not end within 60 s of SIGTERM: " + se.Result);
-        p.WaitForExit();
+        var (rc, so, se) = Mpi.TerminateWhen(hydra, 2, TrainArgs(train, tmp["run"], "prompt", "--steps", "100000", "--eval-every", "0", "--validation-split", "0"),
+            () => File.Exists(tmp["run/metrics.jsonl"]) && File.ReadAllLines(tmp["run/metrics.jsonl"]).Length >= 3);
         // The ranks exit 143 (128 + SIGTERM). Open MPI's mpirun passes that on; MPICH's mpiexec.hydra, itself signalled,
         // returns 0 or 143 depending on when its children's statuses arrive (seen with MPICH 4.0.2): not asserted there.
-        if (!hydra) Assert.True(p.ExitCode != 0, $"exit 0 after SIGTERM: {se.Result}");
-        var m = System.Text.RegularExpressions.Regex.Match(se.Result, @"interrupted at step (\d+); continue with: softprompt train --resume (\S+) \(under mpirun -np 2");
-        Assert.True(m.Success, se.Result);
-        Assert.Single(System.Text.RegularExpressions.Regex.Matches(se.Result, "interrupted at step")); // rank 0 alone
+        if (!hydra) Assert.True(rc != 0, $"exit 0 after SIGTERM: {se}");
+        var m = System.Text.RegularExpressions.Regex.Match(se, @"interrupted at step (\d+); continue with: softprompt train --resume (\S+) \(under mpirun -np 2");
+        Assert.True(m.Success, se);
+        Assert.Single(System.Text.RegularExpressions.Regex.Matches(se, "interrupted at step")); // rank 0 alone
         Assert.Equal(tmp["run"], m.Groups[2].Value);
         Assert.Equal(int.Parse(m.Groups[1].Value), JsonNode.Parse(File.ReadAllText(tmp["run/checkpoint/trainer_state.json"]))!["Step"]!.GetValue<int>());
         Assert.False(Directory.Exists(tmp["run/checkpoint.tmp"]));
@@ -482,28 +493,14 @@ public class MpiTests
     {
         using var tmp = new Fixtures.TempDir();
         var train = WriteTrain(tmp["train.tsv"]);
-        using var p = Mpi.Start(2, new[] { "search-hard-prompt", "--model", Model, "--train", train, "--output", tmp["run"], "--columns", "input,output",
-            "--prompt-template", "Word: {input}\nSentiment:", "--prompt-length", "3", "--steps", "100000", "--eval-every", "2", "--seed", "3", "--threads", "1" });
-        var so = p.StandardOutput.ReadToEndAsync();
-        var se = p.StandardError.ReadToEndAsync();
         var log = tmp["run/search_log.jsonl"];
-        var wait = Stopwatch.StartNew();
-        while (wait.Elapsed < TimeSpan.FromSeconds(120) && !p.HasExited)
-        {
-            try { if (File.Exists(log) && File.ReadAllLines(log).Length >= 2) break; }
-            catch (IOException) { }
-            Thread.Sleep(100);
-        }
-        if (p.HasExited) throw new Xunit.Sdk.XunitException("the search ended before the signal: " + se.Result);
-        Assert.Equal(0, kill(p.Id, 15));
-        bool ended = p.WaitForExit(TimeSpan.FromSeconds(60));
-        if (!ended) { p.Kill(true); p.WaitForExit(); }
-        Assert.True(ended, "mpirun did not end within 60 s of SIGTERM: " + se.Result);
-        p.WaitForExit();
-        Assert.True(p.ExitCode != 0, se.Result);
-        var m = System.Text.RegularExpressions.Regex.Match(se.Result, @"interrupted at step (\d+); the best prompt so far, ""([^""]*)"", is saved in (\S+)");
-        Assert.True(m.Success, se.Result + so.Result);
-        Assert.Single(System.Text.RegularExpressions.Regex.Matches(se.Result, "interrupted at step")); // rank 0 alone
+        var (rc, so, se) = Mpi.TerminateWhen(false, 2, new[] { "search-hard-prompt", "--model", Model, "--train", train, "--output", tmp["run"], "--columns", "input,output",
+            "--prompt-template", "Word: {input}\nSentiment:", "--prompt-length", "3", "--steps", "100000", "--eval-every", "2", "--seed", "3", "--threads", "1" },
+            () => File.Exists(log) && File.ReadAllLines(log).Length >= 2);
+        Assert.True(rc != 0, se);
+        var m = System.Text.RegularExpressions.Regex.Match(se, @"interrupted at step (\d+); the best prompt so far, ""([^""]*)"", is saved in (\S+)");
+        Assert.True(m.Success, se + so);
+        Assert.Single(System.Text.RegularExpressions.Regex.Matches(se, "interrupted at step")); // rank 0 alone
         var saved = SoftPrompt.Tuning.HardPrompt.Load(tmp["run"]);
         Assert.Equal(m.Groups[2].Value, saved.Text);
         Assert.Equal(3, saved.TokenIds.Length);
