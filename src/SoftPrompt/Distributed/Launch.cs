@@ -86,7 +86,10 @@ public static class Launch
     /// <summary>The default thread count of a rank (--threads 0): the host's cores shared evenly among its ranks.</summary>
     public static int DefaultThreads(ICommunicator c) => Math.Max(1, Environment.ProcessorCount / Math.Max(1, c.LocalSize));
 
-    /// <summary>The one-line banner rank 0 prints: world size, ranks per host, device and threads per rank.</summary>
-    public static string Banner(ICommunicator c, string device, int threads) =>
-        $"distributed: {c.Size} ranks ({(c is MpiCommunicator m ? m.Flavor : "MPI")}), {c.LocalSize} on this host; rank 0 on {device}, {threads} thread{(threads == 1 ? "" : "s")} per rank; rank 0 writes the run folder";
+    /// <summary>The one-line banner rank 0 prints: world size, ranks per host, the device of each rank (its own GPU,
+    /// cuda:&lt;local rank&gt;, when <paramref name="gpuPerRank"/>) and threads per rank.</summary>
+    public static string Banner(ICommunicator c, string device, int threads, bool gpuPerRank = false) =>
+        $"distributed: {c.Size} ranks ({(c is MpiCommunicator m ? m.Flavor : "MPI")}), {c.LocalSize} on this host; " +
+        (gpuPerRank ? $"each rank on cuda:<local rank> (rank 0 on {device})" : $"every rank on {device}") +
+        $", {threads} thread{(threads == 1 ? "" : "s")} per rank; rank 0 writes the run folder";
 }

@@ -112,8 +112,14 @@ public sealed class RunScaffold
             if (threads == 0) threads = Launch.DefaultThreads(Comm);
         }
         int n = TorchRuntime.SetThreads(threads, IsWriter ? threadLog : _ => { }); // only rank 0 says anything (warnings too)
-        var lm = Comm.Agree(() => LanguageModel.Load(model, Comm.Size > 1 ? DeviceFor(device) : device, dtype, checkFinite));
-        if (Comm.Size > 1) Message?.Invoke(Launch.Banner(Comm, lm.Base.Device.ToString(), n));
+        bool perRank = false; // each rank on its own GPU, cuda:<local rank>
+        var lm = Comm.Agree(() =>
+        {
+            var mine = Comm.Size > 1 ? DeviceFor(device) : device;
+            perRank = mine != device && mine.StartsWith("cuda:", StringComparison.Ordinal);
+            return LanguageModel.Load(model, mine, dtype, checkFinite);
+        });
+        if (Comm.Size > 1) Message?.Invoke(Launch.Banner(Comm, lm.Base.Device.ToString(), n, perRank));
         return lm;
     }
 

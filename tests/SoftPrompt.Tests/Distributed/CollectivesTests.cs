@@ -190,6 +190,14 @@ public class CollectivesTests
     }
 
     [Fact]
+    public void TheBannerSaysWhereEveryRankRuns()
+    {
+        var two = ThreadWorld.OnEveryRank(2, c => (Launch.Banner(c, "cpu", 1), Launch.Banner(c, "cuda:0", 4, gpuPerRank: true)))[0];
+        Assert.Equal("distributed: 2 ranks (MPI), 2 on this host; every rank on cpu, 1 thread per rank; rank 0 writes the run folder", two.Item1);
+        Assert.Equal("distributed: 2 ranks (MPI), 2 on this host; each rank on cuda:<local rank> (rank 0 on cuda:0), 4 threads per rank; rank 0 writes the run folder", two.Item2);
+    }
+
+    [Fact]
     public void OneProcessIsTheDefaultOutsideALauncher()
     {
         if (Launch.WorldSizeFromEnvironment() is > 1) return; // the suite itself launched under mpirun
